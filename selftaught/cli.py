@@ -1,0 +1,83 @@
+"""The `selftaught` command: one subcommand per recipe; each flag is a field of that recipe's config.
+
+`--config run.yaml` reads the same names as keys; flags given on the command line override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser
+
+
+def parse_config(config_class, argv: list[str], prog: str):
+    """A `config_class` from `--config FILE` (YAML) and flags, the flags winning."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path)
+    known, rest = pre.parse_known_args(argv)
+    parser = HfArgumentParser(config_class, prog=prog)
+    parser.add_argument("--config", type=Path, help="YAML file whose keys are this command's flags.")
+    if known.config is not None:
+        values = yaml.safe_load(known.config.read_text()) or {}
+        fields = {a.dest for a in parser._actions}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            parser.error(f"{known.config}: unknown keys {unknown}; every key must be a flag of `{prog}`")
+        parser.set_defaults(**values)
+    return parser.parse_args_into_dataclasses(args=rest)[0]  # [1] holds the --config namespace
+
+
+EMBEDDED_FLAGS = ("--config", "--student", "--teacher", "--data")
+
+
+def with_preset(argv: list[str], preset: Path, flags: tuple[str, ...] = EMBEDDED_FLAGS) -> list[str]:
+    """No model, data or config named: run the embedded default, whose settings `preset` holds."""
+    named = any(arg.split("=")[0] in flags for arg in argv)
+    return argv if named else ["--config", str(preset), *argv]
+
+
+def distill(argv: list[str]) -> None:
+    from selftaught.distill.config import DistillConfig
+    from selftaught.distill.recipe import run_distillation
+
+    preset = Path(__file__).parent / "distill" / "default.yaml"
+    config = parse_config(DistillConfig, with_preset(argv, preset), "selftaught distill")
+    results = run_distillation(config)
+    print_summary(config.output_dir, results)
+
+
+def print_summary(output_dir: str, results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    columns = [k for k in ("teacher", "student_before", "student_after") if k in results]
+    if columns:
+        table = Table(title="held-out evaluation")
+        table.add_column("metric")
+        for column in columns:
+            table.add_column(column.replace("_", " "), justify="right")
+        metrics = dict.fromkeys(m for c in columns for m in results[c])
+        for metric in metrics:
+            table.add_row(
+                metric, *(f"{results[c][metric]:.4g}" if metric in results[c] else "-" for c in columns)
+            )
+        Console().print(table)
+    print(f"model, card, metrics: {output_dir}")
+
+
+COMMANDS = {"distill": distill}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: selftaught {{{','.join(COMMANDS)}}} [--config FILE] [flags]   (--help per command)")
+        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    main()

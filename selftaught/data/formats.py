@@ -1,0 +1,141 @@
+"""Turn rows of any supported shape into chat prompts and completions, and tokenise them.
+
+Shapes, recognised by their columns:
+- math (MATH-500): `problem`, optional `solution` and `answer`;
+- chat: `messages` (the last assistant turn is the completion);
+- `prompt` and optional `completion` (each a string or a list of chat messages).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from selftaught.data.loading import DataError
+
+MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+@dataclass
+class Example:
+    """One prompt in chat form, with the reference completion and gold answer when the row has them."""
+
+    prompt: list[dict[str, str]]
+    completion: str | None = None
+    answer: str | None = None
+
+
+def detect_shape(columns: list[str], source: str) -> str:
+    if "messages" in columns:
+        return "chat"
+    if "problem" in columns:
+        return "math"
+    if "prompt" in columns:
+        return "prompt"
+    raise DataError(
+        f"{source}: columns {columns} match no known shape; provide `problem` (+ `solution`, `answer`), "
+        "`messages`, or `prompt` (+ `completion`)"
+    )
+
+
+def _as_messages(value, where: str) -> list[dict[str, str]]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(f"{where}: empty prompt; fill it in or drop the row")
+        return [{"role": "user", "content": value}]
+    if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m for m in value):
+        return [{"role": m["role"], "content": m.get("content") or ""} for m in value]
+    raise DataError(f"{where}: expected a string or a list of {{role, content}} messages, got {value!r:.80}")
+
+
+def _as_text(value, where: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, list):  # chat-form completion: the assistant's words
+        value = "".join(m.get("content") or "" for m in value if m.get("role") == "assistant")
+    if not isinstance(value, str):
+        raise DataError(f"{where}: completion must be text, got {type(value).__name__}")
+    return value if value.strip() else None
+
+
+def to_example(row: dict, shape: str, where: str) -> Example:
+    """One row as an `Example`; `where` ("file, row N") goes into any error."""
+    if shape == "math":
+        problem = row.get("problem")
+        if not isinstance(problem, str) or not problem.strip():
+            raise DataError(f"{where}: empty `problem`; fill it in or drop the row")
+        answer = row.get("answer")
+        return Example(
+            prompt=[{"role": "user", "content": f"{problem.strip()}\n{MATH_INSTRUCTION}"}],
+            completion=_as_text(row.get("solution"), where),
+            answer=str(answer) if answer not in (None, "") else None,
+        )
+    if shape == "chat":
+        messages = _as_messages(row.get("messages"), where)
+        if messages[-1]["role"] == "assistant":
+            return Example(prompt=messages[:-1], completion=_as_text(messages[-1]["content"], where))
+        return Example(prompt=messages)
+    return Example(
+        prompt=_as_messages(row.get("prompt"), where),
+        completion=_as_text(row.get("completion"), where),
+        answer=row.get("answer"),
+    )
+
+
+def to_examples(rows: Dataset, source: str) -> list[Example]:
+    shape = detect_shape(rows.column_names, source)
+    return [to_example(row, shape, f"{source}, row {i}") for i, row in enumerate(rows)]
+
+
+def tokenize_prompt(tokenizer: PreTrainedTokenizerBase, prompt: list[dict[str, str]]) -> list[int]:
+    """Prompt ids through the chat template, ending where the assistant's reply begins."""
+    return list(
+        tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
+    )
+
+
+def tokenize_completion(
+    tokenizer: PreTrainedTokenizerBase, prompt: list[dict[str, str]], completion: str, prompt_ids: list[int]
+) -> list[int]:
+    """Completion ids as the chat template renders the reply, up to and including its EOS.
+
+    The EOS is kept even when the tokenizer pads with it: a student that never sees it learns never
+    to stop (a bug in peers that masked every pad-valued token).
+    """
+    full = list(
+        tokenizer.apply_chat_template(
+            prompt + [{"role": "assistant", "content": completion}], tokenize=True, return_dict=False
+        )
+    )
+    if full[: len(prompt_ids)] == prompt_ids:
+        ids = full[len(prompt_ids) :]
+    else:  # a template that rewrites earlier turns: fall back to the bare text
+        ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    return ids[: ids.index(eos) + 1] if eos in ids else ids + [eos]
+
+
+def tokenize_examples(
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[Example],
+    max_prompt_length: int,
+    max_completion_length: int,
+) -> Dataset:
+    """A dataset of `prompt_ids` (left-truncated) and `completion_ids` (right-truncated; [] if none)."""
+    records = []
+    for example in examples:
+        prompt_ids = tokenize_prompt(tokenizer, example.prompt)
+        completion_ids = (
+            tokenize_completion(tokenizer, example.prompt, example.completion, prompt_ids)
+            if example.completion is not None
+            else []
+        )
+        records.append(
+            {
+                "prompt_ids": prompt_ids[-max_prompt_length:],
+                "completion_ids": completion_ids[:max_completion_length],
+            }
+        )
+    return Dataset.from_list(records)

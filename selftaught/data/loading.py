@@ -1,0 +1,87 @@
+"""Read rows from a JSONL/Parquet file, a folder of them, or a Hub dataset, as a `datasets.Dataset`.
+
+Folders follow the Hub's convention: files whose names start with a split name (`train.jsonl`,
+`test-00000.parquet`) form that split; anything else is `train`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from datasets import Dataset, concatenate_datasets, load_dataset
+
+SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+SPLITS = ("train", "validation", "test")
+
+
+class DataError(ValueError):
+    """Input data that cannot be used as it is; the message names the file, the row and the fix."""
+
+
+def read_jsonl(path: Path) -> Dataset:
+    """One JSON object per line. Written here (datasets' reader does not say which line is bad)."""
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err}); re-encode it as UTF-8") from err
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{number}: malformed JSON ({err.msg}); fix or delete that line") from err
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return Dataset.from_list(rows)
+
+
+def read_file(path: Path) -> Dataset:
+    if path.suffix == ".jsonl":
+        return read_jsonl(path)
+    if path.suffix not in SUFFIXES:
+        raise DataError(f"{path}: unsupported file type; use .jsonl, .json or .parquet")
+    return load_dataset(SUFFIXES[path.suffix], data_files=str(path), split="train")
+
+
+def split_files(folder: Path) -> dict[str, list[Path]]:
+    """Data files in a folder grouped by split, by file-name prefix."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix in SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"{folder}: no .jsonl, .json or .parquet files")
+    groups: dict[str, list[Path]] = {}
+    for path in files:
+        split = next((s for s in SPLITS if path.stem.startswith(s)), "train")
+        groups.setdefault(split, []).append(path)
+    return groups
+
+
+def available_splits(source: str, config: str | None = None) -> list[str]:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return sorted(split_files(path))
+    if path.is_file():
+        return ["train"]
+    from datasets import get_dataset_split_names
+
+    return get_dataset_split_names(source, config)
+
+
+def load_rows(source: str, split: str = "train", config: str | None = None) -> Dataset:
+    """Rows of one split of `source` (a file, a folder, or a Hub dataset name)."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return read_file(path)
+    if path.is_dir():
+        groups = split_files(path)
+        if split not in groups:
+            raise DataError(f"{path}: no '{split}' split (found {sorted(groups)}); name files {split}.jsonl")
+        return concatenate_datasets([read_file(p) for p in groups[split]])
+    if path.suffix in SUFFIXES or source.startswith((".", "/", "~")):
+        raise DataError(f"{source}: no such file or folder")
+    return load_dataset(source, config, split=split)

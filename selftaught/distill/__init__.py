@@ -1,0 +1,1 @@
+"""On-policy distillation (GKD): config, trainer, recipe and model card."""

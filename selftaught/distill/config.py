@@ -1,0 +1,140 @@
+"""Every knob of `selftaught distill`, one field each; the CLI flags and YAML keys are these names.
+
+Training knobs (learning rate and schedule, epochs / max_steps, batch size, gradient accumulation,
+gradient checkpointing, bf16, seed, logging / eval / save intervals, report_to, ...) are inherited
+from transformers' `TrainingArguments`, so they mean exactly what they mean there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class DistillConfig(TrainingArguments):
+    # --- models -------------------------------------------------------------------------------
+    student: str | None = field(
+        default=None,
+        metadata={
+            "help": "Student to train: Hub id, local folder or .gguf file. Default: the embedded "
+            "10-layer student cut from SmolLM2-135M-Instruct."
+        },
+    )
+    teacher: str | None = field(
+        default=None,
+        metadata={
+            "help": "Frozen teacher sharing the student's tokenizer: Hub id, local folder or .gguf "
+            "file. Default: the embedded SmolLM2-135M-Instruct."
+        },
+    )
+    student_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "Dtype the student's weights are loaded in (float32 master weights; use --bf16 "
+            "for bf16 autocast)."
+        },
+    )
+    teacher_dtype: str | None = field(
+        default=None,
+        metadata={"help": "Dtype of the teacher. Default: bfloat16 when --bf16 is set, else float32."},
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow model code from the Hub. Off by default: it runs their code."}
+    )
+
+    # --- data ---------------------------------------------------------------------------------
+    data: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSONL/Parquet file or folder, or a Hub dataset name. Rows: MATH-style "
+            "(problem, solution, answer), chat (messages), prompt/completion, or prompt-only "
+            "(needs lmbda=1). Default: the shipped math prompt set."
+        },
+    )
+    data_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    data_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str | None = field(
+        default="test",
+        metadata={
+            "help": "Held-out split for evaluation; when the data has none, `eval_size` training rows "
+            "are held out instead."
+        },
+    )
+    eval_size: int = field(
+        default=64,
+        metadata={"help": "Held-out rows evaluated before and after training (0 skips that evaluation)."},
+    )
+    max_prompt_length: int = field(
+        default=512, metadata={"help": "Prompts longer than this many tokens keep their last tokens."}
+    )
+
+    # --- GKD (Agarwal et al., 2024) -------------------------------------------------------------
+    lmbda: float = field(
+        default=0.5,
+        metadata={
+            "help": "Share of optimizer steps trained on the student's own samples (on-policy); the "
+            "rest use the dataset's completions (or the teacher's, with seq_kd)."
+        },
+    )
+    beta: float = field(
+        default=0.5,
+        metadata={
+            "help": "Generalized JSD interpolation: 0 = forward KL(teacher||student), 1 = reverse "
+            "KL(student||teacher)."
+        },
+    )
+    temperature: float = field(
+        default=0.9, metadata={"help": "Sampling temperature for on-policy (and seq_kd) completions."}
+    )
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold for those completions."})
+    max_new_tokens: int = field(
+        default=128,
+        metadata={"help": "Longest sampled completion; dataset completions are cut to the same length."},
+    )
+    seq_kd: bool = field(
+        default=False,
+        metadata={
+            "help": "Sequence-level KD: off-policy steps train on teacher-sampled completions instead "
+            "of the dataset's."
+        },
+    )
+
+    # --- LoRA (peft) --------------------------------------------------------------------------
+    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA path."})
+    lora_target_modules: str = field(
+        default="all-linear", metadata={"help": "Modules to adapt (peft's names, comma-separated)."}
+    )
+
+    # --- final evaluation ---------------------------------------------------------------------
+    eval_max_new_tokens: int = field(
+        default=256, metadata={"help": "Longest greedy answer generated for the held-out evaluation."}
+    )
+
+    # --- TrainingArguments defaults that differ for distillation -------------------------------
+    output_dir: str | None = field(
+        default="runs/distill", metadata={"help": "Where the model, card, metrics and checkpoints go."}
+    )
+    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate (AdamW)."})
+    logging_steps: float = field(
+        default=1, metadata={"help": "Log (and append to metrics.jsonl) every this many optimizer steps."}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the trainer needs its own prompt/completion columns."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("lmbda", "beta", "top_p"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {value}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 for sampling, got {self.temperature}")
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        self.remove_unused_columns = False

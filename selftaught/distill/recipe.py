@@ -1,0 +1,209 @@
+"""`selftaught distill`: on-policy distillation (GKD) from data to an evaluated, documented model.
+
+The whole run, top to bottom:
+  1. resolve the models (the embedded SmolLM2 pair by default) and check they share a tokenizer;
+  2. read the data, turn rows into chat prompts (+ completions), hold out an evaluation split;
+  3. evaluate the teacher once and the student before training, on the held-out prompts;
+  4. train with `GKDistillTrainer` (resumable from the last checkpoint);
+  5. save the student in Hugging Face format, evaluate it again, write metrics and the model card.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from peft import LoraConfig, get_peft_model
+from transformers.trainer_utils import get_last_checkpoint
+
+from selftaught.data.formats import Example, to_examples, tokenize_examples, tokenize_prompt
+from selftaught.data.loading import DataError, available_splits, load_rows
+from selftaught.distill.card import distillation_card
+from selftaught.distill.config import DistillConfig
+from selftaught.distill.trainer import GKDistillTrainer
+from selftaught.evaluate.distance import answer_metrics, answers_agree, greedy_answers, teacher_distance
+from selftaught.models import check_same_vocabulary, load_model, load_tokenizer, shared_vocab_size
+from selftaught.training.callbacks import MetricsFileCallback, replace_progress_bar
+from selftaught.training.model_card import write_model_card
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_DATA = Path(__file__).resolve().parent.parent / "data" / "builtin" / "math_prompts"
+
+
+def resolve_defaults(config: DistillConfig) -> DistillConfig:
+    """Fill unset models and data with the embedded default (built and cached on first use)."""
+    if config.teacher is None or config.student is None:
+        from selftaught.models.embedded import embedded_student, embedded_teacher
+
+        config.teacher = config.teacher or str(embedded_teacher())
+        config.student = config.student or str(embedded_student())
+    config.data = config.data or str(BUILTIN_DATA)
+    return config
+
+
+def load_examples(config: DistillConfig) -> tuple[list[Example], list[Example]]:
+    """Training examples and at most `eval_size` held-out ones (the eval split, else held-out rows)."""
+    train = to_examples(load_rows(config.data, config.data_split, config.data_config), config.data)
+    if config.eval_size <= 0:
+        return train, []
+    if config.eval_split and config.eval_split in available_splits(config.data, config.data_config):
+        held_out = to_examples(load_rows(config.data, config.eval_split, config.data_config), config.data)
+        return train, held_out[: config.eval_size]
+    if len(train) <= config.eval_size:
+        raise DataError(
+            f"{config.data}: {len(train)} rows cannot spare {config.eval_size} for evaluation; add a "
+            f"'{config.eval_split}' split, or lower --eval_size (0 skips evaluation)"
+        )
+    return train[: -config.eval_size], train[-config.eval_size :]
+
+
+def check_completions(examples: list[Example], config: DistillConfig) -> None:
+    """Prompt-only rows are fine only if no step ever trains on dataset completions."""
+    missing = sum(e.completion is None for e in examples)
+    if missing and config.lmbda < 1.0 and not config.seq_kd:
+        raise DataError(
+            f"{config.data}: {missing} of {len(examples)} rows have no completion, but lmbda={config.lmbda} "
+            "trains some steps on the dataset's completions (a peer trained on a loss of exactly 0 here). "
+            "Use --lmbda 1 (always on-policy), --seq_kd (teacher completions), or add completions."
+        )
+
+
+class HeldOutEvaluation:
+    """Greedy answers and teacher distance on the held-out prompts; the teacher's answers computed once."""
+
+    def __init__(self, teacher, tokenizer, examples: list[Example], config: DistillConfig, vocab_size: int):
+        self.teacher, self.tokenizer, self.config, self.vocab_size = teacher, tokenizer, config, vocab_size
+        self.examples = examples
+        self.prompts = [tokenize_prompt(tokenizer, e.prompt)[-config.max_prompt_length :] for e in examples]
+        self.answers = [e.answer for e in examples]
+        self.teacher_ids = self._greedy(teacher, "teacher answers")
+        self.teacher_texts = self._decode(self.teacher_ids)
+
+    def _greedy(self, model, desc: str) -> list[list[int]]:
+        return greedy_answers(
+            model,
+            self.tokenizer,
+            self.prompts,
+            self.config.eval_max_new_tokens,
+            self.config.per_device_eval_batch_size,
+            desc,
+        )
+
+    def _decode(self, ids: list[list[int]]) -> list[str]:
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+    def teacher_metrics(self) -> dict[str, float]:
+        return answer_metrics(self.teacher_texts, self.answers) | {
+            "mean_answer_tokens": sum(map(len, self.teacher_ids)) / len(self.teacher_ids)
+        }
+
+    def student_metrics(self, student, desc: str) -> dict[str, float]:
+        ids = self._greedy(student, desc)
+        texts = self._decode(ids)
+        distance = teacher_distance(
+            student,
+            self.teacher,
+            self.prompts,
+            self.teacher_ids,
+            self.vocab_size,
+            self.tokenizer.pad_token_id,
+            self.config.per_device_eval_batch_size,
+        )
+        agreement = sum(answers_agree(t, s) for t, s in zip(self.teacher_texts, texts, strict=True)) / len(texts)
+        return (
+            distance
+            | answer_metrics(texts, self.answers)
+            | {
+                "answer_agreement": agreement,
+                "mean_answer_tokens": sum(map(len, ids)) / len(ids),
+            }
+        )
+
+
+def cached_json(path: Path, compute) -> dict:
+    """Read `path` if an earlier (interrupted) run wrote it, else compute and write it."""
+    if path.exists():
+        return json.loads(path.read_text())
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2))
+    return value
+
+
+def resume_checkpoint(config: DistillConfig) -> str | bool | None:
+    """`--resume_from_checkpoint last` (or true) means the newest checkpoint in output_dir, if any."""
+    value = config.resume_from_checkpoint
+    if value in ("last", "true", "True", True):
+        return get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
+    return value
+
+
+def run_distillation(config: DistillConfig) -> dict:
+    """Train, save and evaluate; returns the evaluation results written to eval_results.json."""
+    config = resolve_defaults(config)
+    out = Path(config.output_dir)
+    tokenizer = load_tokenizer(config.student, config.trust_remote_code)
+    check_same_vocabulary(tokenizer, load_tokenizer(config.teacher, config.trust_remote_code))
+    train_examples, eval_examples = load_examples(config)
+    check_completions(train_examples, config)
+
+    student = load_model(config.student, config.student_dtype, config.trust_remote_code)
+    teacher_dtype = config.teacher_dtype or ("bfloat16" if config.bf16 else config.student_dtype)
+    teacher = load_model(config.teacher, teacher_dtype, config.trust_remote_code)
+    vocab_size = shared_vocab_size(tokenizer, student, teacher)
+    if config.use_peft:
+        student = get_peft_model(
+            student,
+            LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=config.lora_target_modules.split(",")
+                if "," in config.lora_target_modules
+                else config.lora_target_modules,
+                task_type="CAUSAL_LM",
+            ),
+        )
+
+    lengths = (config.max_prompt_length, config.max_new_tokens)
+    trainer = GKDistillTrainer(
+        model=student,
+        teacher=teacher,
+        args=config,
+        processing_class=tokenizer,
+        train_dataset=tokenize_examples(tokenizer, train_examples, *lengths),
+        eval_dataset=tokenize_examples(tokenizer, eval_examples, *lengths)
+        if eval_examples and config.eval_strategy != "no"
+        else None,
+        callbacks=[MetricsFileCallback(out / "metrics.jsonl")],
+    )
+    replace_progress_bar(trainer)
+    main = trainer.accelerator.is_main_process
+
+    results: dict = {}
+    evaluation = None
+    if eval_examples and main:
+        unwrapped_teacher = trainer.accelerator.unwrap_model(trainer.teacher)
+        evaluation = HeldOutEvaluation(unwrapped_teacher, tokenizer, eval_examples, config, vocab_size)
+        results["teacher"] = cached_json(out / "evaluation" / "teacher.json", evaluation.teacher_metrics)
+        results["student_before"] = cached_json(
+            out / "evaluation" / "student_before.json",
+            lambda: evaluation.student_metrics(trainer.model, "student answers (before)"),
+        )
+    trainer.accelerator.wait_for_everyone()
+
+    train_output = trainer.train(resume_from_checkpoint=resume_checkpoint(config))
+    if config.use_peft:
+        trainer.model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+    trainer.save_model(str(out))
+
+    if main:
+        if evaluation is not None:
+            results["student_after"] = evaluation.student_metrics(trainer.model, "student answers (after)")
+        results["train"] = {k: v for k, v in train_output.metrics.items() if isinstance(v, (int, float))}
+        (out / "eval_results.json").write_text(json.dumps(results, indent=2))
+        write_model_card(out, distillation_card(config, results, len(train_examples), len(eval_examples)))
+    trainer.accelerator.wait_for_everyone()
+    return results

@@ -1,0 +1,188 @@
+"""GKD as a transformers `Trainer`: on-policy sampling, a frozen teacher, a token-level generalized JSD.
+
+Built on `Trainer` (not TRL's GKDTrainer) for three reasons the peers' bug reports made clear:
+- Completions are made for a whole optimizer step at once, in `get_batch_samples`, *before* any
+  loss is computed. Only then is the number of completion tokens in the step known, so the loss
+  can be normalised over the whole step across gradient accumulation and processes (TRL counts
+  the dataset's labels, which on-policy steps do not train on).
+- Each step runs one student forward, one teacher forward and one sampling pass, nothing more,
+  and asks both models for the completion positions' logits only.
+- Whether a step is on-policy is a pure function of (seed, step): every process agrees without
+  communicating and a resumed run makes the same choices.
+Everything distributed (DDP, DeepSpeed, FSDP) comes from accelerate through `Trainer`; the teacher
+is wrapped with TRL's helpers for DeepSpeed and FSDP.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
+from trl.models.utils import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generation
+
+from selftaught.distill.config import DistillConfig
+from selftaught.generation.hf import SamplingParams, eos_ids_of, generate_completions, left_pad, right_pad
+from selftaught.models.vocab import shared_vocab_size
+from selftaught.scoring.logits import completion_logits, join_prompt_completion
+from selftaught.training.losses import generalized_jsd
+
+
+@dataclass
+class PromptCompletionCollator:
+    """Left-padded prompts and right-padded reference completions (possibly all empty)."""
+
+    pad_token_id: int
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        prompt_ids, prompt_mask = left_pad([f["prompt_ids"] for f in features], self.pad_token_id)
+        completion_ids, completion_mask = right_pad(
+            [f["completion_ids"] for f in features], self.pad_token_id
+        )
+        return {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "completion_ids": completion_ids,
+            "completion_mask": completion_mask,
+        }
+
+
+class GKDistillTrainer(Trainer):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        teacher: PreTrainedModel,
+        args: DistillConfig,
+        processing_class: PreTrainedTokenizerBase,
+        train_dataset=None,
+        eval_dataset=None,
+        callbacks=None,
+    ) -> None:
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=PromptCompletionCollator(processing_class.pad_token_id),
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+        )
+        self.vocab_size = shared_vocab_size(processing_class, model, teacher)
+        self.teacher = self._prepare_teacher(teacher)
+        self.eos_ids = eos_ids_of(model, processing_class)
+        self.sampling = SamplingParams(args.max_new_tokens, args.temperature, args.top_p)
+        self.loss_is_scaled_for_ga = True  # compute_loss divides by the step's token count itself
+        self._since_log: dict[str, float] = defaultdict(float)
+        self._last_log_time: float | None = None
+
+    def _prepare_teacher(self, teacher: PreTrainedModel) -> torch.nn.Module:
+        """Frozen, in eval mode, placed and sharded like the student."""
+        teacher.requires_grad_(False)
+        teacher.eval()
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed(teacher, self.accelerator)
+        if self.is_fsdp_enabled:
+            return prepare_fsdp(teacher, self.accelerator)
+        return self.accelerator.prepare_model(teacher, evaluation_mode=True)
+
+    # --- what each optimizer step trains on -----------------------------------------------------
+
+    def is_on_policy(self, step: int) -> bool:
+        """Bernoulli(lmbda) drawn from (seed, step): the same on every process and on resume."""
+        return random.Random(self.args.seed * 1_000_003 + step).random() < self.args.lmbda
+
+    def complete_batch(self, batch: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+        """Attach completions from `source` ("student", "teacher" or "data") and build model inputs."""
+        batch = {k: v.to(self.args.device) for k, v in batch.items()}
+        if source == "data":
+            completion_ids, completion_mask = batch["completion_ids"], batch["completion_mask"]
+        else:
+            model = self.model_wrapped if source == "student" else self.teacher
+            started = time.perf_counter()
+            with unwrap_model_for_generation(model, self.accelerator) as unwrapped:
+                completion_ids, completion_mask = generate_completions(
+                    unwrapped,
+                    batch["prompt_ids"],
+                    batch["prompt_mask"],
+                    self.sampling,
+                    self.eos_ids,
+                    self.processing_class.pad_token_id,
+                )
+            self._since_log["generation_seconds"] += time.perf_counter() - started
+        inputs = join_prompt_completion(
+            batch["prompt_ids"], batch["prompt_mask"], completion_ids, completion_mask
+        )
+        inputs["completion_mask"] = completion_mask
+        return inputs
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
+        """All micro-batches of one optimizer step, completed, and their total completion-token count."""
+        if self._last_log_time is None:
+            self._last_log_time = time.perf_counter()
+        raw = []
+        for _ in range(num_batches):
+            try:
+                raw.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        if not raw:
+            return [], None
+        on_policy = self.is_on_policy(self.state.global_step)
+        source = "student" if on_policy else ("teacher" if self.args.seq_kd else "data")
+        batches = [self.complete_batch(b, source) for b in raw]
+        tokens = sum(b["completion_mask"].sum() for b in batches).to(device)
+        if self.args.world_size > 1:
+            tokens = self.accelerator.gather(tokens).sum()
+        if tokens.item() == 0:
+            raise ValueError(
+                "an optimizer step has no completion tokens to train on: the data has prompts only. "
+                "Use lmbda=1 (always sample from the student) or seq_kd=True, or add completions."
+            )
+        self._since_log["steps"] += 1
+        self._since_log["on_policy_steps"] += on_policy
+        self._since_log["completion_tokens"] += tokens.item()
+        return batches, tokens
+
+    # --- the loss -------------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Sum of per-token JSD over completion tokens / completion tokens in the whole step."""
+        mask = inputs["completion_mask"].bool()
+        model_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids")}
+        width = mask.shape[1]
+        student_logits = completion_logits(model, model_inputs, width, self.vocab_size)
+        with torch.no_grad():
+            teacher_logits = completion_logits(self.teacher, model_inputs, width, self.vocab_size)
+        per_token = generalized_jsd(student_logits[mask], teacher_logits[mask], self.args.beta)
+        if num_items_in_batch is None:  # evaluation: this batch alone
+            loss = per_token.sum() / mask.sum().clamp(min=1)
+        else:
+            # DDP averages gradients over processes; the count is global, so undo that average.
+            loss = per_token.sum() / num_items_in_batch * self.accelerator.num_processes
+        return (loss, {"per_token": per_token.detach()}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Held-out loss on the dataset's completions, or on the student's samples for prompt-only data."""
+        source = "data" if inputs["completion_mask"].sum() > 0 else "student"
+        batch = self.complete_batch(inputs, source)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, batch)
+        return loss.detach(), None, None
+
+    # --- logging --------------------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add on-policy share, completion tokens and tokens/s to each training log."""
+        if "loss" in logs and self._since_log["steps"]:
+            now = time.perf_counter()
+            elapsed = now - (self._last_log_time or now)
+            logs["on_policy"] = self._since_log["on_policy_steps"] / self._since_log["steps"]
+            logs["completion_tokens"] = int(self._since_log["completion_tokens"])
+            logs["tokens_per_second"] = self._since_log["completion_tokens"] / max(elapsed, 1e-9)
+            logs["generation_seconds"] = self._since_log["generation_seconds"]
+            self._since_log.clear()
+            self._last_log_time = now
+        super().log(logs, start_time)

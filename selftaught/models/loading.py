@@ -1,0 +1,75 @@
+"""Load a causal LM and its tokenizer from a Hub id, a local folder or a `.gguf` file.
+
+A GGUF file is dequantised by transformers on load; we then drop its quantizer so that the model
+trains and saves like any full-precision model (safetensors, no `quantization_config`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str | None) -> torch.dtype | str:
+    """Map a config string ("float32", "bfloat16", "float16", "auto") to what `from_pretrained` takes."""
+    if name is None or name == "auto":
+        return "auto"
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}: use one of {sorted(DTYPES)} or 'auto'")
+    return DTYPES[name]
+
+
+def _source(name_or_path: str) -> tuple[str, dict]:
+    """Split a model reference into what `from_pretrained` wants: (folder or Hub id, extra kwargs)."""
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {path}")
+        return str(path.parent), {"gguf_file": path.name}
+    if path.exists():
+        return str(path), {}
+    return name_or_path, {}  # a Hub id: transformers resolves (and caches) it
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer, with a pad token (the EOS when the model has none) and left padding for generation."""
+    source, extra = _source(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **extra)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_model(
+    name_or_path: str,
+    dtype: str | None = "float32",
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+) -> PreTrainedModel:
+    """A causal LM ready to train or to run; weights are read as safetensors only."""
+    source, extra = _source(name_or_path)
+    if attn_implementation:
+        extra["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(
+        source,
+        dtype=resolve_dtype(dtype),
+        trust_remote_code=trust_remote_code,
+        use_safetensors=None if "gguf_file" in extra else True,
+        **extra,
+    )
+    if "gguf_file" in extra:
+        forget_gguf_quantization(model)
+    return model
+
+
+def forget_gguf_quantization(model: PreTrainedModel) -> None:
+    """Make a GGUF-loaded (already dequantised) model save and train as a plain model."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config

@@ -1,0 +1,1 @@
+"""Scoring engines: a model's logits or log-probabilities over given completions."""

@@ -1,0 +1,1 @@
+"""Training building blocks shared by the recipes: losses, callbacks, model cards."""
