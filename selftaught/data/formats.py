@@ -84,9 +84,20 @@ def to_example(row: dict, shape: str, where: str) -> Example:
     )
 
 
+def rename_columns(rows: Dataset, renames: dict[str, str | None], source: str) -> Dataset:
+    """Read the user's `{standard name: their column}` columns under the standard names."""
+    mapping = {theirs: ours for ours, theirs in renames.items() if theirs and theirs != ours}
+    missing = [c for c in mapping if c not in rows.column_names]
+    if missing:
+        raise DataError(f"{source}: no column(s) {missing}; the columns are {rows.column_names}")
+    return rows.remove_columns([c for c in mapping.values() if c in rows.column_names]).rename_columns(
+        mapping
+    )
+
+
 def to_examples(rows: Dataset, source: str) -> list[Example]:
     shape = detect_shape(rows.column_names, source)
-    return [to_example(row, shape, f"{source}, row {i}") for i, row in enumerate(rows)]
+    return [to_example(row, shape, f"{source}, row {i}") for i, row in enumerate(rows, start=1)]
 
 
 def tokenize_prompt(tokenizer: PreTrainedTokenizerBase, prompt: list[dict[str, str]]) -> list[int]:

@@ -20,13 +20,20 @@ class DataError(ValueError):
 
 
 def read_jsonl(path: Path) -> Dataset:
-    """One JSON object per line. Written here (datasets' reader does not say which line is bad)."""
+    """One JSON object per line. Written here (datasets' reader does not say which line is bad).
+
+    Lines are split on bytes (\\n, \\r\\n), not with `str.splitlines`, which also breaks at U+2028, U+0085
+    and other characters that JSON strings may hold unescaped; a leading UTF-8 BOM is accepted.
+    """
     rows = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err}); re-encode it as UTF-8") from err
-    for number, line in enumerate(lines, start=1):
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(
+                f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start}); "
+                "re-encode the file as UTF-8"
+            ) from err
         if not line.strip():
             continue
         try:
@@ -37,7 +44,7 @@ def read_jsonl(path: Path) -> Dataset:
             raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
         rows.append(row)
     if not rows:
-        raise DataError(f"{path}: no rows")
+        raise DataError(f"{path}: no rows; write one JSON object per line")
     return Dataset.from_list(rows)
 
 

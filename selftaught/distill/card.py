@@ -97,7 +97,7 @@ def distillation_card(config: DistillConfig, results: dict, n_train: int, n_eval
 
 
 def student_origin(student: str) -> str:
-    """The student's own card's first paragraph, when it has one (the embedded student says how it was cut)."""
+    """The first paragraph of the student's own card, if any (the embedded student says how it was cut)."""
     card = Path(student) / "README.md"
     if not card.is_file():
         return ""

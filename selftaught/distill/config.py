@@ -66,6 +66,20 @@ class DistillConfig(TrainingArguments):
         default=64,
         metadata={"help": "Held-out rows evaluated before and after training (0 skips that evaluation)."},
     )
+    prompt_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Column holding the prompt, for data whose columns have other names (e.g. gsm8k's "
+            "`question`); it is read as `prompt`."
+        },
+    )
+    completion_column: str | None = field(
+        default=None, metadata={"help": "Column holding the reference completion; read as `completion`."}
+    )
+    answer_column: str | None = field(
+        default=None,
+        metadata={"help": "Column holding a gold final answer for math accuracy; read as `answer`."},
+    )
     max_prompt_length: int = field(
         default=512, metadata={"help": "Prompts longer than this many tokens keep their last tokens."}
     )

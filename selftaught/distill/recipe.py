@@ -17,7 +17,7 @@ from pathlib import Path
 from peft import LoraConfig, get_peft_model
 from transformers.trainer_utils import get_last_checkpoint
 
-from selftaught.data.formats import Example, to_examples, tokenize_examples, tokenize_prompt
+from selftaught.data.formats import Example, rename_columns, to_examples, tokenize_examples, tokenize_prompt
 from selftaught.data.loading import DataError, available_splits, load_rows
 from selftaught.distill.card import distillation_card
 from selftaught.distill.config import DistillConfig
@@ -43,14 +43,23 @@ def resolve_defaults(config: DistillConfig) -> DistillConfig:
     return config
 
 
+def read_split(config: DistillConfig, split: str) -> list[Example]:
+    rows = load_rows(config.data, split, config.data_config)
+    renames = {
+        "prompt": config.prompt_column,
+        "completion": config.completion_column,
+        "answer": config.answer_column,
+    }
+    return to_examples(rename_columns(rows, renames, config.data), config.data)
+
+
 def load_examples(config: DistillConfig) -> tuple[list[Example], list[Example]]:
     """Training examples and at most `eval_size` held-out ones (the eval split, else held-out rows)."""
-    train = to_examples(load_rows(config.data, config.data_split, config.data_config), config.data)
+    train = read_split(config, config.data_split)
     if config.eval_size <= 0:
         return train, []
     if config.eval_split and config.eval_split in available_splits(config.data, config.data_config):
-        held_out = to_examples(load_rows(config.data, config.eval_split, config.data_config), config.data)
-        return train, held_out[: config.eval_size]
+        return train, read_split(config, config.eval_split)[: config.eval_size]
     if len(train) <= config.eval_size:
         raise DataError(
             f"{config.data}: {len(train)} rows cannot spare {config.eval_size} for evaluation; add a "
@@ -111,7 +120,9 @@ class HeldOutEvaluation:
             self.tokenizer.pad_token_id,
             self.config.per_device_eval_batch_size,
         )
-        agreement = sum(answers_agree(t, s) for t, s in zip(self.teacher_texts, texts, strict=True)) / len(texts)
+        agreement = sum(answers_agree(t, s) for t, s in zip(self.teacher_texts, texts, strict=True)) / len(
+            texts
+        )
         return (
             distance
             | answer_metrics(texts, self.answers)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import importlib.metadata
 import math
 import re
-from enum import Enum
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData

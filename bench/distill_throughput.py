@@ -1,0 +1,634 @@
+"""On-policy distillation throughput: selftaught's GKDistillTrainer, TRL's GKDTrainer and DistillationTrainer.
+
+One configuration, three trainers, each in its own fresh interpreter (so imports, caches and peak memory
+do not leak between them):
+
+    lmbda = 1 (every step samples from the student), beta = 0.5, sampling temperature 0.9,
+    max_new_tokens = 128, per-device batch 4, gradient accumulation 1, learning rate 1e-5, seed 42,
+    float32 on CPU, the embedded models (teacher SmolLM2-135M-Instruct, 10-layer student cut from it),
+    and the first steps x batch rows of the shipped math prompts, read in order by every trainer.
+    Everything else is each trainer's own default (TRL's configs turn gradient checkpointing on).
+
+A fourth subprocess times the parts of one step on their own (sampling with the KV cache, teacher
+forward, student forward + backward) on one batch: their sum is a floor no trainer's step can beat.
+
+Usage:
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/distill_throughput.py            # the full run (~10 min, CPU)
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/distill_throughput.py --steps 2 --max-new-tokens 8   # smoke
+    ... --only selftaught --only parts                                        # a subset
+
+What is measured, per trainer:
+- trained completion tokens: the positions whose divergence enters the loss, counted from the very
+  tensors each trainer's `compute_loss` receives (a thin subclass records them; no trainer logic changes):
+  selftaught and DistillationTrainer: `completion_mask.sum()`; GKDTrainer: `(labels[:, 1:] != -100).sum()`
+  (its on-policy labels mask the prompt, the padding and all after the first EOS). Padding never counts.
+- seconds per step: time between consecutive `on_step_end` callbacks (so sampling, wherever a trainer
+  does it, is inside the step); the first step is warm-up and left out; the median of the rest.
+- tokens per second: trained tokens of the steps after the first / their total time.
+- peak RSS: `ru_maxrss` of the subprocess at its end (models, data, optimizer state, activations).
+- first-batch loss: the value the first `compute_loss` returned (what was back-propagated), with the
+  denominator it was divided by, and the per-trained-token mean it implies, to compare across trainers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "selftaught" / "data" / "builtin" / "math_prompts" / "train.jsonl"
+DEFAULT_OUTPUT = ROOT / "bench" / "results" / "distill_throughput.json"
+
+RUNNERS = ("selftaught", "gkd", "distillation")
+PARTS = "parts"
+LMBDA, BETA, TEMPERATURE, LEARNING_RATE, SEED = 1.0, 0.5, 0.9, 1e-5, 42
+
+LOSS_NOTES = """\
+Loss conventions (read from each trainer's compute_loss; the table's "loss/tok" undoes each denominator):
+- selftaught: samples at T=0.9 but computes the JSD at temperature 1 (the models' own distributions); sums
+  it over completion tokens (through the first EOS) and divides by the completion tokens of the whole
+  optimizer step (all micro-batches and processes). Logits only at completion positions (logits_to_keep).
+- TRL GKDTrainer: also samples at T=0.9 and, in this TRL version, also computes the JSD at temperature 1:
+  compute_loss never passes its temperature to generalized_jsd_loss. It sums over labels != -100 (the
+  sampled tokens through the first EOS) but divides by num_items_in_batch, which transformers counts
+  from the dataset's labels (the reference solutions) before the on-policy sample replaces them, so its
+  loss is the mean JSD x (sampled tokens / reference-solution tokens). Full-sequence logits for both
+  models, prompt included.
+- TRL DistillationTrainer: divides both models' logits by the temperature (0.9) inside the loss, so its
+  JSD is between sharper distributions and not directly comparable; sums over sampled completion tokens
+  and divides by the sampled tokens of the generation batch (= the step here). Chunked lm_head projection.
+Other defaults that differ: both TRL configs default to gradient_checkpointing=True (the student forward is
+recomputed in backward); GKDTrainer then also generates with use_cache=False (no KV cache), which
+DistillationTrainer does not (the table's "ckpt" and "kv" columns: what each trainer actually ran with).
+Completions differ between trainers (each draws its own samples), so tokens per step differ: compare
+tokens/s rather than s/step."""
+
+
+# --- the prompts: the first N rows, prompted exactly as selftaught does ------------------------------
+
+
+def load_examples(n: int) -> list:
+    """selftaught's `Example`s for the first `n` rows: user = problem + the boxed-answer instruction."""
+    from selftaught.data.formats import to_examples
+    from selftaught.data.loading import load_rows
+
+    rows = load_rows(str(DATA))
+    if len(rows) < n:
+        raise SystemExit(f"{DATA} has {len(rows)} rows; --steps x --batch-size needs {n}")
+    return to_examples(rows.select(range(n)), str(DATA))
+
+
+def model_paths() -> tuple[str, str]:
+    """(teacher, student) folders of the embedded default, built and cached on first use."""
+    from selftaught.models.embedded import embedded_student, embedded_teacher
+
+    return str(embedded_teacher()), str(embedded_student())
+
+
+def load_models():
+    """(tokenizer, teacher, student): the same float32 objects for every trainer, via selftaught's loader."""
+    from selftaught.models import load_model, load_tokenizer
+
+    teacher_path, student_path = model_paths()
+    teacher, student = load_model(teacher_path, "float32"), load_model(student_path, "float32")
+    return load_tokenizer(student_path), teacher, student
+
+
+def common_args(args: argparse.Namespace, output_dir: str) -> dict:
+    """TrainingArguments every trainer gets; the rest stays at each trainer's default."""
+    return dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=1,
+        max_steps=args.steps,
+        learning_rate=LEARNING_RATE,
+        seed=SEED,
+        use_cpu=True,
+        bf16=False,  # float32 (TRL's configs would otherwise default to bf16)
+        train_sampling_strategy="sequential",  # the same prompts in the same step for every trainer
+        save_strategy="no",
+        report_to="none",
+        logging_steps=1,
+        disable_tqdm=True,
+    )
+
+
+# --- measuring inside a trainer ---------------------------------------------------------------------
+
+
+class Probe:
+    """What each training `compute_loss` call saw, and when each optimizer step ended."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.denominators: list[float] = []
+        self.batch_tokens: list[int] = []
+        self.step_tokens: list[int] = []
+        self.step_seconds: list[float] = []
+        self._tokens_since_step = 0
+        self._last_time = time.perf_counter()
+
+    def record_batch(self, loss: float, tokens: int, denominator: float) -> None:
+        self.losses.append(loss)
+        self.batch_tokens.append(tokens)
+        self.denominators.append(denominator)
+        self._tokens_since_step += tokens
+
+    def start(self) -> None:
+        self._last_time = time.perf_counter()
+
+    def end_step(self) -> tuple[float, int]:
+        now = time.perf_counter()
+        self.step_seconds.append(now - self._last_time)
+        self.step_tokens.append(self._tokens_since_step)
+        self._last_time, self._tokens_since_step = now, 0
+        return self.step_seconds[-1], self.step_tokens[-1]
+
+
+class ProbedLoss:
+    """Mixed in before a trainer class: calls its compute_loss unchanged and records the batch."""
+
+    probe: Probe
+
+    def trained_tokens(self, inputs: dict) -> int:
+        raise NotImplementedError
+
+    def loss_denominator(self, inputs: dict, num_items_in_batch) -> float:
+        if num_items_in_batch is None:
+            return float(self.trained_tokens(inputs))
+        return float(num_items_in_batch)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if model.training:
+            loss = result[0] if return_outputs else result
+            self.probe.record_batch(
+                float(loss.detach()),
+                self.trained_tokens(inputs),
+                self.loss_denominator(inputs, num_items_in_batch),
+            )
+        return result
+
+
+def step_callback(name: str, probe: Probe, total: int):
+    """A TrainerCallback closing each step's clock and printing one line per step."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            probe.start()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            seconds, tokens = probe.end_step()
+            loss = probe.losses[-1] if probe.losses else float("nan")
+            print(
+                f"  [{name}] step {state.global_step}/{total}: {seconds:.2f} s, {tokens} trained tokens, "
+                f"loss {loss:.4f}",
+                flush=True,
+            )
+
+    return StepClock()
+
+
+# --- the three trainers, built as each project documents --------------------------------------------
+
+
+def build_selftaught(args: argparse.Namespace, probe: Probe, output_dir: str):
+    """As selftaught/distill/recipe.py does: DistillConfig, tokenize_examples, GKDistillTrainer."""
+    from selftaught.data.formats import tokenize_examples
+    from selftaught.distill.config import DistillConfig
+    from selftaught.distill.trainer import GKDistillTrainer
+
+    class Probed(ProbedLoss, GKDistillTrainer):
+        def trained_tokens(self, inputs: dict) -> int:
+            return int(inputs["completion_mask"].sum())
+
+    teacher_path, student_path = model_paths()
+    config = DistillConfig(
+        **common_args(args, output_dir),
+        teacher=teacher_path,
+        student=student_path,
+        data=str(DATA),
+        lmbda=LMBDA,
+        beta=BETA,
+        temperature=TEMPERATURE,
+        max_new_tokens=args.max_new_tokens,
+    )
+    tokenizer, teacher, student = load_models()
+    examples = load_examples(args.steps * args.batch_size)
+    dataset = tokenize_examples(tokenizer, examples, config.max_prompt_length, config.max_new_tokens)
+    trainer = Probed(
+        model=student, teacher=teacher, args=config, processing_class=tokenizer, train_dataset=dataset
+    )
+    trainer.probe = probe
+    return trainer
+
+
+def build_gkd(args: argparse.Namespace, probe: Probe, output_dir: str):
+    """TRL's experimental GKDTrainer: conversational `messages` rows (prompt + reference solution)."""
+    from datasets import Dataset
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    class Probed(ProbedLoss, GKDTrainer):
+        def trained_tokens(self, inputs: dict) -> int:
+            # compute_loss trains on shifted positions whose label is not -100: after on-policy sampling
+            # these are exactly the sampled tokens through the first EOS.
+            return int((inputs["labels"][:, 1:] != -100).sum())
+
+    config = GKDConfig(
+        **common_args(args, output_dir),
+        lmbda=LMBDA,
+        beta=BETA,
+        temperature=TEMPERATURE,
+        max_new_tokens=args.max_new_tokens,
+    )
+    tokenizer, teacher, student = load_models()
+    examples = load_examples(args.steps * args.batch_size)
+    # The collator needs a final assistant turn (the prompt is messages[:-1]); with lmbda = 1 it is only
+    # ever replaced by the student's sample, but transformers counts its tokens for num_items_in_batch.
+    rows = [{"messages": e.prompt + [{"role": "assistant", "content": e.completion or ""}]} for e in examples]
+    trainer = Probed(
+        model=student,
+        teacher_model=teacher,
+        args=config,
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_list(rows),
+    )
+    trainer.probe = probe
+    return trainer
+
+
+def build_distillation(args: argparse.Namespace, probe: Probe, output_dir: str):
+    """TRL's DistillationTrainer: conversational `prompt` rows, always on-policy."""
+    from datasets import Dataset
+    from trl import DistillationConfig, DistillationTrainer
+
+    class Probed(ProbedLoss, DistillationTrainer):
+        def trained_tokens(self, inputs: dict) -> int:
+            return int(inputs["completion_mask"].sum())
+
+        def loss_denominator(self, inputs: dict, num_items_in_batch) -> float:
+            # compute_loss replaces transformers' count with its own over the sampled completions
+            return float(inputs["num_items_in_batch"]) / self.accelerator.num_processes
+
+    config = DistillationConfig(
+        **common_args(args, output_dir),
+        beta=BETA,  # its default is 1.0 (reverse KL); 0.5 is the same generalized JSD as GKD's
+        temperature=TEMPERATURE,  # sampling and (unlike the others) the loss
+        max_completion_length=args.max_new_tokens,
+        shuffle_dataset=False,  # its own sampler ignores train_sampling_strategy
+    )
+    tokenizer, teacher, student = load_models()
+    examples = load_examples(args.steps * args.batch_size)
+    rows = [{"prompt": e.prompt} for e in examples]
+    trainer = Probed(
+        model=student,
+        teacher_model=teacher,
+        args=config,
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_list(rows),
+    )
+    trainer.probe = probe
+    return trainer
+
+
+BUILDERS = {"selftaught": build_selftaught, "gkd": build_gkd, "distillation": build_distillation}
+
+
+def effective_settings(trainer) -> dict:
+    """The defaults that matter for speed, as the built trainer holds them (not as we assume them)."""
+    if hasattr(trainer, "sampling"):  # selftaught: SamplingParams builds its GenerationConfig per call
+        generation = trainer.sampling.generation_config(
+            trainer.eos_ids, trainer.processing_class.pad_token_id
+        )
+    else:  # both TRL trainers keep theirs on the trainer
+        generation = trainer.generation_config
+    use_cache = generation.use_cache
+    if use_cache is None:  # unset: generate() falls back to the model's own generation config
+        use_cache = trainer.model.generation_config.use_cache
+    return {
+        "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
+        "generation_use_cache": bool(use_cache),
+        "bf16": bool(trainer.args.bf16),
+        "learning_rate": trainer.args.learning_rate,
+        "sampling_temperature": generation.temperature,
+        "top_k": generation.top_k,
+        "top_p": generation.top_p,
+    }
+
+
+def train_and_measure(name: str, args: argparse.Namespace) -> dict:
+    """Build one trainer, train `--steps` optimizer steps, summarise what the probe saw."""
+    from transformers import PrinterCallback, ProgressCallback
+
+    probe = Probe()
+    with tempfile.TemporaryDirectory(prefix=f"distill_bench_{name}_") as output_dir:
+        trainer = BUILDERS[name](args, probe, output_dir)
+        for quiet in (PrinterCallback, ProgressCallback):  # our callback prints one line per step instead
+            trainer.remove_callback(quiet)
+        trainer.add_callback(step_callback(name, probe, args.steps))
+        settings = effective_settings(trainer)
+        trainer.train()
+
+    warm = slice(1, None) if len(probe.step_seconds) > 1 else slice(None)  # step 1 is warm-up
+    seconds, tokens = probe.step_seconds[warm], probe.step_tokens[warm]
+    first_loss, first_tokens = probe.losses[0], probe.batch_tokens[0]
+    first_denominator = probe.denominators[0]
+    return {
+        "tokens_per_second": sum(tokens) / sum(seconds),
+        "seconds_per_step": statistics.median(seconds),
+        "trained_tokens_per_step": statistics.mean(tokens),
+        "first_loss": first_loss,
+        "first_loss_denominator": first_denominator,
+        "first_batch_trained_tokens": first_tokens,
+        "first_loss_per_trained_token": first_loss * first_denominator / max(first_tokens, 1),
+        "step_seconds": probe.step_seconds,
+        "step_tokens": probe.step_tokens,
+        "losses": probe.losses,
+        "warmup_steps_excluded": 1 if len(probe.step_seconds) > 1 else 0,
+        "settings": settings,
+    }
+
+
+# --- the parts of one step, on their own -------------------------------------------------------------
+
+
+def timed(fn, repeats: int = 3) -> tuple[float, list[float]]:
+    """Median and all wall-clock seconds of `repeats` calls."""
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds), seconds
+
+
+def measure_parts(args: argparse.Namespace) -> dict:
+    """Sampling (exactly max_new_tokens each, KV cache), teacher forward, student forward + backward."""
+    import torch
+
+    from selftaught.data.formats import tokenize_prompt
+    from selftaught.generation.hf import SamplingParams, eos_ids_of, generate_completions, left_pad
+    from selftaught.models.vocab import shared_vocab_size
+    from selftaught.scoring.logits import completion_logits, join_prompt_completion
+    from selftaught.training.losses import generalized_jsd
+
+    class FullLength(SamplingParams):
+        """selftaught's sampling with EOS suppressed until max_new_tokens, so every row has all of them."""
+
+        def generation_config(self, eos_token_id, pad_token_id):
+            config = super().generation_config(eos_token_id, pad_token_id)
+            config.min_new_tokens = self.max_new_tokens
+            return config
+
+    torch.manual_seed(SEED)
+    tokenizer, teacher, student = load_models()
+    teacher.requires_grad_(False).eval()
+    student.train()
+    vocab = shared_vocab_size(tokenizer, student, teacher)
+    pad, eos_ids = tokenizer.pad_token_id, eos_ids_of(student, tokenizer)
+    prompts = [tokenize_prompt(tokenizer, e.prompt) for e in load_examples(args.batch_size)]
+    prompt_ids, prompt_mask = left_pad(prompts, pad)
+    sampling = FullLength(args.max_new_tokens, TEMPERATURE)
+
+    samples = []
+    sample_s, sample_all = timed(
+        lambda: samples.append(generate_completions(student, prompt_ids, prompt_mask, sampling, eos_ids, pad))
+    )
+    completion_ids, completion_mask = samples[0]
+    inputs = join_prompt_completion(prompt_ids, prompt_mask, completion_ids, completion_mask)
+    width, mask = completion_ids.shape[1], completion_mask.bool()
+
+    def teacher_forward() -> torch.Tensor:
+        with torch.no_grad():
+            return completion_logits(teacher, inputs, width, vocab)
+
+    teacher_logits = teacher_forward()
+
+    def student_forward_backward() -> None:
+        student_logits = completion_logits(student, inputs, width, vocab)
+        loss = generalized_jsd(student_logits[mask], teacher_logits[mask], BETA).sum() / mask.sum()
+        loss.backward()
+
+    optimizer = torch.optim.AdamW(student.parameters(), lr=LEARNING_RATE)
+    teacher_s, teacher_all = timed(teacher_forward)
+    student_s, student_all = timed(lambda: (student.zero_grad(set_to_none=True), student_forward_backward()))
+    optimizer_s, optimizer_all = timed(optimizer.step)  # informational: not part of the floor
+    floor = sample_s + teacher_s + student_s
+    return {
+        "batch_size": args.batch_size,
+        "completion_tokens": int(completion_mask.sum()),
+        "prompt_tokens": int(prompt_mask.sum()),
+        "sampling_seconds": sample_s,
+        "teacher_forward_seconds": teacher_s,
+        "student_forward_backward_seconds": student_s,
+        "optimizer_step_seconds": optimizer_s,
+        "floor_seconds": floor,
+        "floor_tokens_per_second": int(completion_mask.sum()) / floor,
+        "all_seconds": {
+            "sampling": sample_all,
+            "teacher_forward": teacher_all,
+            "student_forward_backward": student_all,
+            "optimizer_step": optimizer_all,
+        },
+    }
+
+
+# --- one subprocess per measurement -----------------------------------------------------------------
+
+
+def worker(name: str, args: argparse.Namespace) -> None:
+    """Run one measurement in this (fresh) interpreter and write it, with peak RSS, to --result-file."""
+    import torch
+
+    try:
+        result = measure_parts(args) if name == PARTS else train_and_measure(name, args)
+        result["ok"] = True
+    except Exception:  # reported in the table rather than aborting the other runners
+        traceback.print_exc()
+        result = {"ok": False, "error": traceback.format_exc(limit=-3)}
+    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
+    result["torch_threads"] = torch.get_num_threads()
+    Path(args.result_file).write_text(json.dumps(result, indent=2))
+    sys.exit(0 if result["ok"] else 1)
+
+
+def run_in_subprocess(name: str, args: argparse.Namespace) -> dict:
+    """Re-run this script as `--worker name`; its output streams through, its result comes back as JSON."""
+    with tempfile.TemporaryDirectory(prefix="distill_bench_") as tmp:
+        result_file = Path(tmp) / "result.json"
+        command = [
+            sys.executable, str(Path(__file__).resolve()),
+            "--worker", name, "--result-file", str(result_file),
+            "--steps", str(args.steps), "--max-new-tokens", str(args.max_new_tokens),
+            "--batch-size", str(args.batch_size),
+        ]  # fmt: skip
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "TRL_EXPERIMENTAL_SILENCE": "1",  # GKDTrainer lives in trl.experimental: we know
+            "PYTHONWARNINGS": "ignore::FutureWarning",  # transformers' gradient_checkpointing renames
+        }
+        started = time.perf_counter()
+        code = subprocess.run(command, env=env, cwd=ROOT).returncode
+        if result_file.exists():
+            result = json.loads(result_file.read_text())
+        else:
+            result = {"ok": False, "error": f"worker exited with code {code} and wrote no result"}
+        result["wall_seconds"] = time.perf_counter() - started
+        return result
+
+
+# --- the report -------------------------------------------------------------------------------------
+
+
+def ratios(results: dict) -> dict:
+    """selftaught against each TRL trainer and against the floor, where both sides ran."""
+    ok = {name: r for name, r in results.items() if r.get("ok")}
+    out: dict[str, float] = {}
+    if "selftaught" not in ok:
+        return out
+    ours = ok["selftaught"]
+    for other in ("gkd", "distillation"):
+        if other in ok:
+            out[f"tokens_per_second_vs_{other}"] = ours["tokens_per_second"] / ok[other]["tokens_per_second"]
+            out[f"peak_rss_vs_{other}"] = ours["peak_rss_gib"] / ok[other]["peak_rss_gib"]
+            out[f"peak_rss_minus_{other}_gib"] = ours["peak_rss_gib"] - ok[other]["peak_rss_gib"]
+    if PARTS in ok:
+        out["seconds_per_step_vs_floor"] = ours["seconds_per_step"] / ok[PARTS]["floor_seconds"]
+        out["tokens_per_second_vs_floor"] = ours["tokens_per_second"] / ok[PARTS]["floor_tokens_per_second"]
+    return out
+
+
+def yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def print_report(results: dict, summary: dict, args: argparse.Namespace) -> None:
+    print(
+        f"\nOn-policy distillation, {args.steps} steps x batch {args.batch_size}, "
+        f"max_new_tokens {args.max_new_tokens}, float32 CPU (first step = warm-up, excluded)\n"
+    )
+    header = (
+        f"{'trainer':<13}{'tok/s':>8}{'s/step':>9}{'tok/step':>10}{'RSS GiB':>9}{'loss':>9}{'loss/tok':>9}"
+        f"{'ckpt':>6}{'kv':>5}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name in RUNNERS:
+        if name not in results:
+            continue
+        r = results[name]
+        if not r.get("ok"):
+            print(f"{name:<13}FAILED: {r.get('error', '').strip().splitlines()[-1:]}")
+            continue
+        print(
+            f"{name:<13}{r['tokens_per_second']:>8.1f}{r['seconds_per_step']:>9.2f}"
+            f"{r['trained_tokens_per_step']:>10.1f}{r['peak_rss_gib']:>9.2f}{r['first_loss']:>9.4f}"
+            f"{r['first_loss_per_trained_token']:>9.4f}"
+            f"{yes_no(r['settings']['gradient_checkpointing']):>6}{yes_no(r['settings']['generation_use_cache']):>5}"
+        )
+    if PARTS in results:
+        p = results[PARTS]
+        if p.get("ok"):
+            print(
+                f"\nParts of one step (batch {p['batch_size']}, {p['completion_tokens']} completion tokens, "
+                f"median of 3; peak RSS {p['peak_rss_gib']:.2f} GiB):"
+            )
+            print(f"  (a) student sampling, KV cache  {p['sampling_seconds']:8.2f} s")
+            print(f"  (b) teacher forward, no grad    {p['teacher_forward_seconds']:8.2f} s")
+            print(f"  (c) student forward + backward  {p['student_forward_backward_seconds']:8.2f} s")
+            print(
+                f"      floor = a + b + c           {p['floor_seconds']:8.2f} s "
+                f"({p['floor_tokens_per_second']:.1f} tok/s)"
+            )
+            print(f"      (AdamW step, not in floor)  {p['optimizer_step_seconds']:8.2f} s")
+        else:
+            print(f"\nparts: FAILED: {p.get('error', '').strip().splitlines()[-1:]}")
+    if summary:
+        print("\nselftaught relative to:")
+        for key, value in summary.items():
+            print(f"  {key:<34}{value:8.2f}")
+    print(
+        "\n(loss = first batch's loss as returned by compute_loss; loss/tok = loss x its denominator /"
+        " trained tokens;\n ckpt = gradient checkpointing; kv = sampling uses the KV cache)"
+    )
+    print(LOSS_NOTES)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--steps", type=int, default=4, help="optimizer steps per trainer (the first is warm-up)"
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="longest sampled completion")
+    parser.add_argument("--batch-size", type=int, default=4, help="per-device train batch (prompts per step)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=[*RUNNERS, PARTS],
+        help="run only these (repeatable); default: all three trainers and the parts",
+    )
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="where to write the JSON results")
+    parser.add_argument("--worker", choices=[*RUNNERS, PARTS], help=argparse.SUPPRESS)
+    parser.add_argument("--result-file", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.steps < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
+        parser.error("--steps, --max-new-tokens and --batch-size must be at least 1")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        worker(args.worker, args)
+        return
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    print("preparing the embedded models (built and cached on first use) ...", flush=True)
+    model_paths()  # built here once, so no worker times the build
+    todo = [name for name in (*RUNNERS, PARTS) if not args.only or name in args.only]
+    results: dict[str, dict] = {}
+    for name in todo:
+        print(f"\n=== {name}: running in its own subprocess ===", flush=True)
+        results[name] = run_in_subprocess(name, args)
+        status = "ok" if results[name].get("ok") else "FAILED"
+        print(f"=== {name}: {status} in {results[name]['wall_seconds']:.0f} s ===", flush=True)
+    summary = ratios(results)
+    print_report(results, summary, args)
+
+    import torch
+    import transformers
+    import trl
+
+    report = {
+        "config": {
+            "steps": args.steps, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
+            "gradient_accumulation_steps": 1, "lmbda": LMBDA, "beta": BETA, "temperature": TEMPERATURE,
+            "learning_rate": LEARNING_RATE, "seed": SEED, "dtype": "float32", "device": "cpu",
+            "prompts": f"first {args.steps * args.batch_size} rows of {DATA.relative_to(ROOT)}",
+        },
+        "environment": {
+            "python": sys.version.split()[0], "torch": torch.__version__,
+            "transformers": transformers.__version__, "trl": trl.__version__, "cpu_count": os.cpu_count(),
+        },
+        "results": results,
+        "selftaught_ratios": summary,
+        "notes": LOSS_NOTES,
+    }  # fmt: skip
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""The `selftaught` command line: flags and YAML configs become a `DistillConfig`; the embedded preset."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+import selftaught
+from selftaught.cli import EMBEDDED_FLAGS, main, parse_config, with_preset
+from selftaught.distill.config import DistillConfig
+
+PROG = "selftaught distill"
+PRESET = Path(selftaught.__file__).parent / "distill" / "default.yaml"
+FIELDS = {f.name for f in dataclasses.fields(DistillConfig)}
+
+
+def parse(argv: list[str]) -> DistillConfig:
+    return parse_config(DistillConfig, argv, PROG)
+
+
+def write_yaml(path: Path, values: dict) -> Path:
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+# --- flags and YAML ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dash", [False, True])
+def test_flags_in_underscore_and_dash_form(tmp_path, dash):
+    def flag(name: str) -> str:
+        return "--" + (name.replace("_", "-") if dash else name)
+
+    config = parse(
+        [
+            flag("output_dir"), str(tmp_path / "out"),
+            flag("student"), "my/student",
+            flag("lmbda"), "0.25",
+            flag("max_new_tokens"), "7",
+            flag("per_device_train_batch_size"), "3",
+            flag("seq_kd"),
+            flag("use_cpu"),
+        ]
+    )  # fmt: skip
+    assert config.output_dir == str(tmp_path / "out")
+    assert config.student == "my/student"
+    assert config.lmbda == 0.25
+    assert config.max_new_tokens == 7
+    assert config.per_device_train_batch_size == 3
+    assert config.seq_kd is True
+    assert config.use_cpu is True
+
+
+def test_defaults_without_flags():
+    config = parse([])
+    assert (config.lmbda, config.beta, config.temperature) == (0.5, 0.5, 0.9)
+    assert config.student is None and config.teacher is None and config.data is None
+    assert config.remove_unused_columns is False
+
+
+def test_yaml_config_keys_are_the_flags(tmp_path):
+    values = {
+        "output_dir": str(tmp_path / "out"),
+        "student": "my/student",
+        "teacher": "my/teacher",
+        "data": "my/data",
+        "lmbda": 0.75,
+        "beta": 0.1,
+        "max_new_tokens": 12,
+        "seq_kd": True,
+        "use_peft": True,
+        "lora_r": 4,
+        "learning_rate": "1e-4",  # YAML reads 1e-4 (no dot) as a string; the flag's type converts it
+        "lr_scheduler_type": "cosine",
+        "max_steps": 5,
+    }
+    config = parse(["--config", str(write_yaml(tmp_path / "run.yaml", values))])
+    for key, value in values.items():
+        expected = float(value) if key == "learning_rate" else value
+        actual = getattr(config, key)
+        assert getattr(actual, "value", actual) == expected, key  # enums (lr_scheduler_type) by value
+
+
+def test_flags_override_yaml(tmp_path):
+    path = write_yaml(tmp_path / "run.yaml", {"lmbda": 0.75, "max_steps": 5, "student": "yaml/student"})
+    config = parse(["--max_steps", "9", f"--config={path}", "--student", "flag/student"])
+    assert config.max_steps == 9
+    assert config.student == "flag/student"
+    assert config.lmbda == 0.75  # not overridden: the YAML value stands
+
+
+def test_empty_yaml_is_no_settings(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("# nothing set\n")
+    assert parse(["--config", str(path)]).lmbda == 0.5
+
+
+def test_unknown_yaml_key_is_rejected_by_name(tmp_path, capsys):
+    path = write_yaml(tmp_path / "run.yaml", {"lmbda": 0.5, "lambda": 0.5, "max-steps": 3})
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["--config", str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "'lambda'" in err and "'max-steps'" in err
+    assert str(path) in err and PROG in err
+
+
+def test_unknown_flag_is_rejected_by_name(capsys):
+    """HfArgumentParser raises ValueError (not argparse's usage error) for a flag it does not know."""
+    with pytest.raises((ValueError, SystemExit)) as err:
+        parse(["--lambda", "0.5"])
+    assert "--lambda" in str(err.value) + capsys.readouterr().err
+
+
+def test_help_lists_every_knob(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("--lmbda", "--beta", "--temperature", "--max_new_tokens", "--seq_kd", "--config"):
+        assert name in out
+
+
+# --- invalid knob values ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--lmbda", "1.5"),
+        ("--lmbda", "-0.1"),
+        ("--beta", "-0.1"),
+        ("--beta", "1.01"),
+        ("--top_p", "2"),
+        ("--temperature", "0"),
+        ("--temperature", "-1"),
+        ("--max_new_tokens", "0"),
+    ],
+)
+def test_invalid_knob_values_are_rejected(flag, value):
+    with pytest.raises(ValueError, match=flag.lstrip("-")):
+        parse([flag, value])
+
+
+def test_invalid_knob_value_in_yaml_is_rejected(tmp_path):
+    path = write_yaml(tmp_path / "run.yaml", {"lmbda": 1.5})
+    with pytest.raises(ValueError, match="lmbda must lie in"):
+        parse(["--config", str(path)])
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--lmbda", "0"), ("--lmbda", "1"), ("--beta", "0"), ("--beta", "1")]
+)
+def test_knob_bounds_are_allowed(flag, value):
+    assert getattr(parse([flag, value]), flag.lstrip("-")) == float(value)
+
+
+# --- the embedded preset ----------------------------------------------------------------------------
+
+
+def test_preset_keys_are_all_config_fields():
+    values = yaml.safe_load(PRESET.read_text())
+    assert isinstance(values, dict) and values
+    assert sorted(set(values) - FIELDS) == []
+
+
+@pytest.mark.parametrize("argv", [[], ["--max_steps", "3"], ["--output_dir", "somewhere", "--use_cpu"]])
+def test_no_model_data_or_config_uses_the_preset(argv):
+    assert with_preset(argv, PRESET) == ["--config", str(PRESET), *argv]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--student", "s"],
+        ["--teacher", "t"],
+        ["--data", "d"],
+        ["--config", "run.yaml"],
+        ["--max_steps", "3", "--data=d"],
+        ["--student=s"],
+    ],
+)
+def test_naming_a_model_data_or_config_skips_the_preset(argv):
+    assert with_preset(argv, PRESET) == argv
+
+
+def test_embedded_flags():
+    assert set(EMBEDDED_FLAGS) == {"--config", "--student", "--teacher", "--data"}
+
+
+def test_preset_values_reach_the_config_and_flags_override_them():
+    values = yaml.safe_load(PRESET.read_text())
+    config = parse(with_preset(["--max_steps", "3"], PRESET))
+    assert config.max_steps == 3
+    for key in ("lmbda", "beta", "temperature", "max_new_tokens", "eval_size", "per_device_train_batch_size"):
+        assert getattr(config, key) == values[key], key
+    assert config.learning_rate == pytest.approx(float(values["learning_rate"]))
+
+
+def test_preset_is_not_applied_when_data_is_named():
+    config = parse(with_preset(["--data", "d"], PRESET))
+    assert config.max_new_tokens == DistillConfig.max_new_tokens  # the dataclass default, not the preset's
+    assert config.data == "d"
+
+
+# --- the command ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, code", [([], 2), (["nonsense"], 2), (["--help"], 0)])
+def test_main_without_a_command_prints_usage(argv, code, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == code
+    assert "usage: selftaught {distill}" in capsys.readouterr().out

@@ -1,0 +1,332 @@
+"""`selftaught distill` end to end on tiny random models: outputs, card, metrics, resume, LoRA, DDP."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from selftaught.cli import main
+from selftaught.distill.trainer import GKDistillTrainer
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+HYPERPARAMETERS = ("lmbda", "beta", "temperature", "max_new_tokens", "seq_kd")
+SEED = 0  # with lmbda=0.5, step 1 trains on the data and step 2 on the student's samples: both paths run
+
+
+def on_policy_steps(seed: int, lmbda: float, steps: int) -> list[bool]:
+    """The trainer's own rule for which optimizer steps (1-based, as logged) are on-policy."""
+    stand_in = SimpleNamespace(args=SimpleNamespace(seed=seed, lmbda=lmbda))
+    return [GKDistillTrainer.is_on_policy(stand_in, step - 1) for step in range(1, steps + 1)]
+
+
+def distill_argv(student: Path, teacher: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--student", str(student),
+        "--teacher", str(teacher),
+        "--data", str(data),
+        "--output_dir", str(out),
+        "--max_steps", "2",
+        "--per_device_train_batch_size", "2",
+        "--max_new_tokens", "8",
+        "--eval_max_new_tokens", "8",
+        "--eval_size", "2",
+        "--lmbda", "0.5",
+        "--save_steps", "1",
+        "--report_to", "none",
+        "--use_cpu",
+        "--seed", str(SEED),
+        *extra,
+    ]  # fmt: skip
+
+
+def distill(*argv: str) -> None:
+    main(["distill", *argv])
+
+
+def training_logs(out: Path) -> list[dict]:
+    """metrics.jsonl's per-step lines (the end-of-training summary line has no `loss`)."""
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [r for r in records if "loss" in r]
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, parameter in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(parameter.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+# --- one full run -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_student, tiny_teacher) -> tuple[Path, str]:
+    """One complete run shared by the output checks; returns (output folder, stdout)."""
+    root = tmp_path_factory.mktemp("run")
+    rows = [
+        {
+            "problem": f"What is {a} + {b}?",
+            "solution": f"{a} + {b} = $\\boxed{{{a + b}}}$.",
+            "answer": str(a + b),
+        }
+        for a in range(2, 6)
+        for b in range(3, 7)
+    ]
+    data = root / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:12]))
+    (data / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[12:]))
+    out = root / "out"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        distill(*distill_argv(tiny_student, tiny_teacher, data, out))
+    return out, stdout.getvalue()
+
+
+def test_saves_a_loadable_safetensors_model(finished_run, tiny_student):
+    out, _ = finished_run
+    assert (out / "model.safetensors").is_file()
+    assert not (out / "pytorch_model.bin").exists()
+    assert (out / "generation_config.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    student = AutoModelForCausalLM.from_pretrained(tiny_student)
+    assert type(model) is type(student)
+    assert weights_hash(model) != weights_hash(student)  # it trained
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.chat_template
+    assert tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+
+
+def test_checkpoints_every_save_step(finished_run):
+    out, _ = finished_run
+    for step in (1, 2):
+        assert (out / f"checkpoint-{step}" / "model.safetensors").is_file()
+        assert (out / f"checkpoint-{step}" / "trainer_state.json").is_file()
+
+
+def test_model_card(finished_run):
+    out, _ = finished_run
+    card = ModelCard.load(out / "README.md")
+    front = card.data.to_dict()
+    assert "selftaught" in front["tags"]
+    assert {"distillation", "gkd"} <= set(front["tags"])
+    assert front["model-index"], "the card has no model-index"
+    results = front["model-index"][0]["results"]
+    metrics = {m["type"] for r in results for m in r["metrics"]}
+    assert "forward_kl" in metrics
+    assert "2306.13649" in card.text
+    for name in HYPERPARAMETERS:
+        assert f"| {name} |" in card.text, name
+
+
+def test_metrics_file_has_one_line_per_step(finished_run):
+    out, _ = finished_run
+    logs = training_logs(out)
+    assert [r["step"] for r in logs] == [1, 2]
+    for record in logs:
+        for key in ("loss", "learning_rate", "on_policy", "tokens_per_second"):
+            assert isinstance(record[key], (int, float)), key
+        assert record["loss"] >= 0
+        assert record["tokens_per_second"] > 0
+    # one step per log, so on_policy says whether that step sampled from the student
+    assert on_policy_steps(SEED, 0.5, 2) == [False, True]
+    assert [r["on_policy"] for r in logs] == [0.0, 1.0]
+    assert logs[0]["generation_seconds"] == 0 and logs[1]["generation_seconds"] > 0
+
+
+def test_eval_results(finished_run):
+    out, stdout = finished_run
+    results = json.loads((out / "eval_results.json").read_text())
+    assert {"teacher", "student_before", "student_after"} <= set(results)
+    for key in ("student_before", "student_after"):
+        for metric in ("forward_kl", "reverse_kl", "top1_agreement", "math_accuracy", "answer_agreement"):
+            assert isinstance(results[key][metric], float), (key, metric)
+        assert results[key]["forward_kl"] >= 0
+    assert "math_accuracy" in results["teacher"]
+    assert results["train"]["train_loss"] >= 0
+    assert "held-out evaluation" in stdout and str(out) in stdout
+
+
+# --- resume -----------------------------------------------------------------------------------------
+
+
+FINAL_FILES = ("model.safetensors", "config.json", "generation_config.json", "README.md", "eval_results.json")
+
+
+def test_resume_after_a_crash_neither_loses_nor_repeats_steps(
+    tmp_path, tiny_student, tiny_teacher, math_data
+):
+    out = tmp_path / "out"
+    argv = distill_argv(tiny_student, tiny_teacher, math_data, out)
+    distill(*argv)
+    first_step = (out / "metrics.jsonl").read_text().splitlines()[0]
+    uninterrupted = load_file(out / "model.safetensors")
+
+    # a crash after checkpoint-1: the second step, its checkpoint and the final model never happened
+    shutil.rmtree(out / "checkpoint-2")
+    for name in FINAL_FILES:
+        (out / name).unlink()
+    assert (out / "checkpoint-1").is_dir()
+
+    distill(*argv, "--resume_from_checkpoint", "last")
+    logs = training_logs(out)
+    assert [r["step"] for r in logs] == [1, 2]
+    assert (out / "metrics.jsonl").read_text().splitlines()[0] == first_step  # step 1 kept, not rerun
+    assert (out / "checkpoint-2").is_dir()
+    # bit-identical to the uninterrupted run, though step 2 samples (on-policy): data order, the
+    # on-policy draw and the sampling RNG all come back from checkpoint-1
+    resumed = load_file(out / "model.safetensors")
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed), "resume changed the result"
+    AutoModelForCausalLM.from_pretrained(out)
+    assert "student_after" in json.loads((out / "eval_results.json").read_text())
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["no-output-dir", "empty-output-dir"])
+def test_resume_last_without_checkpoints_starts_fresh(
+    tmp_path, tiny_student, tiny_teacher, math_data, existing
+):
+    out = tmp_path / "out"
+    if existing:
+        out.mkdir()
+    distill(
+        *distill_argv(
+            tiny_student, tiny_teacher, math_data, out, "--eval_size", "0", "--save_strategy", "no"
+        ),
+        "--resume_from_checkpoint",
+        "last",
+    )
+    assert [r["step"] for r in training_logs(out)] == [1, 2]
+    assert (out / "model.safetensors").is_file()
+
+
+# --- LoRA -------------------------------------------------------------------------------------------
+
+
+def test_lora_run_saves_a_plain_merged_model(tmp_path, tiny_student, tiny_teacher, math_data):
+    out = tmp_path / "out"
+    argv = distill_argv(tiny_student, tiny_teacher, math_data, out, "--save_strategy", "no")
+    distill(*argv, "--use_peft", "--lora_r", "4", "--max_steps", "1", "--learning_rate", "1e-3")
+    assert not (out / "adapter_config.json").exists()
+    assert not (out / "adapter_model.safetensors").exists()
+    saved = load_file(out / "model.safetensors")
+    original = load_file(tiny_student / "model.safetensors")
+    assert not any("lora" in key or "base_model" in key for key in saved)
+    assert set(saved) == set(original)
+    changed = [k for k in original if not torch.equal(saved[k], original[k])]
+    assert changed and all("proj" in k for k in changed), changed  # only the adapted linear layers
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert weights_hash(model) != weights_hash(AutoModelForCausalLM.from_pretrained(tiny_student))
+    assert [r["step"] for r in training_logs(out)] == [1]
+
+
+# --- two processes ----------------------------------------------------------------------------------
+
+
+HASHING_LAUNCHER = '''
+"""Run the real recipe, recording each process's weights before and after training."""
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import selftaught.distill.recipe as recipe
+from selftaught.cli import parse_config
+from selftaught.distill.config import DistillConfig
+
+HASH_DIR = Path(os.environ["SELFTAUGHT_TEST_HASH_DIR"])
+
+
+def weights_hash(model):
+    digest = hashlib.sha256()
+    for name, parameter in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(parameter.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class HashingTrainer(recipe.GKDistillTrainer):
+    def __init__(self, model, *args, **kwargs):
+        self.initial_hash = weights_hash(model)
+        super().__init__(model, *args, **kwargs)
+
+    def train(self, *args, **kwargs):
+        output = super().train(*args, **kwargs)
+        final_hash = weights_hash(self.accelerator.unwrap_model(self.model))
+        line = f"{self.accelerator.num_processes} {self.initial_hash} {final_hash}"
+        (HASH_DIR / f"rank{self.args.process_index}.txt").write_text(line)
+        return output
+
+
+recipe.GKDistillTrainer = HashingTrainer
+recipe.run_distillation(parse_config(DistillConfig, sys.argv[1:], "selftaught distill"))
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_end_with_the_same_weights(tmp_path, tiny_student, tiny_teacher, math_data):
+    """DDP on CPU (gloo), on-policy sampling on each rank: every process must end with identical weights.
+
+    `accelerate launch --cpu --num_processes 2` starts only one process without mpirun; `--multi_gpu`
+    goes through torchrun, which on a machine without GPUs gives accelerate's MULTI_CPU (gloo) setup.
+    """
+    script = tmp_path / "run_hashed.py"
+    script.write_text(textwrap.dedent(HASHING_LAUNCHER))
+    out = tmp_path / "out"
+    argv = distill_argv(tiny_student, tiny_teacher, math_data, out, "--save_strategy", "no")
+    argv[argv.index("--lmbda") + 1] = "1"
+    argv[argv.index("--eval_size") + 1] = "0"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()),
+        str(script), *argv,
+    ]  # fmt: skip
+    env = os.environ | {
+        "SELFTAUGHT_TEST_HASH_DIR": str(tmp_path),
+        "HF_HUB_OFFLINE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+
+    lines = [(tmp_path / f"rank{rank}.txt").read_text().split() for rank in (0, 1)]
+    (world0, initial0, final0), (world1, initial1, final1) = lines
+    assert world0 == world1 == "2"
+    assert initial0 == initial1
+    assert final0 == final1, "the processes ended with different weights"
+    assert final0 != initial0, "training did not change the weights"
+    assert weights_hash(AutoModelForCausalLM.from_pretrained(out)) == final0  # what was saved is that model
+
+    logs = training_logs(out)
+    assert [r["step"] for r in logs] == [1, 2]
+    assert all(r["on_policy"] == 1.0 for r in logs)
+    # both processes' samples count: 2 processes x 2 prompts, at most 8 tokens each
+    assert all(4 <= r["completion_tokens"] <= 2 * 2 * 8 for r in logs)
