@@ -43,9 +43,14 @@ def build_tiny_model(
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(str(tokenizer_dir))
     config = LlamaConfig(
-        vocab_size=vocab_size, num_hidden_layers=layers, max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, **TINY,
+        vocab_size=vocab_size,
+        num_hidden_layers=layers,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        **TINY,
     )
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -63,7 +68,9 @@ def tiny_student(tmp_path_factory, tokenizer_dir) -> Path:
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory, tokenizer_dir) -> Path:
     """Same tokenizer, more layers, and 128 extra (padded) embedding rows, like Qwen2-7B vs 0.5B."""
-    return build_tiny_model(tmp_path_factory.mktemp("teacher"), tokenizer_dir, vocab_size=49280, layers=2, seed=2)
+    return build_tiny_model(
+        tmp_path_factory.mktemp("teacher"), tokenizer_dir, vocab_size=49280, layers=2, seed=2
+    )
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -76,9 +83,13 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def math_data(tmp_path) -> Path:
     """A folder with train/test splits of MATH-style rows."""
     rows = [
-        {"problem": f"What is {a} + {b}?", "solution": f"${a} + {b} = {a + b}$. The answer is $\\boxed{{{a + b}}}$.",
-         "answer": str(a + b)}
-        for a in range(2, 8) for b in range(3, 6)
+        {
+            "problem": f"What is {a} + {b}?",
+            "solution": f"${a} + {b} = {a + b}$. The answer is $\\boxed{{{a + b}}}$.",
+            "answer": str(a + b),
+        }
+        for a in range(2, 8)
+        for b in range(3, 6)
     ]
     write_jsonl(tmp_path / "data" / "train.jsonl", rows[:14])
     write_jsonl(tmp_path / "data" / "test.jsonl", rows[14:])

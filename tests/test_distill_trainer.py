@@ -12,6 +12,7 @@ the situation of the seed's Qwen2-0.5B / Qwen2-7B pair, so every test also runs 
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import shutil
@@ -19,8 +20,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import build_tiny_model
 from torch.utils.data import SequentialSampler
-from transformers import TrainerCallback
+from transformers import PreTrainedModel, TrainerCallback
 
 from selftaught.data.formats import Example, tokenize_completion, tokenize_examples, tokenize_prompt
 from selftaught.data.loading import DataError
@@ -66,9 +68,10 @@ def make_trainer(
     tokenizer,
     train_dataset,
     callbacks: list | None = None,
+    teacher: PreTrainedModel | None = None,
     **overrides,
 ) -> GKDistillTrainer:
-    """A trainer on freshly loaded tiny models that reads the dataset in order (no shuffling)."""
+    """A trainer on freshly loaded tiny models (or the given teacher) that reads the dataset in order."""
     settings = dict(
         output_dir=str(tmp_path / "run"),
         max_steps=1,
@@ -86,7 +89,7 @@ def make_trainer(
     settings.update(overrides)
     trainer = GKDistillTrainer(
         model=load_model(str(student_dir)),
-        teacher=load_model(str(teacher_dir)),
+        teacher=load_model(str(teacher_dir)) if teacher is None else teacher,
         args=DistillConfig(**settings),
         processing_class=tokenizer,
         train_dataset=train_dataset,
@@ -270,7 +273,7 @@ def test_eos_of_data_completions_is_trained_on(tmp_path, tiny_student, tiny_teac
         for _, completion in rows_of(batch):
             assert completion[-1] == eos and completion.count(eos) == 1
     # The scored positions include every EOS: the per-token losses number exactly the tokens counted.
-    trainer.compute_loss = GKDistillTrainer.compute_loss.__get__(trainer)
+    del trainer.compute_loss  # the trainer's own method again, not the recording wrapper
     scored = sum(
         trainer.compute_loss(trainer.model, batch, return_outputs=True)[1]["per_token"].numel()
         for batch in recorder.batches
@@ -324,7 +327,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, sharp_student, sh
         assert sum(recorder.losses) == pytest.approx(float(step_loss), rel=1e-4)
         # ... and so is its gradient, however the step is cut into micro-batches.
         assert set(gradients.grads) == set(names)
-        assert relative_error(flat(gradients.grads), expected) < 1e-4
+        assert relative_error(flat(gradients.grads), expected) < 1e-3  # float32 vs float64: ~2e-5
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -333,8 +336,15 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, sharp_student, sh
 
 
 def test_teacher_stays_frozen_in_eval_mode(tmp_path, tiny_student, tiny_teacher, tokenizer):
+    arriving = load_model(str(tiny_teacher)).train()  # as a teacher that was itself just trained would come
     trainer = make_trainer(
-        tmp_path, tiny_student, tiny_teacher, tokenizer, dataset(tokenizer), learning_rate=1e-2
+        tmp_path,
+        tiny_student,
+        tiny_teacher,
+        tokenizer,
+        dataset(tokenizer),
+        teacher=arriving,
+        learning_rate=1e-2,
     )
     teacher = trainer.accelerator.unwrap_model(trainer.teacher)
     teacher_before = {n: p.detach().clone() for n, p in teacher.named_parameters()}
@@ -385,14 +395,51 @@ def test_sampling_uses_the_kv_cache_with_gradient_checkpointing(
     assert trainer.model.is_activation_checkpointing
     prompt_widths = [b["input_ids"].shape[1] - b["completion_mask"].shape[1] for b in recorder.batches]
     assert len(prompt_widths) == 2
-    # Each sampling pass: one prefill of the prompt, then one token per forward on top of the cache.
+    # Each sampling pass: one prefill of the prompt, then one token per forward on top of the cache (the
+    # random student never samples EOS, so every pass runs to max_new_tokens).
+    expected = []
     for width in prompt_widths:
-        prefill, *decoding = calls[: trainer.args.max_new_tokens]
-        del calls[: 1 + len(decoding)]
-        assert prefill == (width, width)
-        assert len(decoding) == trainer.args.max_new_tokens - 1
-        assert decoding == [(1, width + k) for k in range(1, len(decoding) + 1)]
-    assert not calls
+        expected += [(width, width)] + [(1, width + k) for k in range(1, trainer.args.max_new_tokens)]
+    assert calls == expected
+
+
+def checkpointing_settings(model: torch.nn.Module) -> dict[str, tuple[str, dict]]:
+    """For each checkpointed module: the checkpoint function's name and the keywords it is called with."""
+    return {
+        name: (getattr(f.func, "__name__", ""), dict(f.keywords))
+        for name, module in model.named_modules()
+        if getattr(module, "gradient_checkpointing", False)
+        and isinstance(f := getattr(module, "_gradient_checkpointing_func", None), functools.partial)
+    }
+
+
+class CheckpointingSnapshot(TrainerCallback):
+    """The student's checkpointing settings as the Trainer set them up, before any sampling."""
+
+    def __init__(self) -> None:
+        self.at_start: dict[str, tuple[str, dict]] = {}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.at_start = checkpointing_settings(model)
+
+
+def test_sampling_keeps_the_gradient_checkpointing_settings(tmp_path, tiny_student, tiny_teacher, tokenizer):
+    snapshot = CheckpointingSnapshot()
+    trainer = make_trainer(
+        tmp_path,
+        tiny_student,
+        tiny_teacher,
+        tokenizer,
+        dataset(tokenizer, with_completions=False),
+        callbacks=[snapshot],
+        lmbda=1.0,
+        max_new_tokens=2,
+        gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": True},  # not the default (False)
+    )
+    trainer.train()
+    assert snapshot.at_start and all(kw == {"use_reentrant": True} for _, kw in snapshot.at_start.values())
+    assert checkpointing_settings(trainer.model) == snapshot.at_start
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -476,14 +523,12 @@ def test_padded_teacher_vocabulary_is_aligned_to_the_tokenizer(
     rows = [row for batch in recorder.batches for row in rows_of(batch)]
     assert len(recorder.losses) == 1
     [expected] = reference_losses(tiny_student, tiny_teacher, rows, [0.5])
-    assert recorder.losses[0] == pytest.approx(expected, rel=1e-4)
+    assert recorder.losses[0] == pytest.approx(expected, rel=3e-4)  # measured 1e-5; misaligned: 1e-3
 
 
 def test_model_with_fewer_rows_than_the_tokenizer_is_rejected(
     tmp_path, tokenizer_dir, tiny_student, tokenizer
 ):
-    from conftest import build_tiny_model
-
     small = load_model(str(build_tiny_model(tmp_path / "small", tokenizer_dir, vocab_size=STUDENT_ROWS - 8)))
     with pytest.raises(ValueError, match="output rows"):
         shared_vocab_size(tokenizer, load_model(str(tiny_student)), small)
@@ -550,7 +595,7 @@ def test_loss_is_the_plain_kl_at_the_limits(tmp_path, sharp_student, sharp_teach
         )
         recorder = Recorder(trainer)
         trainer.train()
-        assert recorder.losses == [pytest.approx(expected, rel=1e-5)], f"beta={beta}"
+        assert recorder.losses == [pytest.approx(expected, rel=1e-4)], f"beta={beta}"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -581,16 +626,11 @@ def test_seq_kd_completions_are_sampled_from_the_teacher(tmp_path, tiny_student,
     assert trainer._since_log["generation_seconds"] > 0
     assert forwards == {"student": 0, "teacher": trainer.args.max_new_tokens}  # prefill + 7 decoding steps
     generated = [completion for _, completion in rows_of(batches[0])]
-    assert generated != train_dataset["completion_ids"][:2]
+    assert all(ids != train_dataset[row]["completion_ids"] for row, ids in enumerate(generated))
     assert all(1 <= len(ids) <= trainer.args.max_new_tokens for ids in generated)
     assert int(tokens) == sum(map(len, generated))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: sampling is not restricted to the tokenizer's ids; a teacher with padded embedding rows "
-    "can emit ids the student has no embedding for (IndexError in the student's forward).",
-)
 def test_seq_kd_never_samples_padded_teacher_rows(tmp_path, tiny_student, tiny_teacher, tokenizer):
     """The teacher's 128 extra rows are not tokens; completions must use the shared vocabulary only."""
     trainer = make_trainer(

@@ -11,7 +11,7 @@ The whole run, top to bottom:
 from __future__ import annotations
 
 import json
-import logging
+import shutil
 from pathlib import Path
 
 from peft import LoraConfig, get_peft_model
@@ -26,8 +26,6 @@ from selftaught.evaluate.distance import answer_metrics, answers_agree, greedy_a
 from selftaught.models import check_same_vocabulary, load_model, load_tokenizer, shared_vocab_size
 from selftaught.training.callbacks import MetricsFileCallback, replace_progress_bar
 from selftaught.training.model_card import write_model_card
-
-logger = logging.getLogger(__name__)
 
 BUILTIN_DATA = Path(__file__).resolve().parent.parent / "data" / "builtin" / "math_prompts"
 
@@ -80,39 +78,52 @@ def check_completions(examples: list[Example], config: DistillConfig) -> None:
 
 
 class HeldOutEvaluation:
-    """Greedy answers and teacher distance on the held-out prompts; the teacher's answers computed once."""
+    """Greedy answers and distance to the teacher on the held-out prompts.
+
+    Every model's answers are saved (`evaluation/<name>.jsonl`) for a person to audit; the teacher's
+    are generated once and reused, also by a resumed run.
+    """
 
     def __init__(self, teacher, tokenizer, examples: list[Example], config: DistillConfig, vocab_size: int):
         self.teacher, self.tokenizer, self.config, self.vocab_size = teacher, tokenizer, config, vocab_size
-        self.examples = examples
+        self.folder = Path(config.output_dir) / "evaluation"
         self.prompts = [tokenize_prompt(tokenizer, e.prompt)[-config.max_prompt_length :] for e in examples]
         self.answers = [e.answer for e in examples]
-        self.teacher_ids = self._greedy(teacher, "teacher answers")
-        self.teacher_texts = self._decode(self.teacher_ids)
+        self.teacher_ids = self.greedy_answers(teacher, "teacher")
 
-    def _greedy(self, model, desc: str) -> list[list[int]]:
-        return greedy_answers(
+    def greedy_answers(self, model, name: str) -> list[list[int]]:
+        """Greedy completion ids of `model`, read back from `evaluation/<name>.jsonl` when it exists."""
+        path = self.folder / f"{name}.jsonl"
+        if path.exists():
+            return [json.loads(line)["completion_ids"] for line in path.read_text().splitlines()]
+        ids = greedy_answers(
             model,
             self.tokenizer,
             self.prompts,
             self.config.eval_max_new_tokens,
             self.config.per_device_eval_batch_size,
-            desc,
+            f"{name} answers",
         )
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as f:
+            for completion_ids, text, answer in zip(ids, texts, self.answers, strict=True):
+                f.write(
+                    json.dumps({"completion": text, "gold_answer": answer, "completion_ids": completion_ids})
+                    + "\n"
+                )
+        return ids
 
-    def _decode(self, ids: list[list[int]]) -> list[str]:
-        return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-
-    def teacher_metrics(self) -> dict[str, float]:
-        return answer_metrics(self.teacher_texts, self.answers) | {
-            "mean_answer_tokens": sum(map(len, self.teacher_ids)) / len(self.teacher_ids)
-        }
-
-    def student_metrics(self, student, desc: str) -> dict[str, float]:
-        ids = self._greedy(student, desc)
-        texts = self._decode(ids)
+    def metrics(self, model, name: str) -> dict[str, float]:
+        ids = self.greedy_answers(model, name)
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        results = answer_metrics(texts, self.answers) | {"mean_answer_tokens": sum(map(len, ids)) / len(ids)}
+        if model is self.teacher:
+            return results
+        teacher_texts = self.tokenizer.batch_decode(self.teacher_ids, skip_special_tokens=True)
+        agreeing = sum(answers_agree(t, s) for t, s in zip(teacher_texts, texts, strict=True))
         distance = teacher_distance(
-            student,
+            model,
             self.teacher,
             self.prompts,
             self.teacher_ids,
@@ -120,27 +131,7 @@ class HeldOutEvaluation:
             self.tokenizer.pad_token_id,
             self.config.per_device_eval_batch_size,
         )
-        agreement = sum(answers_agree(t, s) for t, s in zip(self.teacher_texts, texts, strict=True)) / len(
-            texts
-        )
-        return (
-            distance
-            | answer_metrics(texts, self.answers)
-            | {
-                "answer_agreement": agreement,
-                "mean_answer_tokens": sum(map(len, ids)) / len(ids),
-            }
-        )
-
-
-def cached_json(path: Path, compute) -> dict:
-    """Read `path` if an earlier (interrupted) run wrote it, else compute and write it."""
-    if path.exists():
-        return json.loads(path.read_text())
-    value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=2))
-    return value
+        return results | distance | {"answer_agreement": agreeing / len(texts)}
 
 
 def resume_checkpoint(config: DistillConfig) -> str | bool | None:
@@ -195,24 +186,25 @@ def run_distillation(config: DistillConfig) -> dict:
 
     results: dict = {}
     evaluation = None
+    resume = resume_checkpoint(config)
+    if main and not resume:  # a fresh run must not reuse answers saved by an earlier one
+        shutil.rmtree(out / "evaluation", ignore_errors=True)
     if eval_examples and main:
         unwrapped_teacher = trainer.accelerator.unwrap_model(trainer.teacher)
         evaluation = HeldOutEvaluation(unwrapped_teacher, tokenizer, eval_examples, config, vocab_size)
-        results["teacher"] = cached_json(out / "evaluation" / "teacher.json", evaluation.teacher_metrics)
-        results["student_before"] = cached_json(
-            out / "evaluation" / "student_before.json",
-            lambda: evaluation.student_metrics(trainer.model, "student answers (before)"),
-        )
+        results["teacher"] = evaluation.metrics(evaluation.teacher, "teacher")
+        results["student_before"] = evaluation.metrics(trainer.model, "student_before")
     trainer.accelerator.wait_for_everyone()
 
-    train_output = trainer.train(resume_from_checkpoint=resume_checkpoint(config))
+    train_output = trainer.train(resume_from_checkpoint=resume)
     if config.use_peft:
         trainer.model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
     trainer.save_model(str(out))
 
     if main:
         if evaluation is not None:
-            results["student_after"] = evaluation.student_metrics(trainer.model, "student answers (after)")
+            (out / "evaluation" / "student_after.jsonl").unlink(missing_ok=True)
+            results["student_after"] = evaluation.metrics(trainer.model, "student_after")
         results["train"] = {k: v for k, v in train_output.metrics.items() if isinstance(v, (int, float))}
         (out / "eval_results.json").write_text(json.dumps(results, indent=2))
         write_model_card(out, distillation_card(config, results, len(train_examples), len(eval_examples)))

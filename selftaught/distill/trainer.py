@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -102,7 +103,7 @@ class GKDistillTrainer(Trainer):
         else:
             model = self.model_wrapped if source == "student" else self.teacher
             started = time.perf_counter()
-            with unwrap_model_for_generation(model, self.accelerator) as unwrapped:
+            with self.unwrapped_for_generation(model) as unwrapped:
                 completion_ids, completion_mask = generate_completions(
                     unwrapped,
                     batch["prompt_ids"],
@@ -110,6 +111,7 @@ class GKDistillTrainer(Trainer):
                     self.sampling,
                     self.eos_ids,
                     self.processing_class.pad_token_id,
+                    self.vocab_size,
                 )
             self._since_log["generation_seconds"] += time.perf_counter() - started
         inputs = join_prompt_completion(
@@ -117,6 +119,19 @@ class GKDistillTrainer(Trainer):
         )
         inputs["completion_mask"] = completion_mask
         return inputs
+
+    def unwrapped_for_generation(self, model):
+        """The bare model to call generate() on.
+
+        Only ZeRO-3 needs TRL's helper (it gathers the sharded weights); elsewhere we avoid it, since it
+        toggles gradient checkpointing off and back on with default settings, losing the user's.
+        Eval mode inside `generate_completions` already keeps the KV cache under checkpointing.
+        """
+        if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+            return unwrap_model_for_generation(
+                model, self.accelerator, gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs
+            )
+        return nullcontext(self.accelerator.unwrap_model(model))
 
     def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
         """All micro-batches of one optimizer step, completed, and their total completion-token count."""

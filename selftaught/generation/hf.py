@@ -22,7 +22,9 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
 
-    def generation_config(self, eos_token_id: int | list[int], pad_token_id: int) -> GenerationConfig:
+    def generation_config(
+        self, eos_token_id: int | list[int], pad_token_id: int, suppress_tokens: list[int] | None = None
+    ) -> GenerationConfig:
         greedy = self.temperature == 0
         # top_k=0 and no repetition penalty: sample from the model's own distribution, as GKD assumes,
         # not from whatever defaults a checkpoint's generation_config.json carries.
@@ -34,6 +36,7 @@ class SamplingParams:
             top_k=None if greedy else 0,
             eos_token_id=eos_token_id,
             pad_token_id=pad_token_id,
+            suppress_tokens=suppress_tokens or None,
             use_cache=True,
         )
 
@@ -91,19 +94,23 @@ def generate_completions(
     params: SamplingParams,
     eos_ids: list[int],
     pad_id: int,
+    vocab_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Completion ids [B, C] and their mask for one left-padded batch, using the KV cache.
 
     The model is switched to eval mode for the call: gradient checkpointing only acts in training
     mode, so generation keeps its cache even when checkpointing is on (peers lost it: 3.5x slower).
+    With `vocab_size`, ids past it (padded embedding rows, not tokens) are never sampled.
     """
+    rows = model.config.get_text_config().vocab_size
+    padded_rows = list(range(vocab_size, rows)) if vocab_size is not None and rows > vocab_size else None
     was_training = model.training
     model.eval()
     try:
         output = model.generate(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
-            generation_config=params.generation_config(eos_ids, pad_id),
+            generation_config=params.generation_config(eos_ids, pad_id, padded_rows),
         )
     finally:
         model.train(was_training)
