@@ -13,12 +13,12 @@ import yaml
 from transformers import HfArgumentParser
 
 
-def parse_config(config_class, argv: list[str], prog: str):
-    """A `config_class` from `--config FILE` (YAML) and flags, the flags winning."""
+def parse_configs(config_classes: tuple, argv: list[str], prog: str) -> tuple:
+    """One instance per class from `--config FILE` (YAML) and flags, the flags winning."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", type=Path)
     known, rest = pre.parse_known_args(argv)
-    parser = HfArgumentParser(config_class, prog=prog)
+    parser = HfArgumentParser(config_classes, prog=prog)
     parser.add_argument("--config", type=Path, help="YAML file whose keys are this command's flags.")
     if known.config is not None:
         values = yaml.safe_load(known.config.read_text()) or {}
@@ -27,7 +27,12 @@ def parse_config(config_class, argv: list[str], prog: str):
         if unknown:
             parser.error(f"{known.config}: unknown keys {unknown}; every key must be a flag of `{prog}`")
         parser.set_defaults(**values)
-    return parser.parse_args_into_dataclasses(args=rest)[0]  # [1] holds the --config namespace
+    return tuple(parser.parse_args_into_dataclasses(args=rest)[: len(config_classes)])  # then --config
+
+
+def parse_config(config_class, argv: list[str], prog: str):
+    """A `config_class` from `--config FILE` (YAML) and flags, the flags winning."""
+    return parse_configs((config_class,), argv, prog)[0]
 
 
 EMBEDDED_FLAGS = ("--config", "--student", "--teacher", "--data")
@@ -68,7 +73,38 @@ def print_summary(output_dir: str, results: dict) -> None:
     print(f"model, card, metrics: {output_dir}")
 
 
-COMMANDS = {"distill": distill}
+BACKTRANSLATE_FLAGS = ("--config", "--base_model", "--base-model", "--seed_data", "--seed-data", "--corpus")
+
+
+def backtranslate(argv: list[str]) -> None:
+    from selftaught.backtranslate import recipe
+    from selftaught.backtranslate.config import BacktranslateConfig
+    from selftaught.training.sft import SFTSettings
+
+    stages = {
+        "seed": recipe.stage_seed,
+        "train-seed": recipe.stage_train_seed,
+        "train-backward": recipe.stage_train_backward,
+        "segment": recipe.stage_segment,
+        "augment": recipe.stage_augment,
+        "curate": lambda c, s: recipe.stage_curate(c, s, c.iteration),
+        "select": lambda c, s: recipe.stage_select(c, s, c.iteration),
+        "train": lambda c, s: recipe.stage_train(c, s, c.iteration),
+        "run": recipe.run_all,
+    }
+    if not argv or argv[0] not in stages:
+        print(f"usage: selftaught backtranslate {{{','.join(stages)}}} [--config FILE] [flags]")
+        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    preset = Path(__file__).parent / "backtranslate" / "default.yaml"
+    prog = f"selftaught backtranslate {argv[0]}"
+    config, settings = parse_configs(
+        (BacktranslateConfig, SFTSettings), with_preset(argv[1:], preset, BACKTRANSLATE_FLAGS), prog
+    )
+    stages[argv[0]](config, settings)
+    print(f"run folder: {config.run_dir}")
+
+
+COMMANDS = {"distill": distill, "backtranslate": backtranslate}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -45,7 +45,9 @@ def read_jsonl(path: Path) -> Dataset:
         rows.append(row)
     if not rows:
         raise DataError(f"{path}: no rows; write one JSON object per line")
-    return Dataset.from_list(rows)
+    # Dataset.from_list takes its columns from the first row; give every row every key instead.
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return Dataset.from_list([{key: row.get(key) for key in columns} for row in rows])
 
 
 def read_file(path: Path) -> Dataset:

@@ -29,9 +29,10 @@ def teacher_distance(
     pad_id: int,
     batch_size: int = 8,
 ) -> dict[str, float]:
-    """Mean per-token forward KL, reverse KL and top-1 agreement over the given completions."""
+    """Mean per-token forward KL, reverse KL, Jensen-Shannon divergence (beta 0.5, at most ln 2) and
+    top-1 agreement over the given completions."""
     device = next(student.parameters()).device
-    totals = {"forward_kl": 0.0, "reverse_kl": 0.0, "top1_agreement": 0.0}
+    totals = {"forward_kl": 0.0, "reverse_kl": 0.0, "jsd": 0.0, "top1_agreement": 0.0}
     tokens = 0
     for start in range(0, len(prompts), batch_size):
         prompt_ids, prompt_mask = left_pad(prompts[start : start + batch_size], pad_id)
@@ -48,6 +49,7 @@ def teacher_distance(
         t = completion_logits(teacher, inputs, width, vocab_size)[mask].float()
         totals["forward_kl"] += generalized_jsd(s, t, beta=0.0).sum().item()
         totals["reverse_kl"] += generalized_jsd(s, t, beta=1.0).sum().item()
+        totals["jsd"] += generalized_jsd(s, t, beta=0.5).sum().item()
         totals["top1_agreement"] += (s.argmax(-1) == t.argmax(-1)).sum().item()
         tokens += int(mask.sum())
     return {name: value / max(tokens, 1) for name, value in totals.items()} | {"tokens": tokens}

@@ -1,0 +1,1 @@
+"""Instruction backtranslation (Humpback): seed, segment, augment, curate, select, train."""

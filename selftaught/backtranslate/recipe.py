@@ -1,0 +1,374 @@
+"""`selftaught backtranslate`: instruction backtranslation (Humpback, Li et al. 2023), stage by stage.
+
+    seed            gold (instruction, response) pairs: first turns of oasst1 trees, rank 0, English
+    train-seed      M0  = base fine-tuned on the seed pairs
+    train-backward  Myx = base fine-tuned on the seed pairs turned round (response -> instruction)
+    segment         the unlabelled corpus cut into 600-3000 character segments, deduplicated
+    augment         Myx writes an instruction for every segment            (sharded, resumable)
+    curate k        M(k-1) rates every pair on the 5-point rubric           (sharded, resumable)
+    select k        pairs at or above the threshold
+    train k         M(k) = base fine-tuned on tagged seed pairs + tagged selected pairs
+
+Every stage reads the previous stage's output from the run folder and writes its own there; `run`
+chains them and, rerun on the same folder, skips what is finished and resumes what is not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+
+from selftaught.backtranslate.card import backtranslation_card
+from selftaught.backtranslate.config import BacktranslateConfig
+from selftaught.backtranslate.corpus import installed_package_descriptions
+from selftaught.backtranslate.seed import load_seed_pairs
+from selftaught.backtranslate.segment import read_corpus, segment_corpus
+from selftaught.data.loading import DataError
+from selftaught.data.shards import export_jsonl, read_shards, run_sharded
+from selftaught.generation.hf import SamplingParams, generate_all
+from selftaught.models import load_model, load_tokenizer
+from selftaught.scoring.ratings import rate_pairs
+from selftaught.training.model_card import write_model_card
+from selftaught.training.sft import SFTSettings, sft_example, train_sft
+
+SEED_TAG = "Answer in the style of an AI Assistant."
+WEB_TAG = "Answer with knowledge from web search."
+BACKWARD_PROMPT = "Write the instruction or question that the following text answers.\n\n"
+BUILTIN_SEED = Path(__file__).resolve().parent / "builtin" / "oasst_seed.jsonl"
+
+
+class RunFolder:
+    """Where each stage's output lives inside the run folder."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.seed_pairs = self.root / "seed" / "pairs.parquet"
+        self.segments = self.root / "segments" / "segments.parquet"
+        self.augment = self.root / "augment"
+        self.summary = self.root / "summary.json"
+
+    def model(self, name: str) -> Path:
+        return self.root / "models" / name
+
+    def curate(self, k: int) -> Path:
+        return self.root / f"iteration{k}" / "curate"
+
+    def selected(self, k: int) -> Path:
+        return self.root / f"iteration{k}" / "selected.parquet"
+
+    def require(self, path: Path, stage: str) -> Path:
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run `selftaught backtranslate {stage}` first")
+        return path
+
+
+# --- bookkeeping ---------------------------------------------------------------------------------
+
+
+def write_atomically(path: Path, rows: list[dict]) -> None:
+    """Parquet written to a temporary name, then renamed: a killed run leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    Dataset.from_list(rows).to_parquet(str(tmp))
+    os.replace(tmp, path)
+
+
+def read_rows(path: Path) -> list[dict]:
+    return Dataset.from_parquet(str(path)).to_list()
+
+
+def record(run: RunFolder, stage: str, rows_in: int, rows_out: int, seconds: float, **extra) -> None:
+    """Add one stage's line to summary.json: rows in, rows out, throughput, and its own counts."""
+    summary = json.loads(run.summary.read_text()) if run.summary.exists() else {}
+    summary[stage] = {
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "seconds": round(seconds, 2),
+        "rows_per_second": round(rows_in / seconds, 3) if seconds > 0 else None,
+        **extra,
+    }
+    run.summary.parent.mkdir(parents=True, exist_ok=True)
+    tmp = run.summary.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, run.summary)
+    print(f"[{stage}] rows in {rows_in}, rows out {rows_out}, {seconds:.1f} s")
+
+
+def base_model(config: BacktranslateConfig) -> str:
+    if config.base_model is None:
+        from selftaught.models.embedded import embedded_teacher
+
+        config.base_model = str(embedded_teacher())
+    return config.base_model
+
+
+# --- stages --------------------------------------------------------------------------------------
+
+
+def stage_seed(config: BacktranslateConfig, settings: SFTSettings) -> list[dict]:
+    run = RunFolder(config.run_dir)
+    if run.seed_pairs.exists():
+        return read_rows(run.seed_pairs)
+    started = time.perf_counter()
+    source = config.seed_data or str(BUILTIN_SEED)
+    pairs, stats = load_seed_pairs(source, config.seed_size, settings.seed, split=config.seed_split)
+    if not pairs:
+        raise DataError(f"{source}: no seed pairs survived the filters ({stats}); check lang/rank fields")
+    write_atomically(run.seed_pairs, pairs)
+    record(run, "seed", stats.get("rows", len(pairs)), len(pairs), time.perf_counter() - started, **stats)
+    return pairs
+
+
+def backward_example(instruction: str, response: str) -> dict:
+    """Myx's training example: the response is the prompt, the instruction the completion."""
+    return sft_example(BACKWARD_PROMPT + response, instruction)
+
+
+def stage_train_seed(config: BacktranslateConfig, settings: SFTSettings) -> Path:
+    run = RunFolder(config.run_dir)
+    pairs = read_rows(run.require(run.seed_pairs, "seed"))
+    examples = [sft_example(p["instruction"], p["response"], SEED_TAG) for p in pairs]
+    return train_and_document(config, settings, "M0", examples, {"seed pairs": len(pairs)}, iteration=0)
+
+
+def stage_train_backward(config: BacktranslateConfig, settings: SFTSettings) -> Path:
+    run = RunFolder(config.run_dir)
+    pairs = read_rows(run.require(run.seed_pairs, "seed"))
+    examples = [backward_example(p["instruction"], p["response"]) for p in pairs]
+    return train_and_document(config, settings, "Myx", examples, {"seed pairs (reversed)": len(pairs)}, 0)
+
+
+def stage_segment(config: BacktranslateConfig, settings: SFTSettings) -> list[dict]:
+    run = RunFolder(config.run_dir)
+    if run.segments.exists():
+        return read_rows(run.segments)
+    started = time.perf_counter()
+    if config.corpus is None:
+        documents, source_stats = installed_package_descriptions(), {"corpus": "installed packages"}
+    else:
+        documents = read_corpus(
+            config.corpus,
+            text_column=config.text_column,
+            split=config.corpus_split,
+            config=config.corpus_config,
+        )
+        source_stats = {"corpus": config.corpus}
+    segments, stats = segment_corpus(documents, config.min_chars, config.max_chars, config.max_segments)
+    write_atomically(run.segments, segments)
+    record(
+        run,
+        "segment",
+        stats.get("documents", 0),
+        len(segments),
+        time.perf_counter() - started,
+        **source_stats,
+        **stats,
+    )
+    return segments
+
+
+def stage_augment(config: BacktranslateConfig, settings: SFTSettings) -> Dataset:
+    """Myx writes one instruction per segment (temperature 0.7, top-p 0.9), shard by shard."""
+    run = RunFolder(config.run_dir)
+    segments = read_rows(run.require(run.segments, "segment"))
+    backward = run.require(run.model("Myx"), "train-backward")
+    model, tokenizer = load_model(str(backward)), load_tokenizer(str(backward))
+    params = SamplingParams(config.max_instruction_tokens, config.temperature, config.top_p)
+
+    def write_instructions(rows: list[dict], shard: int) -> list[dict]:
+        torch.manual_seed(settings.seed * 1_000_003 + shard)  # same shard, same samples, on any rerun
+        prompts = [prompt_ids(tokenizer, backward_example("", r["text"])) for r in rows]
+        completions = generate_all(model, tokenizer, prompts, params, config.generation_batch_size, "augment")
+        instructions = tokenizer.batch_decode(completions, skip_special_tokens=True)
+        return [
+            {
+                "segment_id": r["segment_id"],
+                "source": r["source"],
+                "instruction": i.strip(),
+                "response": r["text"],
+                "generating_model": str(backward),
+                "iteration": 0,
+            }
+            for r, i in zip(rows, instructions, strict=True)
+        ]
+
+    started = time.perf_counter()
+    fingerprint = {
+        "segments": digest(s["segment_id"] for s in segments),
+        "model": str(backward),
+        "seed": settings.seed,
+        **asdict_subset(config, AUGMENT_KNOBS),
+    }
+    run_sharded(segments, run.augment, config.shard_size, write_instructions, fingerprint, "augment")
+    pairs = read_shards(run.augment)
+    empty = sum(not p for p in pairs["instruction"])
+    record(
+        run,
+        "augment",
+        len(segments),
+        len(pairs) - empty,
+        time.perf_counter() - started,
+        empty_instructions=empty,
+    )
+    export(config, run.augment)
+    return pairs
+
+
+def stage_curate(config: BacktranslateConfig, settings: SFTSettings, k: int) -> Dataset:
+    """M(k-1) rates every (instruction, segment) pair; the score distribution is stored with each."""
+    run = RunFolder(config.run_dir)
+    pairs = [p for p in read_shards(run.require(run.augment, "augment")) if p["instruction"]]
+    rater_path = run.require(run.model(f"M{k - 1}"), "train-seed" if k == 1 else f"train --iteration {k - 1}")
+    rater, tokenizer = load_model(str(rater_path)), load_tokenizer(str(rater_path))
+
+    def rate(rows: list[dict], shard: int) -> list[dict]:
+        scores = rate_pairs(
+            rater,
+            tokenizer,
+            [(r["instruction"], r["response"]) for r in rows],
+            batch_size=config.generation_batch_size,
+            mode=config.curation_mode,
+            max_reasoning_tokens=config.max_reasoning_tokens,
+        )
+        return [
+            r | s | {"scoring_model": str(rater_path), "iteration": k}
+            for r, s in zip(rows, scores, strict=True)
+        ]
+
+    started = time.perf_counter()
+    fingerprint = {
+        "pairs": digest(p["segment_id"] + p["instruction"] for p in pairs),
+        "rater": str(rater_path),
+        **asdict_subset(config, CURATE_KNOBS),
+    }
+    run_sharded(pairs, run.curate(k), config.shard_size, rate, fingerprint, f"curate (iteration {k})")
+    rated = read_shards(run.curate(k))
+    record(
+        run,
+        f"curate_{k}",
+        len(pairs),
+        len(rated),
+        time.perf_counter() - started,
+        score_histogram=histogram(rated["score_argmax"]),
+    )
+    export(config, run.curate(k))
+    return rated
+
+
+def stage_select(config: BacktranslateConfig, settings: SFTSettings, k: int) -> list[dict]:
+    run = RunFolder(config.run_dir)
+    started = time.perf_counter()
+    rated = read_shards(run.require(run.curate(k), f"curate --iteration {k}")).to_list()
+    column = "score_argmax" if config.select_by == "argmax" else "score_expectation"
+    selected = [r for r in rated if r[column] >= config.min_score]
+    write_atomically(run.selected(k), selected)
+    counts = histogram([r["score_argmax"] for r in rated])
+    print_histogram(counts, f"iteration {k}: score histogram (argmax)")
+    record(
+        run,
+        f"select_{k}",
+        len(rated),
+        len(selected),
+        time.perf_counter() - started,
+        rule=f"{column} >= {config.min_score}",
+        score_histogram=counts,
+    )
+    return selected
+
+
+def stage_train(config: BacktranslateConfig, settings: SFTSettings, k: int) -> Path:
+    run = RunFolder(config.run_dir)
+    seed = read_rows(run.require(run.seed_pairs, "seed"))
+    selected = read_rows(run.require(run.selected(k), f"select --iteration {k}"))
+    examples = [sft_example(p["instruction"], p["response"], SEED_TAG) for p in seed]
+    examples += [sft_example(p["instruction"], p["response"], WEB_TAG) for p in selected]
+    sizes = {"seed pairs": len(seed), "selected augmented pairs": len(selected)}
+    return train_and_document(config, settings, f"M{k}", examples, sizes, iteration=k)
+
+
+def run_all(config: BacktranslateConfig, settings: SFTSettings) -> dict:
+    """Every stage in order; finished stages are skipped, interrupted ones resume."""
+    stage_seed(config, settings)
+    stage_train_seed(config, settings)
+    stage_train_backward(config, settings)
+    stage_segment(config, settings)
+    stage_augment(config, settings)
+    for k in range(1, config.iterations + 1):
+        stage_curate(config, settings, k)
+        stage_select(config, settings, k)
+        stage_train(config, settings, k)
+    return json.loads(RunFolder(config.run_dir).summary.read_text())
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+AUGMENT_KNOBS = ("temperature", "top_p", "max_instruction_tokens", "shard_size")
+CURATE_KNOBS = ("curation_mode", "max_reasoning_tokens", "shard_size")
+
+
+def digest(items) -> str:
+    """A short fingerprint of a stage's input, so a rerun on different input is refused, not mixed."""
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
+
+
+def asdict_subset(config: BacktranslateConfig, names: tuple[str, ...]) -> dict:
+    values = asdict(config)
+    return {name: values[name] for name in names}
+
+
+def prompt_ids(tokenizer, example: dict) -> list[int]:
+    return list(
+        tokenizer.apply_chat_template(example["prompt"], add_generation_prompt=True, return_dict=False)
+    )
+
+
+def histogram(scores) -> dict[str, int]:
+    counts = Counter(int(s) for s in scores)
+    return {str(d): counts.get(d, 0) for d in range(1, 6)}
+
+
+def print_histogram(counts: dict[str, int], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("score")
+    table.add_column("pairs", justify="right")
+    table.add_column("")
+    most = max(counts.values()) or 1
+    for score, n in counts.items():
+        table.add_row(score, str(n), "#" * round(30 * n / most))
+    Console().print(table)
+
+
+def export(config: BacktranslateConfig, folder: Path) -> None:
+    if config.output_format == "jsonl":
+        export_jsonl(folder, folder.with_suffix(".jsonl"))
+
+
+def train_and_document(
+    config: BacktranslateConfig,
+    settings: SFTSettings,
+    name: str,
+    examples: list[dict],
+    sizes: dict,
+    iteration: int,
+) -> Path:
+    run = RunFolder(config.run_dir)
+    started = time.perf_counter()
+    out = train_sft(
+        base_model(config), examples, run.model(name), settings, trust_remote_code=config.trust_remote_code
+    )
+    summary = json.loads(run.summary.read_text()) if run.summary.exists() else {}
+    write_model_card(out, backtranslation_card(config, settings, name, iteration, sizes, summary))
+    if f"train_{name}" not in summary:
+        record(run, f"train_{name}", len(examples), len(examples), time.perf_counter() - started)
+    return out

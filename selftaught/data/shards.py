@@ -1,0 +1,226 @@
+"""Resumable, crash-safe stage output: input rows cut into fixed shards, each committed atomically as Parquet.
+
+Why: peers ran one `generate` over the whole corpus and wrote the results once at the end, so one crash
+lost everything. Here shard k always holds the outputs for input rows [k*S, (k+1)*S), so a rerun
+recomputes exactly the shards that are missing, with the same batch composition (and, since `process`
+gets the shard index, the same per-shard seed): the finished folder equals an uninterrupted run's.
+
+Commit protocol, per shard: write a hidden temp file in the same folder, flush and fsync it, then
+`os.replace` it to `shard-{k:05d}.parquet` (atomic) and fsync the folder. A reader sees a shard whole or
+not at all; temp files left by a killed run are deleted on the next start. `manifest.json` (written the
+same way) records what the stage was run with (input fingerprint, shard size, the caller's parameters
+such as the model), so a rerun with different settings is refused instead of mixing two runs' outputs.
+One writer per folder: an advisory lock on `.lock` enforces it (the OS drops it when a process dies).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+try:  # POSIX only; elsewhere the single-writer rule is on the user
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+MANIFEST = "manifest.json"
+SHARD_GLOB = "shard-*.parquet"
+TEMP_GLOB = ".*.tmp-*"
+FORMAT_VERSION = 1
+
+
+class StageMismatchError(RuntimeError):
+    """The output folder holds a run made with other inputs or parameters."""
+
+
+def shard_path(folder: Path, index: int) -> Path:
+    return Path(folder) / f"shard-{index:05d}.parquet"
+
+
+def fingerprint_rows(rows: list[dict]) -> str:
+    """A content hash of the input rows (order matters: shards are cut by position)."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable: on POSIX the directory entry is only safe once the folder is synced."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _commit(final: Path, write: Callable[[object], None]) -> None:
+    """Write through `write(file)` into a temp sibling, fsync, and atomically rename it to `final`."""
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(final.parent)
+
+
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    _commit(folder / MANIFEST, lambda f: f.write(data))
+
+
+def read_manifest(folder: Path) -> dict | None:
+    path = Path(folder) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _lock(folder: Path):
+    """Hold an exclusive lock on the folder for this run; a second writer gets a clear error."""
+    handle = open(folder / ".lock", "a+")  # noqa: SIM115 - held for the whole run, closed by the caller
+    if fcntl is not None:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise RuntimeError(
+                f"another process is writing to {folder}; wait for it or use another folder"
+            ) from None
+    return handle
+
+
+def _clear(folder: Path) -> None:
+    """Delete what this module wrote (never anything else in the folder)."""
+    for path in [*folder.glob(SHARD_GLOB), *folder.glob(TEMP_GLOB), folder / MANIFEST]:
+        path.unlink(missing_ok=True)
+
+
+def _check_manifest(folder: Path, expected: dict, overwrite: bool) -> None:
+    """Refuse to mix outputs of runs with different settings, unless told to start over."""
+    found = read_manifest(folder)
+    if overwrite:
+        _clear(folder)
+    elif found is None and any(folder.glob(SHARD_GLOB)):
+        raise StageMismatchError(
+            f"{folder} holds shards but no {MANIFEST}, so their settings are unknown. "
+            "Use a new output folder, or --overwrite to discard them."
+        )
+    elif found is not None and found != expected:
+        keys = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+        details = "; ".join(f"{k}: {found.get(k)!r} there, {expected.get(k)!r} now" for k in keys)
+        raise StageMismatchError(
+            f"{folder} holds output of a run with different settings ({details}). "
+            "Use a new output folder, or --overwrite to discard the old output."
+        )
+    _write_manifest(folder, expected)
+
+
+def run_sharded(
+    rows: list[dict],
+    folder: Path,
+    shard_size: int,
+    process: Callable[[list[dict], int], list[dict]],
+    params: dict | None = None,
+    desc: str = "stage",
+    overwrite: bool = False,
+) -> Path:
+    """Run `process(shard_rows, shard_index)` over every shard not yet committed in `folder`.
+
+    `params` (JSON-serialisable) should hold everything that changes the output, e.g. the model and
+    the sampling settings: a rerun with other params is refused. Returns the folder.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    num_shards = -(-len(rows) // shard_size)
+    manifest = {
+        "format": FORMAT_VERSION,
+        "input_fingerprint": fingerprint_rows(rows),
+        "num_rows": len(rows),
+        "shard_size": shard_size,
+        "num_shards": num_shards,
+        # round-trip so that tuples vs lists (or a Path vs its string) do not count as a change
+        "params": json.loads(json.dumps(params or {}, sort_keys=True, default=str)),
+    }
+    lock = _lock(folder)
+    try:
+        for stray in folder.glob(TEMP_GLOB):  # a killed run's half-written files; we hold the lock
+            stray.unlink(missing_ok=True)
+        _check_manifest(folder, manifest, overwrite)
+        todo = [k for k in range(num_shards) if not shard_path(folder, k).is_file()]
+        done_rows = len(rows) - sum(len(rows[k * shard_size : (k + 1) * shard_size]) for k in todo)
+        with tqdm(total=len(rows), initial=done_rows, unit="row", desc=desc, dynamic_ncols=True) as bar:
+            for count, k in enumerate(todo, start=1):
+                chunk = rows[k * shard_size : (k + 1) * shard_size]
+                out = process(chunk, k)
+                if not isinstance(out, list) or not all(isinstance(r, dict) for r in out):
+                    raise TypeError(f"process must return a list of dicts, got {type(out).__name__}")
+                table = pa.Table.from_pylist(out)
+                _commit(shard_path(folder, k), lambda f, t=table: pq.write_table(t, f))
+                bar.update(len(chunk))
+                bar.set_postfix(shards=f"{num_shards - len(todo) + count}/{num_shards}")
+    finally:
+        lock.close()
+    return folder
+
+
+def committed_shards(folder: Path) -> list[Path]:
+    """The committed shard files, in shard order."""
+    return sorted(Path(folder).glob(SHARD_GLOB))
+
+
+def missing_shards(folder: Path) -> list[int]:
+    """Shard indices the manifest expects but the folder lacks (empty when the stage is complete)."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise FileNotFoundError(f"no {MANIFEST} in {folder}: not a sharded stage output")
+    return [k for k in range(manifest["num_shards"]) if not shard_path(folder, k).is_file()]
+
+
+def _tables(folder: Path) -> list[pa.Table]:
+    # A shard whose process returned no rows is stored with no columns; it adds nothing.
+    tables = [pq.read_table(path) for path in committed_shards(folder)]
+    return [t for t in tables if t.num_rows]
+
+
+def read_shards(folder: Path):
+    """All committed shards, in order, as one in-memory `datasets.Dataset`.
+
+    The shard files are plain Parquet, so `datasets.load_dataset("parquet", data_files=[...])` on
+    `committed_shards(folder)` reads them too (memory-mapped, for outputs too big for RAM).
+    """
+    from datasets import Dataset  # imported here: it is slow to import and writers do not need it
+
+    tables = _tables(folder)
+    if not tables:
+        return Dataset.from_dict({})
+    return Dataset(pa.concat_tables(tables, promote_options="permissive"))
+
+
+def export_jsonl(folder: Path, path: Path) -> Path:
+    """Write every committed row as JSON lines (atomically, like a shard)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(f) -> None:
+        for table in _tables(folder):
+            for row in table.to_pylist():
+                f.write((json.dumps(row, ensure_ascii=False, default=str) + "\n").encode())
+
+    _commit(path, write)
+    return path
