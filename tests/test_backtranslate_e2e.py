@@ -148,29 +148,30 @@ def shard_rows(folder: Path) -> list[dict]:
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(stage, finished_run, tiny_student, corpus, tmp_path):
     """Kill the stage with SIGKILL once a shard is committed; the rerun's output equals a clean run's."""
     output = {"augment": Path("augment"), "curate": Path("iteration1") / "curate"}[stage]
-    reference = finished_run / output
-    killed = tmp_path / "bt"
-    shutil.copytree(finished_run, killed)
-    shutil.rmtree(killed / output)
-    command = [
-        sys.executable,
-        "-m",
-        "selftaught.cli",
-        "backtranslate",
-        stage,
-        *flags(killed, tiny_student, corpus),
-    ]
     env = os.environ | {"HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def command(run_dir: Path) -> list[str]:
+        one_row_shards = [*flags(run_dir, tiny_student, corpus), "--shard_size", "1"]
+        return [sys.executable, "-m", "selftaught.cli", "backtranslate", stage, *one_row_shards]
+
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    for run_dir in (reference, killed):
+        shutil.copytree(finished_run, run_dir)
+        shutil.rmtree(run_dir / output)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        summary.pop({"augment": "augment", "curate": "curate_1"}[stage])
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+    subprocess.run(command(reference), env=env, check=True, stdout=subprocess.DEVNULL, timeout=300)
+
+    process = subprocess.Popen(command(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not list((killed / output).glob("shard-*.parquet")) and time.time() < deadline:
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
     process.wait()
     committed = len(list((killed / output).glob("shard-*.parquet")))
-    assert committed < len(list(reference.glob("shard-*.parquet"))), "the kill came too late to test resume"
-    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, timeout=300)
+    assert 0 < committed < len(list((reference / output).glob("shard-*.parquet"))), "kill missed the run"
+
+    subprocess.run(command(killed), env=env, check=True, stdout=subprocess.DEVNULL, timeout=300)
     strip = lambda rows: [{k: v for k, v in r.items() if "model" not in k} for r in rows]  # noqa: E731
-    assert strip(shard_rows(killed / output)) == strip(shard_rows(reference))
+    assert strip(shard_rows(killed / output)) == strip(shard_rows(reference / output))

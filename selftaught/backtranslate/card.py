@@ -10,8 +10,8 @@ from selftaught.training.sft import SFTSettings
 
 HUMPBACK_CITATION = """@misc{li2023selfalignment,
   title         = {Self-Alignment with Instruction Backtranslation},
-  author        = {Xian Li and Ping Yu and Chunting Zhou and Timo Schick and Luke Zettlemoyer and Omer Levy and
-                   Jason Weston and Mike Lewis},
+  author        = {Xian Li and Ping Yu and Chunting Zhou and Timo Schick and Luke Zettlemoyer and
+                   Omer Levy and Jason Weston and Mike Lewis},
   year          = {2023},
   eprint        = {2308.06259},
   archivePrefix = {arXiv},

@@ -85,6 +85,11 @@ def read_rows(path: Path) -> list[dict]:
     return Dataset.from_parquet(str(path)).to_list()
 
 
+def finished(run: RunFolder, stage: str) -> bool:
+    """A stage is finished once its summary line is written: that is the last thing it does."""
+    return run.summary.exists() and stage in json.loads(run.summary.read_text())
+
+
 def record(run: RunFolder, stage: str, rows_in: int, rows_out: int, seconds: float, **extra) -> None:
     """Add one stage's line to summary.json: rows in, rows out, throughput, and its own counts."""
     summary = json.loads(run.summary.read_text()) if run.summary.exists() else {}
@@ -115,7 +120,7 @@ def base_model(config: BacktranslateConfig) -> str:
 
 def stage_seed(config: BacktranslateConfig, settings: SFTSettings) -> list[dict]:
     run = RunFolder(config.run_dir)
-    if run.seed_pairs.exists():
+    if finished(run, "seed"):
         return read_rows(run.seed_pairs)
     started = time.perf_counter()
     source = config.seed_data or str(BUILTIN_SEED)
@@ -148,7 +153,7 @@ def stage_train_backward(config: BacktranslateConfig, settings: SFTSettings) -> 
 
 def stage_segment(config: BacktranslateConfig, settings: SFTSettings) -> list[dict]:
     run = RunFolder(config.run_dir)
-    if run.segments.exists():
+    if finished(run, "segment"):
         return read_rows(run.segments)
     started = time.perf_counter()
     if config.corpus is None:
@@ -178,6 +183,8 @@ def stage_segment(config: BacktranslateConfig, settings: SFTSettings) -> list[di
 def stage_augment(config: BacktranslateConfig, settings: SFTSettings) -> Dataset:
     """Myx writes one instruction per segment (temperature 0.7, top-p 0.9), shard by shard."""
     run = RunFolder(config.run_dir)
+    if finished(run, "augment"):
+        return read_shards(run.augment)
     segments = read_rows(run.require(run.segments, "segment"))
     backward = run.require(run.model("Myx"), "train-backward")
     model, tokenizer = load_model(str(backward)), load_tokenizer(str(backward))
@@ -225,6 +232,8 @@ def stage_augment(config: BacktranslateConfig, settings: SFTSettings) -> Dataset
 def stage_curate(config: BacktranslateConfig, settings: SFTSettings, k: int) -> Dataset:
     """M(k-1) rates every (instruction, segment) pair; the score distribution is stored with each."""
     run = RunFolder(config.run_dir)
+    if finished(run, f"curate_{k}"):
+        return read_shards(run.curate(k))
     pairs = [p for p in read_shards(run.require(run.augment, "augment")) if p["instruction"]]
     rater_path = run.require(run.model(f"M{k - 1}"), "train-seed" if k == 1 else f"train --iteration {k - 1}")
     rater, tokenizer = load_model(str(rater_path)), load_tokenizer(str(rater_path))
@@ -265,6 +274,8 @@ def stage_curate(config: BacktranslateConfig, settings: SFTSettings, k: int) -> 
 
 def stage_select(config: BacktranslateConfig, settings: SFTSettings, k: int) -> list[dict]:
     run = RunFolder(config.run_dir)
+    if finished(run, f"select_{k}"):
+        return read_rows(run.selected(k))
     started = time.perf_counter()
     rated = read_shards(run.require(run.curate(k), f"curate --iteration {k}")).to_list()
     column = "score_argmax" if config.select_by == "argmax" else "score_expectation"
@@ -363,12 +374,13 @@ def train_and_document(
     iteration: int,
 ) -> Path:
     run = RunFolder(config.run_dir)
+    if finished(run, f"train_{name}"):
+        return run.model(name)
     started = time.perf_counter()
     out = train_sft(
         base_model(config), examples, run.model(name), settings, trust_remote_code=config.trust_remote_code
     )
     summary = json.loads(run.summary.read_text()) if run.summary.exists() else {}
     write_model_card(out, backtranslation_card(config, settings, name, iteration, sizes, summary))
-    if f"train_{name}" not in summary:
-        record(run, f"train_{name}", len(examples), len(examples), time.perf_counter() - started)
+    record(run, f"train_{name}", len(examples), len(examples), time.perf_counter() - started)
     return out
