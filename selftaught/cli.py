@@ -112,7 +112,15 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: selftaught {{{','.join(COMMANDS)}}} [--config FILE] [flags]   (--help per command)")
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
-    COMMANDS[argv[0]](argv[1:])
+    from selftaught.data.loading import DataError
+    from selftaught.data.shards import StageMismatchError
+    from selftaught.models.vocab import TokenizerMismatchError
+
+    try:
+        COMMANDS[argv[0]](argv[1:])
+    except (DataError, TokenizerMismatchError, StageMismatchError, FileNotFoundError) as err:
+        print(f"selftaught {argv[0]}: error: {err}", file=sys.stderr)  # the message says what to do
+        sys.exit(2)
 
 
 if __name__ == "__main__":

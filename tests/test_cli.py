@@ -214,4 +214,13 @@ def test_main_without_a_command_prints_usage(argv, code, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == code
-    assert "usage: selftaught {distill}" in capsys.readouterr().out
+    assert "usage: selftaught {distill,backtranslate}" in capsys.readouterr().out
+
+
+def test_bad_data_is_a_clean_error_not_a_traceback(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"problem": "1+1?"}\n{not json\n')
+    with pytest.raises(SystemExit) as exit_info:
+        main(["distill", "--data", str(bad), "--student", "s", "--teacher", "t"])
+    assert exit_info.value.code == 2
+    assert f"{bad}:2: malformed JSON" in capsys.readouterr().err

@@ -146,10 +146,10 @@ def run_distillation(config: DistillConfig) -> dict:
     """Train, save and evaluate; returns the evaluation results written to eval_results.json."""
     config = resolve_defaults(config)
     out = Path(config.output_dir)
+    train_examples, eval_examples = load_examples(config)  # data first: it fails fast and cheap
+    check_completions(train_examples, config)
     tokenizer = load_tokenizer(config.student, config.trust_remote_code)
     check_same_vocabulary(tokenizer, load_tokenizer(config.teacher, config.trust_remote_code))
-    train_examples, eval_examples = load_examples(config)
-    check_completions(train_examples, config)
 
     student = load_model(config.student, config.student_dtype, config.trust_remote_code)
     teacher_dtype = config.teacher_dtype or ("bfloat16" if config.bf16 else config.student_dtype)
