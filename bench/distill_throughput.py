@@ -385,8 +385,8 @@ def measure_parts(args: argparse.Namespace) -> dict:
     class FullLength(SamplingParams):
         """selftaught's sampling with EOS suppressed until max_new_tokens, so every row has all of them."""
 
-        def generation_config(self, eos_token_id, pad_token_id):
-            config = super().generation_config(eos_token_id, pad_token_id)
+        def generation_config(self, eos_token_id, pad_token_id, suppress_tokens=None):
+            config = super().generation_config(eos_token_id, pad_token_id, suppress_tokens)
             config.min_new_tokens = self.max_new_tokens
             return config
 
@@ -406,17 +406,17 @@ def measure_parts(args: argparse.Namespace) -> dict:
     )
     completion_ids, completion_mask = samples[0]
     inputs = join_prompt_completion(prompt_ids, prompt_mask, completion_ids, completion_mask)
-    width, mask = completion_ids.shape[1], completion_mask.bool()
+    mask = completion_mask
 
     def teacher_forward() -> torch.Tensor:
         with torch.no_grad():
-            return completion_logits(teacher, inputs, width, vocab)
+            return completion_logits(teacher, inputs, mask, vocab)
 
     teacher_logits = teacher_forward()
 
     def student_forward_backward() -> None:
-        student_logits = completion_logits(student, inputs, width, vocab)
-        loss = generalized_jsd(student_logits[mask], teacher_logits[mask], BETA).sum() / mask.sum()
+        student_logits = completion_logits(student, inputs, mask, vocab)
+        loss = generalized_jsd(student_logits, teacher_logits, BETA).sum() / mask.sum()
         loss.backward()
 
     # What Trainer's default optim ("adamw_torch_fused") builds; the unfused CPU loop is several times slower.

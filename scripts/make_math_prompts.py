@@ -68,9 +68,9 @@ def t_sub(r: random.Random) -> tuple[tuple, dict]:
 
 def t_mul(r: random.Random) -> tuple[tuple, dict]:
     a, b = r.randint(3, 12), r.randint(3, 15)
-    problem = r.choice([
-        f"What is ${a} \\times {b}$?", f"Compute ${a} \\cdot {b}$.", f"Find the product of {a} and {b}."
-    ])
+    problem = r.choice(
+        [f"What is ${a} \\times {b}$?", f"Compute ${a} \\cdot {b}$.", f"Find the product of {a} and {b}."]
+    )
     return (a, b), row(problem, f"Multiplying, ${a} \\times {b} = {a * b}$.", str(a * b), 1)
 
 
@@ -110,12 +110,14 @@ def t_give_away(r: random.Random) -> tuple[tuple, dict]:
     name, item = r.choice(NAMES), r.choice(ITEMS)
     a, b = r.randint(5, 30), r.randint(2, 15)
     c = r.randint(1, a + b - 1)
-    problem = r.choice([
-        f"{name} has {a} {item}, buys {b} more, and then gives {c} away to a friend. "
-        f"How many {item} does {name} have now?",
-        f"There are {a} {item} in a box. Someone adds {b} more {item}, and then {c} {item} are taken out. "
-        f"How many {item} are in the box now?",
-    ])
+    problem = r.choice(
+        [
+            f"{name} has {a} {item}, buys {b} more, and then gives {c} away to a friend. "
+            f"How many {item} does {name} have now?",
+            f"There are {a} {item} in a box. Someone adds {b} more {item}, and then {c} {item} are taken out. "
+            f"How many {item} are in the box now?",
+        ]
+    )
     steps = f"First ${a} + {b} = {a + b}$. Then ${a + b} - {c} = {a + b - c}$."
     return (a, b, c), row(problem, steps, str(a + b - c), 1)
 
@@ -163,9 +165,9 @@ def t_linear(r: random.Random) -> tuple[tuple, dict]:
         b = r.randint(1, a * x - 1)
         eq, c = f"{a}x - {b} = {a * x - b}", a * x - b
         steps = f"Add {b} to both sides: ${a}x = {c + b}$. Divide by {a}: $x = {x}$."
-    problem = r.choice([
-        f"Solve for $x$: ${eq}$.", f"If ${eq}$, what is the value of $x$?", f"Find $x$ if ${eq}$."
-    ])
+    problem = r.choice(
+        [f"Solve for $x$: ${eq}$.", f"If ${eq}$, what is the value of $x$?", f"Find $x$ if ${eq}$."]
+    )
     return (eq,), row(problem, steps, str(x), 2)
 
 
@@ -208,10 +210,12 @@ def t_gcd(r: random.Random) -> tuple[tuple, dict]:
 def t_lcm(r: random.Random) -> tuple[tuple, dict]:
     a, b = sorted(r.sample(range(2, 16), 2))
     lcm = a * b // gcd(a, b)
-    problem = r.choice([
-        f"What is the least common multiple of {a} and {b}?",
-        f"Find the smallest positive number that is a multiple of both {a} and {b}.",
-    ])
+    problem = r.choice(
+        [
+            f"What is the least common multiple of {a} and {b}?",
+            f"Find the smallest positive number that is a multiple of both {a} and {b}.",
+        ]
+    )
     if gcd(a, b) == 1:
         steps = (
             f"{a} and {b} share no factor larger than 1, so their least common multiple is their product: "
@@ -228,9 +232,9 @@ def t_lcm(r: random.Random) -> tuple[tuple, dict]:
 def t_remainder(r: random.Random) -> tuple[tuple, dict]:
     d, n = r.randint(3, 9), r.randint(20, 99)
     q, rem = divmod(n, d)
-    problem = r.choice([
-        f"What is the remainder when {n} is divided by {d}?", f"Find the remainder of ${n} \\div {d}$."
-    ])
+    problem = r.choice(
+        [f"What is the remainder when {n} is divided by {d}?", f"Find the remainder of ${n} \\div {d}$."]
+    )
     steps = f"${d} \\times {q} = {d * q}$ and ${n} - {d * q} = {rem}$."
     return (n, d), row(problem, steps, str(rem), 1)
 
@@ -273,8 +277,12 @@ def t_simplify(r: random.Random) -> tuple[tuple, dict]:
         p = r.randint(1, q - 1)
     g = r.randint(2, 8)
     answer = frac_tex(Fraction(p, q))
-    problem = r.choice([f"Simplify $\\frac{{{p * g}}}{{{q * g}}}$.",
-                        f"Write $\\frac{{{p * g}}}{{{q * g}}}$ in lowest terms."])
+    problem = r.choice(
+        [
+            f"Simplify $\\frac{{{p * g}}}{{{q * g}}}$.",
+            f"Write $\\frac{{{p * g}}}{{{q * g}}}$ in lowest terms.",
+        ]
+    )
     steps = (
         f"Both {p * g} and {q * g} are divisible by {g}, so "
         f"$\\frac{{{p * g}}}{{{q * g}}} = \\frac{{{p}}}{{{q}}}$."
@@ -349,13 +357,29 @@ def t_change(r: random.Random) -> tuple[tuple, dict]:
 
 
 TEMPLATES: list[tuple[str, Template]] = [
-    ("Arithmetic", t_add), ("Arithmetic", t_sub), ("Arithmetic", t_mul), ("Arithmetic", t_div),
-    ("Arithmetic", t_order_of_ops), ("Arithmetic", t_power), ("Arithmetic", t_share),
-    ("Prealgebra", t_give_away), ("Prealgebra", t_coins), ("Prealgebra", t_travel), ("Prealgebra", t_percent),
-    ("Prealgebra", t_discount), ("Prealgebra", t_frac_add), ("Prealgebra", t_frac_of),
-    ("Prealgebra", t_simplify), ("Prealgebra", t_rectangle), ("Prealgebra", t_mean), ("Prealgebra", t_change),
-    ("Algebra", t_linear), ("Algebra", t_substitute),
-    ("Number Theory", t_gcd), ("Number Theory", t_lcm), ("Number Theory", t_remainder),
+    ("Arithmetic", t_add),
+    ("Arithmetic", t_sub),
+    ("Arithmetic", t_mul),
+    ("Arithmetic", t_div),
+    ("Arithmetic", t_order_of_ops),
+    ("Arithmetic", t_power),
+    ("Arithmetic", t_share),
+    ("Prealgebra", t_give_away),
+    ("Prealgebra", t_coins),
+    ("Prealgebra", t_travel),
+    ("Prealgebra", t_percent),
+    ("Prealgebra", t_discount),
+    ("Prealgebra", t_frac_add),
+    ("Prealgebra", t_frac_of),
+    ("Prealgebra", t_simplify),
+    ("Prealgebra", t_rectangle),
+    ("Prealgebra", t_mean),
+    ("Prealgebra", t_change),
+    ("Algebra", t_linear),
+    ("Algebra", t_substitute),
+    ("Number Theory", t_gcd),
+    ("Number Theory", t_lcm),
+    ("Number Theory", t_remainder),
 ]
 
 

@@ -37,7 +37,7 @@ from selftaught.generation.hf import SamplingParams, generate_all
 from selftaught.models import load_model, load_tokenizer
 from selftaught.scoring.ratings import rate_pairs
 from selftaught.training.model_card import write_model_card
-from selftaught.training.sft import SFTSettings, sft_example, train_sft
+from selftaught.training.sft import COMPLETE_MARKER, SFTSettings, sft_example, train_sft
 
 SEED_TAG = "Answer in the style of an AI Assistant."
 WEB_TAG = "Answer with knowledge from web search."
@@ -63,6 +63,10 @@ class RunFolder:
 
     def selected(self, k: int) -> Path:
         return self.root / f"iteration{k}" / "selected.parquet"
+
+    def trained(self, name: str, stage: str) -> Path:
+        """The folder of a finished model (its completion marker is written last)."""
+        return self.require(self.model(name) / COMPLETE_MARKER, stage).parent
 
     def require(self, path: Path, stage: str) -> Path:
         if not path.exists():
@@ -186,7 +190,7 @@ def stage_augment(config: BacktranslateConfig, settings: SFTSettings) -> Dataset
     if finished(run, "augment"):
         return read_shards(run.augment)
     segments = read_rows(run.require(run.segments, "segment"))
-    backward = run.require(run.model("Myx"), "train-backward")
+    backward = run.trained("Myx", "train-backward")
     model, tokenizer = load_model(str(backward)), load_tokenizer(str(backward))
     params = SamplingParams(config.max_instruction_tokens, config.temperature, config.top_p)
 
@@ -235,7 +239,7 @@ def stage_curate(config: BacktranslateConfig, settings: SFTSettings, k: int) -> 
     if finished(run, f"curate_{k}"):
         return read_shards(run.curate(k))
     pairs = [p for p in read_shards(run.require(run.augment, "augment")) if p["instruction"]]
-    rater_path = run.require(run.model(f"M{k - 1}"), "train-seed" if k == 1 else f"train --iteration {k - 1}")
+    rater_path = run.trained(f"M{k - 1}", "train-seed" if k == 1 else f"train --iteration {k - 1}")
     rater, tokenizer = load_model(str(rater_path)), load_tokenizer(str(rater_path))
 
     def rate(rows: list[dict], shard: int) -> list[dict]:

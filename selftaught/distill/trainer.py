@@ -167,11 +167,10 @@ class GKDistillTrainer(Trainer):
         """Sum of per-token JSD over completion tokens / completion tokens in the whole step."""
         mask = inputs["completion_mask"].bool()
         model_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids")}
-        width = mask.shape[1]
-        student_logits = completion_logits(model, model_inputs, width, self.vocab_size)
         with torch.no_grad():
-            teacher_logits = completion_logits(self.teacher, model_inputs, width, self.vocab_size)
-        per_token = generalized_jsd(student_logits[mask], teacher_logits[mask], self.args.beta)
+            teacher_logits = completion_logits(self.teacher, model_inputs, mask, self.vocab_size)
+        student_logits = completion_logits(model, model_inputs, mask, self.vocab_size)
+        per_token = generalized_jsd(student_logits, teacher_logits, self.args.beta)
         if num_items_in_batch is None:  # evaluation: this batch alone
             loss = per_token.sum() / mask.sum().clamp(min=1)
         else:

@@ -43,10 +43,9 @@ def teacher_distance(
                 prompt_ids, prompt_mask, completion_ids, completion_mask
             ).items()
         }
-        width = completion_ids.shape[1]
-        mask = completion_mask.bool().to(device)
-        s = completion_logits(student, inputs, width, vocab_size)[mask].float()
-        t = completion_logits(teacher, inputs, width, vocab_size)[mask].float()
+        mask = completion_mask.to(device)
+        s = completion_logits(student, inputs, mask, vocab_size).float()
+        t = completion_logits(teacher, inputs, mask, vocab_size).float()
         totals["forward_kl"] += generalized_jsd(s, t, beta=0.0).sum().item()
         totals["reverse_kl"] += generalized_jsd(s, t, beta=1.0).sum().item()
         totals["jsd"] += generalized_jsd(s, t, beta=0.5).sum().item()

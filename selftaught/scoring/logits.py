@@ -1,9 +1,9 @@
 """A model's next-token logits at the completion positions of [prompt | completion] batches.
 
 Batches are laid out as a left-padded prompt block followed by a right-padded completion block,
-so every completion starts at the same column. That lets us ask the model for the last C + 1
-positions only (`logits_to_keep`) instead of the whole sequence: with a 150k vocabulary the
-prompt's logits would otherwise dominate memory.
+so every completion starts at the same column and the positions that predict completion tokens
+are easy to name. Only those get logits: with a 150k vocabulary the prompt's and the padding's
+logits would otherwise dominate memory.
 """
 
 from __future__ import annotations
@@ -31,8 +31,15 @@ def join_prompt_completion(
 
 
 def completion_logits(
-    model: PreTrainedModel, inputs: dict[str, torch.Tensor], completion_width: int, vocab_size: int
+    model: PreTrainedModel, inputs: dict[str, torch.Tensor], completion_mask: torch.Tensor, vocab_size: int
 ) -> torch.Tensor:
-    """Logits [B, C, vocab_size] predicting each of the C completion tokens."""
-    outputs = model(**inputs, logits_to_keep=completion_width + 1, use_cache=False)
-    return align_logits(outputs.logits[:, :-1], vocab_size)
+    """Logits [N, vocab_size] predicting the N real completion tokens, in `completion_mask` order.
+
+    transformers applies a boolean `logits_to_keep` before the lm_head, so logits are computed for
+    those N positions only: no prompt, no padding, no [batch x length x vocabulary] tensor.
+    """
+    width = completion_mask.shape[1]
+    keep = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
+    keep[:, -width - 1 : -1] = completion_mask.bool()  # position i predicts token i + 1
+    outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
+    return align_logits(outputs.logits, vocab_size)
