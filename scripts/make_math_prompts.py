@@ -114,8 +114,8 @@ def t_give_away(r: random.Random) -> tuple[tuple, dict]:
         [
             f"{name} has {a} {item}, buys {b} more, and then gives {c} away to a friend. "
             f"How many {item} does {name} have now?",
-            f"There are {a} {item} in a box. Someone adds {b} more {item}, and then {c} {item} are taken out. "
-            f"How many {item} are in the box now?",
+            f"There are {a} {item} in a box. Someone adds {b} more {item}, "
+            f"and then {c} {item} are taken out. How many {item} are in the box now?",
         ]
     )
     steps = f"First ${a} + {b} = {a + b}$. Then ${a + b} - {c} = {a + b - c}$."

@@ -228,7 +228,7 @@ def test_real_model_injection_is_real_and_neutralised(smol, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    strict=False,
+    strict=True,
     reason="SmolLM2-135M does not separate these on the rubric prompt: measured mean expectation 3.202 "
     "(relevant) vs 3.249 (promotional), 2 of 6 pairs ordered right",
 )

@@ -39,7 +39,7 @@ ROLES = {
 def role(name: str, iteration: int) -> str:
     if name in ROLES:
         return ROLES[name]
-    return f"M{iteration}: the base fine-tuned on the seed pairs plus the pairs M{iteration - 1} selected"
+    return f"the base fine-tuned on the seed pairs plus the augmented pairs M{iteration - 1} selected"
 
 
 def backtranslation_card(

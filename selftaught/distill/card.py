@@ -68,29 +68,36 @@ def eval_rows(results: dict, dataset: str) -> list[EvalRow]:
     return rows
 
 
+def data_name(data: str) -> str:
+    """How the card names the data: the shipped set by its name, not by this machine's path."""
+    package = Path(__file__).resolve().parent.parent
+    path = Path(data).resolve()
+    return f"selftaught/{path.relative_to(package)}" if path.is_relative_to(package) else data
+
+
 def distillation_card(config: DistillConfig, results: dict, n_train: int, n_eval: int) -> CardContent:
     student_name = Path(config.student).name
+    data = data_name(config.data)
     teacher_name = Path(config.teacher).name
     return CardContent(
         model_name=f"{student_name}-gkd-{teacher_name}",
         base_model=declared_base_model(config.student),
         summary=(
             f"{student_name} distilled on-policy from the teacher {teacher_name} with selftaught's "
-            f"`selftaught distill`, on {n_train} prompts from `{config.data}`. "
-            + student_origin(config.student)
+            f"`selftaught distill`, on {n_train} prompts from `{data}`. " + student_origin(config.student)
         ),
         method=METHOD,
         citations=[GKD_CITATION],
         hyperparameters={k: getattr(config, k) for k in KNOBS}
         | {"student": config.student, "teacher": config.teacher},
         data={
-            "source": config.data,
+            "source": data,
             "split": config.data_split,
             "training prompts": n_train,
             "held-out prompts": n_eval,
             "held-out split": config.eval_split or "held-out rows",
         },
-        results=eval_rows(results, config.data),
+        results=eval_rows(results, data),
         tags=["selftaught", "distillation", "gkd", "on-policy-distillation"],
         datasets=[config.data] if not Path(config.data).exists() else [],
     )
