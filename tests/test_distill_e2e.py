@@ -222,6 +222,17 @@ def test_resume_last_without_checkpoints_starts_fresh(
 # --- LoRA -------------------------------------------------------------------------------------------
 
 
+def test_evaluation_during_training_logs_a_held_out_loss(tmp_path, tiny_student, tiny_teacher, math_data):
+    """eval_strategy=steps scores the held-out split's completions with the same JSD every eval_steps."""
+    out = tmp_path / "out"
+    argv = distill_argv(tiny_student, tiny_teacher, math_data, out, "--save_strategy", "no")
+    distill(*argv, "--eval_strategy", "steps", "--eval_steps", "1")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [1, 2]
+    assert all(0 < r["eval_loss"] < 0.7 for r in evals)  # a JSD at beta 0.5 lies in (0, ln 2)
+
+
 def test_lora_run_saves_a_plain_merged_model(tmp_path, tiny_student, tiny_teacher, math_data):
     out = tmp_path / "out"
     argv = distill_argv(tiny_student, tiny_teacher, math_data, out, "--save_strategy", "no")

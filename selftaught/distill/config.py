@@ -64,7 +64,10 @@ class DistillConfig(TrainingArguments):
     )
     eval_size: int = field(
         default=64,
-        metadata={"help": "Held-out rows evaluated before and after training (0 skips that evaluation)."},
+        metadata={
+            "help": "Held-out rows, evaluated before and after training and, with eval_strategy, "
+            "during it (0: no held-out evaluation)."
+        },
     )
     prompt_column: str | None = field(
         default=None,
