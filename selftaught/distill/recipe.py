@@ -89,13 +89,14 @@ class HeldOutEvaluation:
         self.folder = Path(config.output_dir) / "evaluation"
         self.prompts = [tokenize_prompt(tokenizer, e.prompt)[-config.max_prompt_length :] for e in examples]
         self.answers = [e.answer for e in examples]
-        self.teacher_ids = self.greedy_answers(teacher, "teacher")
+        self.teacher_ids, self.teacher_texts = self.greedy_answers(teacher, "teacher")
 
-    def greedy_answers(self, model, name: str) -> list[list[int]]:
-        """Greedy completion ids of `model`, read back from `evaluation/<name>.jsonl` when it exists."""
+    def greedy_answers(self, model, name: str) -> tuple[list[list[int]], list[str]]:
+        """Greedy completions of `model` (ids, text), read back from `evaluation/<name>.jsonl` if there."""
         path = self.folder / f"{name}.jsonl"
         if path.exists():
-            return [json.loads(line)["completion_ids"] for line in path.read_text().splitlines()]
+            rows = [json.loads(line) for line in path.read_text().splitlines()]
+            return [r["completion_ids"] for r in rows], [r["completion"] for r in rows]
         ids = greedy_answers(
             model,
             self.tokenizer,
@@ -112,16 +113,14 @@ class HeldOutEvaluation:
                     json.dumps({"completion": text, "gold_answer": answer, "completion_ids": completion_ids})
                     + "\n"
                 )
-        return ids
+        return ids, texts
 
     def metrics(self, model, name: str) -> dict[str, float]:
-        ids = self.greedy_answers(model, name)
-        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        ids, texts = self.greedy_answers(model, name)
         results = answer_metrics(texts, self.answers) | {"mean_answer_tokens": sum(map(len, ids)) / len(ids)}
         if model is self.teacher:
             return results
-        teacher_texts = self.tokenizer.batch_decode(self.teacher_ids, skip_special_tokens=True)
-        agreeing = sum(answers_agree(t, s) for t, s in zip(teacher_texts, texts, strict=True))
+        agreeing = sum(answers_agree(t, s) for t, s in zip(self.teacher_texts, texts, strict=True))
         distance = teacher_distance(
             model,
             self.teacher,

@@ -53,15 +53,12 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
-def right_pad(
-    sequences: list[list[int]], pad_id: int, width: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def right_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack sequences flush left: (ids, mask)."""
-    width = max([len(s) for s in sequences] + [1]) if width is None else width
+    width = max([len(s) for s in sequences] + [1])
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
-        seq = seq[:width]
         if seq:
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
