@@ -229,8 +229,8 @@ def test_real_model_injection_is_real_and_neutralised(smol, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="SmolLM2-135M does not separate these on the rubric prompt: measured mean expectation 3.202 "
-    "(relevant) vs 3.249 (promotional), 2 of 6 pairs ordered right",
+    reason="SmolLM2-135M does not separate these on the rubric prompt: measured mean expectation 3.470 "
+    "(relevant) vs 3.467 (promotional), 4 of 6 pairs ordered right",
 )
 def test_real_model_prefers_relevant_answers_on_average(smol):
     good, bad = smol[2][0::2], smol[2][1::2]
