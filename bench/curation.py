@@ -48,11 +48,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before selftaught's imports load huggingface_hub
+from selftaught.evaluate.curation import KEEP_AT, precision_recall, roc_auc  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench" / "data" / "curation_dev.jsonl"
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "curation.json"
 
-KEEP_AT = 4  # the paper's threshold: a pair scoring 4 or 5 is kept
 MODES = ("probs", "free+regex", "constrained")
 BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED = 1000, 0
 TARGET_SPEEDUP = 20.0
@@ -177,41 +179,6 @@ def timed(fn: Callable[[], list[dict]]) -> tuple[list[dict], float]:
 
 
 # --- agreement with the labels -----------------------------------------------------------------------
-
-
-def roc_auc(scores: list[float], labels: list[int]) -> float | None:
-    """P(score of a random positive > score of a random negative), ties counted as 1/2 (Mann-Whitney U).
-
-    Computed from average ranks: U = (sum of the positives' ranks) - P(P+1)/2, AUC = U / (P N).
-    None when one class is absent.
-    """
-    positives = sum(labels)
-    negatives = len(labels) - positives
-    if positives == 0 or negatives == 0:
-        return None
-    order = sorted(range(len(scores)), key=lambda i: scores[i])
-    ranks = [0.0] * len(scores)
-    start = 0
-    while start < len(order):
-        end = start
-        while end + 1 < len(order) and scores[order[end + 1]] == scores[order[start]]:
-            end += 1
-        for k in range(start, end + 1):  # a tie group shares the mean of ranks start+1 .. end+1
-            ranks[order[k]] = (start + end) / 2 + 1
-        start = end + 1
-    positive_rank_sum = sum(rank for rank, label in zip(ranks, labels, strict=True) if label == 1)
-    return (positive_rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
-
-
-def precision_recall(keep: list[bool], labels: list[int]) -> dict:
-    """Precision and recall of `keep` for label 1 (precision None when nothing is kept)."""
-    kept = sum(keep)
-    true_kept = sum(k and label == 1 for k, label in zip(keep, labels, strict=True))
-    return {
-        "kept": kept,
-        "precision": true_kept / kept if kept else None,
-        "recall": true_kept / sum(labels) if sum(labels) else None,
-    }
 
 
 def ranking_scores(results: list[dict]) -> list[float]:
@@ -367,7 +334,6 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     import transformers
 

@@ -90,6 +90,7 @@ def backtranslate(argv: list[str]) -> None:
         "curate": lambda c, s: recipe.stage_curate(c, s, c.iteration),
         "select": lambda c, s: recipe.stage_select(c, s, c.iteration),
         "train": lambda c, s: recipe.stage_train(c, s, c.iteration),
+        "evaluate": recipe.stage_evaluate,
         "run": recipe.run_all,
     }
     if not argv or argv[0] not in stages:
@@ -104,7 +105,30 @@ def backtranslate(argv: list[str]) -> None:
     print(f"run folder: {config.run_dir}")
 
 
-COMMANDS = {"distill": distill, "backtranslate": backtranslate}
+def evaluate(argv: list[str]) -> None:
+    """`selftaught eval <task>`: one evaluation; writes <output_dir>/<task>.json and prints a table."""
+    from selftaught.evaluate.results import print_result
+    from selftaught.evaluate.tasks import TASKS
+
+    if not argv or argv[0] not in TASKS:
+        print(f"usage: selftaught eval {{{','.join(TASKS)}}} [--config FILE] [flags]")
+        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    config_class, run = TASKS[argv[0]]
+    config = parse_config(config_class, argv[1:], f"selftaught eval {argv[0]}")
+    print_result(run(config))
+    print(f"results: {Path(config.output_dir) / argv[0]}.json")
+
+
+def report(argv: list[str]) -> None:
+    """`selftaught report RUN_DIR`: RUN_DIR/report/index.html, one self-contained page showing the run."""
+    from selftaught.report import write_report
+
+    parser = argparse.ArgumentParser(prog="selftaught report", description=report.__doc__)
+    parser.add_argument("run_dir", type=Path, help="a run folder of `selftaught distill` or `backtranslate`")
+    print(f"report: {write_report(parser.parse_args(argv).run_dir)}")
+
+
+COMMANDS = {"distill": distill, "backtranslate": backtranslate, "eval": evaluate, "report": report}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -214,7 +214,7 @@ def test_main_without_a_command_prints_usage(argv, code, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == code
-    assert "usage: selftaught {distill,backtranslate}" in capsys.readouterr().out
+    assert "usage: selftaught {distill,backtranslate,eval,report}" in capsys.readouterr().out
 
 
 def test_bad_data_is_a_clean_error_not_a_traceback(tmp_path, capsys):

@@ -11,6 +11,7 @@ import re
 import pytest
 import torch
 
+from selftaught.generation.engines import HFEngine
 from selftaught.models import load_model, load_tokenizer
 from selftaught.scoring import ratings
 from selftaught.scoring.ratings import (
@@ -137,8 +138,9 @@ def test_generate_mode_is_valid_on_a_tiny_model(tiny, tokenizer):
 def test_generate_mode_cuts_the_models_own_score_and_reads_ours(tiny, tokenizer, monkeypatch):
     """Whatever the reasoning says, the digit is read after our appended "\\nScore: "."""
     said = "It answers the question. Score: 1\nMore text."
+    # The reasoning is fixed so that the cut is tested on a known text, not on a random model's output.
     monkeypatch.setattr(
-        ratings, "generate_all", lambda m, t, prompts, *a, **k: [t.encode(said)] * len(prompts)
+        HFEngine, "generate", lambda self, prompts, *a, **k: [self.tokenizer.encode(said)] * len(prompts)
     )
     (r,) = rate_pairs(tiny, tokenizer, PAIRS[:1], mode="generate")
     assert r["reasoning"] == "It answers the question."

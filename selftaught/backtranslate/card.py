@@ -30,6 +30,17 @@ METHOD = (
     "tokens only."
 )
 
+EVALUATION = (
+    "Measured at the end of `selftaught backtranslate run` (details in the run's `evaluation/` folder): "
+    "`judge.*`: this model's and the base model's greedy answers to held-out prompts (first turns of seed "
+    "trees the seed sample left out, or `--eval_prompts`), both under the seed tag as system prompt, "
+    "compared by the base model as judge, in both orders; a prompt is a win when both orders prefer this "
+    "model, a tie (half) when they disagree. `answers.*`: mean answer length, so a win by length shows. "
+    "`curation.*`: ROC AUC, precision and recall of this model's curation scores on labelled pairs "
+    "(held-out seed pairs against the same instructions with another pair's answer, or "
+    "`--eval_curation_data`)."
+)
+
 ROLES = {
     "M0": "the seed model: the base fine-tuned on the seed pairs; it curates iteration 1",
     "Myx": "the backward model: the base fine-tuned to write the instruction for a given response",
@@ -66,6 +77,8 @@ def backtranslation_card(
             for stage, h in histograms.items()
         )
         extra["Curation scores"] = "| iteration | 1 | 2 | 3 | 4 | 5 |\n|---|---|---|---|---|---|\n" + rows
+    if results:
+        extra["How it was evaluated"] = EVALUATION
     return CardContent(
         model_name=f"{config.run_dir.rstrip('/').split('/')[-1]}-{name}",
         base_model=declared_base_model(config.base_model),

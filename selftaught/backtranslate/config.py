@@ -3,15 +3,19 @@
 All stages read and write one run folder, so every stage subcommand takes the same config and uses
 the fields it needs. Training knobs live in `SFTSettings` (shared with every SFT stage) and are
 parsed alongside this class; its `seed` also seeds the seed-set sample and Myx's sampling.
+Where augment and curate generate and score (`--engine hf|vllm|openai`, `--base_url` ...) comes from
+`EngineSettings`, whose fields this class inherits, so they are flags of every stage too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from selftaught.generation.engines import EngineSettings
+
 
 @dataclass
-class BacktranslateConfig:
+class BacktranslateConfig(EngineSettings):
     # --- where -----------------------------------------------------------------------------------
     run_dir: str = field(
         default="runs/backtranslate",
@@ -93,6 +97,23 @@ class BacktranslateConfig:
         metadata={"help": "Keep pairs scoring at least this (paper: 5 for the final model, 4 gave 4x more)."},
     )
 
+    # --- scale-out (Ray) -------------------------------------------------------------------------
+    ray: bool = field(
+        default=False,
+        metadata={
+            "help": "Run segment, augment and curate as Ray Data pipelines (pip install selftaught[ray]): "
+            "shards mapped over an actor pool, one model per actor, committed as in a single-process run."
+        },
+    )
+    ray_address: str | None = field(
+        default=None,
+        metadata={"help": "Ray cluster to join (e.g. ray://head:10001 or auto); default: a local instance."},
+    )
+    ray_actors: int = field(default=2, metadata={"help": "Actors in the pool, each holding one model."})
+    ray_gpus_per_actor: float = field(
+        default=0.0, metadata={"help": "GPUs reserved per actor (1 on a GPU cluster: one model per GPU)."}
+    )
+
     # --- iterate ---------------------------------------------------------------------------------
     iterations: int = field(
         default=2, metadata={"help": "Curate-and-train rounds: 2 gives M0 -> M1 -> M2, as in the paper."}
@@ -101,7 +122,33 @@ class BacktranslateConfig:
         default=1, metadata={"help": "For the curate / select / train subcommands: which round (k -> M_k)."}
     )
 
+    # --- evaluate (end of `run`; results in <run_dir>/evaluation and <run_dir>/eval_results.json) ---
+    eval_prompts: str | None = field(
+        default=None,
+        metadata={
+            "help": "Prompts for the judge (rows with prompt, instruction, problem or messages). Default: "
+            "first turns of the seed trees that the seed sample left out (never trained on)."
+        },
+    )
+    eval_prompt_count: int = field(
+        default=16, metadata={"help": "Prompts judged: each model vs the base, judged by the base (0: none)."}
+    )
+    eval_curation_data: str | None = field(
+        default=None,
+        metadata={
+            "help": "Labelled pairs (instruction, response, label 1/0) to score each rater on. Default: "
+            "left-out seed pairs (label 1) and the same instructions given another pair's answer (label 0)."
+        },
+    )
+    eval_curation_pairs: int = field(
+        default=64, metadata={"help": "Labelled pairs each rater (M0, M1, ...) scores (0: none)."}
+    )
+    eval_max_new_tokens: int = field(
+        default=64, metadata={"help": "Longest greedy answer each model writes for the judge."}
+    )
+
     def __post_init__(self) -> None:
+        super().__post_init__()
         choices = {
             "output_format": ("parquet", "jsonl"),
             "curation_mode": ("probs", "generate"),
@@ -112,6 +159,8 @@ class BacktranslateConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not 1 <= self.min_score <= 5:
             raise ValueError(f"min_score must lie in [1, 5], got {self.min_score}")
+        if self.ray_actors < 1:
+            raise ValueError(f"ray_actors must be >= 1, got {self.ray_actors}")
         if self.iterations < 1 or self.iteration < 1:
             raise ValueError("iterations and iteration start at 1")
         if not 0 < self.min_chars < self.max_chars:

@@ -20,10 +20,12 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
-import torch
+from accelerate import PartialState
 from datasets import Dataset
 
 from selftaught.backtranslate.card import backtranslation_card
@@ -32,9 +34,16 @@ from selftaught.backtranslate.corpus import installed_package_descriptions
 from selftaught.backtranslate.seed import load_seed_pairs
 from selftaught.backtranslate.segment import read_corpus, segment_corpus
 from selftaught.data.loading import DataError
-from selftaught.data.shards import export_jsonl, read_shards, run_sharded
-from selftaught.generation.hf import SamplingParams, generate_all
-from selftaught.models import load_model, load_tokenizer
+from selftaught.data.ray_pipeline import ray_map, ray_runner
+from selftaught.data.shards import export_jsonl, read_shards, run_sharded, write_parquet
+from selftaught.evaluate.config import CurationEvalConfig, JudgeEvalConfig
+from selftaught.evaluate.curation import mismatched_labels, read_labelled
+from selftaught.evaluate.judge import read_requests
+from selftaught.evaluate.results import eval_rows, write_json
+from selftaught.evaluate.suite import ModelSuite, summary_numbers
+from selftaught.generation.engines import make_engine
+from selftaught.generation.hf import SamplingParams
+from selftaught.report import write_report
 from selftaught.scoring.ratings import rate_pairs
 from selftaught.training.model_card import write_model_card
 from selftaught.training.sft import COMPLETE_MARKER, SFTSettings, sft_example, train_sft
@@ -54,6 +63,8 @@ class RunFolder:
         self.segments = self.root / "segments" / "segments.parquet"
         self.augment = self.root / "augment"
         self.summary = self.root / "summary.json"
+        self.evaluation = self.root / "evaluation"
+        self.eval_results = self.root / "eval_results.json"
 
     def model(self, name: str) -> Path:
         return self.root / "models" / name
@@ -75,14 +86,6 @@ class RunFolder:
 
 
 # --- bookkeeping ---------------------------------------------------------------------------------
-
-
-def write_atomically(path: Path, rows: list[dict]) -> None:
-    """Parquet written to a temporary name, then renamed: a killed run leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    Dataset.from_list(rows).to_parquet(str(tmp))
-    os.replace(tmp, path)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -131,7 +134,7 @@ def stage_seed(config: BacktranslateConfig, settings: SFTSettings) -> list[dict]
     pairs, stats = load_seed_pairs(source, config.seed_size, settings.seed, split=config.seed_split)
     if not pairs:
         raise DataError(f"{source}: no seed pairs survived the filters ({stats}); check lang/rank fields")
-    write_atomically(run.seed_pairs, pairs)
+    write_parquet(run.seed_pairs, pairs)
     record(run, "seed", stats.get("rows", len(pairs)), len(pairs), time.perf_counter() - started, **stats)
     return pairs
 
@@ -145,7 +148,7 @@ def stage_train_seed(config: BacktranslateConfig, settings: SFTSettings) -> Path
     run = RunFolder(config.run_dir)
     pairs = read_rows(run.require(run.seed_pairs, "seed"))
     examples = [sft_example(p["instruction"], p["response"], SEED_TAG) for p in pairs]
-    return train_and_document(config, settings, "M0", examples, {"seed pairs": len(pairs)}, iteration=0)
+    return train_and_document(config, settings, "M0", examples, train_sizes(len(pairs)), iteration=0)
 
 
 def stage_train_backward(config: BacktranslateConfig, settings: SFTSettings) -> Path:
@@ -170,8 +173,11 @@ def stage_segment(config: BacktranslateConfig, settings: SFTSettings) -> list[di
             config=config.corpus_config,
         )
         source_stats = {"corpus": config.corpus}
-    segments, stats = segment_corpus(documents, config.min_chars, config.max_chars, config.max_segments)
-    write_atomically(run.segments, segments)
+    map_documents = partial(ray_map, address=config.ray_address) if config.ray else map
+    segments, stats = segment_corpus(
+        documents, config.min_chars, config.max_chars, config.max_segments, map_documents
+    )
+    write_parquet(run.segments, segments)
     record(
         run,
         "segment",
@@ -191,26 +197,6 @@ def stage_augment(config: BacktranslateConfig, settings: SFTSettings) -> Dataset
         return read_shards(run.augment)
     segments = read_rows(run.require(run.segments, "segment"))
     backward = run.trained("Myx", "train-backward")
-    model, tokenizer = load_model(str(backward)), load_tokenizer(str(backward))
-    params = SamplingParams(config.max_instruction_tokens, config.temperature, config.top_p)
-
-    def write_instructions(rows: list[dict], shard: int) -> list[dict]:
-        torch.manual_seed(settings.seed * 1_000_003 + shard)  # same shard, same samples, on any rerun
-        prompts = [prompt_ids(tokenizer, backward_example("", r["text"])) for r in rows]
-        completions = generate_all(model, tokenizer, prompts, params, config.generation_batch_size, "augment")
-        instructions = tokenizer.batch_decode(completions, skip_special_tokens=True)
-        return [
-            {
-                "segment_id": r["segment_id"],
-                "source": r["source"],
-                "instruction": i.strip(),
-                "response": r["text"],
-                "generating_model": str(backward),
-                "iteration": 0,
-            }
-            for r, i in zip(rows, instructions, strict=True)
-        ]
-
     started = time.perf_counter()
     fingerprint = {
         "segments": digest(s["segment_id"] for s in segments),
@@ -218,7 +204,9 @@ def stage_augment(config: BacktranslateConfig, settings: SFTSettings) -> Dataset
         "seed": settings.seed,
         **asdict_subset(config, AUGMENT_KNOBS),
     }
-    run_sharded(segments, run.augment, config.shard_size, write_instructions, fingerprint, "augment")
+    run_shards(
+        config, segments, run.augment, fingerprint, "augment", augment_shard_fn, config, settings, backward
+    )
     pairs = read_shards(run.augment)
     empty = sum(not p for p in pairs["instruction"])
     record(
@@ -240,29 +228,23 @@ def stage_curate(config: BacktranslateConfig, settings: SFTSettings, k: int) -> 
         return read_shards(run.curate(k))
     pairs = [p for p in read_shards(run.require(run.augment, "augment")) if p["instruction"]]
     rater_path = run.trained(f"M{k - 1}", "train-seed" if k == 1 else f"train --iteration {k - 1}")
-    rater, tokenizer = load_model(str(rater_path)), load_tokenizer(str(rater_path))
-
-    def rate(rows: list[dict], shard: int) -> list[dict]:
-        scores = rate_pairs(
-            rater,
-            tokenizer,
-            [(r["instruction"], r["response"]) for r in rows],
-            batch_size=config.generation_batch_size,
-            mode=config.curation_mode,
-            max_reasoning_tokens=config.max_reasoning_tokens,
-        )
-        return [
-            r | s | {"scoring_model": str(rater_path), "iteration": k}
-            for r, s in zip(rows, scores, strict=True)
-        ]
-
     started = time.perf_counter()
     fingerprint = {
         "pairs": digest(p["segment_id"] + p["instruction"] for p in pairs),
         "rater": str(rater_path),
         **asdict_subset(config, CURATE_KNOBS),
     }
-    run_sharded(pairs, run.curate(k), config.shard_size, rate, fingerprint, f"curate (iteration {k})")
+    run_shards(
+        config,
+        pairs,
+        run.curate(k),
+        fingerprint,
+        f"curate (iteration {k})",
+        curate_shard_fn,
+        config,
+        rater_path,
+        k,
+    )
     rated = read_shards(run.curate(k))
     record(
         run,
@@ -276,6 +258,78 @@ def stage_curate(config: BacktranslateConfig, settings: SFTSettings, k: int) -> 
     return rated
 
 
+# --- the per-shard work of augment and curate: one place each, for this process and for Ray actors -----
+
+
+def augment_shard_fn(
+    config: BacktranslateConfig, settings: SFTSettings, backward: Path
+) -> Callable[[list[dict], int], list[dict]]:
+    """Myx writing one instruction per segment of a shard; its engine is built here, once per process."""
+    engine = make_engine(config, str(backward), config.generation_batch_size, config.trust_remote_code)
+    tokenizer = engine.tokenizer
+
+    def write_instructions(rows: list[dict], shard: int) -> list[dict]:
+        # seeded by the shard: the same samples on any rerun, in any process or Ray actor
+        seed = settings.seed * 1_000_003 + shard
+        params = SamplingParams(config.max_instruction_tokens, config.temperature, config.top_p, seed=seed)
+        prompts = [prompt_ids(tokenizer, backward_example("", r["text"])) for r in rows]
+        completions = engine.generate(prompts, params, "augment")
+        instructions = tokenizer.batch_decode(completions, skip_special_tokens=True)
+        return [
+            {
+                "segment_id": r["segment_id"],
+                "source": r["source"],
+                "instruction": i.strip(),
+                "response": r["text"],
+                "generating_model": engine.name,
+                "iteration": 0,
+            }
+            for r, i in zip(rows, instructions, strict=True)
+        ]
+
+    return write_instructions
+
+
+def curate_shard_fn(
+    config: BacktranslateConfig, rater_path: Path, k: int
+) -> Callable[[list[dict], int], list[dict]]:
+    """M(k-1) rating the pairs of a shard; its engine is built here, once per process."""
+    engine = make_engine(config, str(rater_path), config.generation_batch_size, config.trust_remote_code)
+
+    def rate(rows: list[dict], shard: int) -> list[dict]:
+        scores = rate_pairs(
+            engine,
+            engine.tokenizer,
+            [(r["instruction"], r["response"]) for r in rows],
+            batch_size=config.generation_batch_size,
+            mode=config.curation_mode,
+            max_reasoning_tokens=config.max_reasoning_tokens,
+        )
+        return [
+            r | s | {"scoring_model": engine.name, "iteration": k}
+            for r, s in zip(rows, scores, strict=True)
+        ]
+
+    return rate
+
+
+def run_shards(
+    config: BacktranslateConfig,
+    rows: list[dict],
+    folder: Path,
+    fingerprint: dict,
+    desc: str,
+    factory: Callable[..., Callable[[list[dict], int], list[dict]]],
+    *args,
+) -> None:
+    """The shards `folder` lacks, computed by `factory(*args)` here, or on Ray actors with `--ray`."""
+    if config.ray:
+        runner = ray_runner(factory, args, config.ray_actors, config.ray_address, config.ray_gpus_per_actor)
+        run_sharded(rows, folder, config.shard_size, None, fingerprint, desc, runner=runner)
+    else:
+        run_sharded(rows, folder, config.shard_size, factory(*args), fingerprint, desc)
+
+
 def stage_select(config: BacktranslateConfig, settings: SFTSettings, k: int) -> list[dict]:
     run = RunFolder(config.run_dir)
     if finished(run, f"select_{k}"):
@@ -284,7 +338,7 @@ def stage_select(config: BacktranslateConfig, settings: SFTSettings, k: int) -> 
     rated = read_shards(run.require(run.curate(k), f"curate --iteration {k}")).to_list()
     column = "score_argmax" if config.select_by == "argmax" else "score_expectation"
     selected = [r for r in rated if r[column] >= config.min_score]
-    write_atomically(run.selected(k), selected)
+    write_parquet(run.selected(k), selected)
     counts = histogram([r["score_argmax"] for r in rated])
     print_histogram(counts, f"iteration {k}: score histogram (argmax)")
     record(
@@ -305,8 +359,96 @@ def stage_train(config: BacktranslateConfig, settings: SFTSettings, k: int) -> P
     selected = read_rows(run.require(run.selected(k), f"select --iteration {k}"))
     examples = [sft_example(p["instruction"], p["response"], SEED_TAG) for p in seed]
     examples += [sft_example(p["instruction"], p["response"], WEB_TAG) for p in selected]
-    sizes = {"seed pairs": len(seed), "selected augmented pairs": len(selected)}
-    return train_and_document(config, settings, f"M{k}", examples, sizes, iteration=k)
+    return train_and_document(config, settings, f"M{k}", examples, train_sizes(len(seed), len(selected)), k)
+
+
+def held_out_seed_pairs(config: BacktranslateConfig, settings: SFTSettings) -> list[dict]:
+    """Seed pairs that the seed sample left out: first turns no model of the run was trained on."""
+    run = RunFolder(config.run_dir)
+    every, _ = load_seed_pairs(config.seed_data or str(BUILTIN_SEED), None, settings.seed, config.seed_split)
+    used = {p["id"] for p in read_rows(run.require(run.seed_pairs, "seed"))}
+    return [p for p in every if p["id"] not in used]
+
+
+def evaluation_configs(
+    config: BacktranslateConfig, folder: Path
+) -> tuple[JudgeEvalConfig, CurationEvalConfig]:
+    """The judge (the base model, answers under the seed tag) and curation settings of the run."""
+    shared = {
+        "output_dir": str(folder),
+        "split": config.seed_split,
+        "batch_size": config.generation_batch_size,
+        "trust_remote_code": config.trust_remote_code,
+    }
+    judge = JudgeEvalConfig(
+        **shared,
+        limit=config.eval_prompt_count,
+        prompts=config.eval_prompts or "held-out seed prompts",
+        baseline=base_model(config),
+        judge=base_model(config),
+        system_prompt=SEED_TAG,
+        max_new_tokens=config.eval_max_new_tokens,
+    )
+    curation = CurationEvalConfig(
+        **shared,
+        limit=config.eval_curation_pairs,
+        data=config.eval_curation_data or "held-out seed pairs and mismatched pairs",
+        mode=config.curation_mode,
+        max_reasoning_tokens=config.max_reasoning_tokens,
+    )
+    return judge, curation
+
+
+def evaluation_inputs(
+    config: BacktranslateConfig, settings: SFTSettings, configs: tuple
+) -> tuple[list, list]:
+    """(judge prompts, labelled pairs): the user's files, else built from the left-out seed pairs."""
+    judge, curation = configs
+    held_out = (
+        [] if config.eval_prompts and config.eval_curation_data else held_out_seed_pairs(config, settings)
+    )
+    requests = (
+        read_requests(config.eval_prompts, judge)
+        if config.eval_prompts
+        else [p["instruction"] for p in held_out]
+    )
+    if config.eval_curation_data:
+        labelled = read_labelled(config.eval_curation_data, curation)
+    else:
+        labelled = mismatched_labels(held_out[: config.eval_curation_pairs // 2])
+    return requests[: config.eval_prompt_count], labelled[: config.eval_curation_pairs]
+
+
+def stage_evaluate(config: BacktranslateConfig, settings: SFTSettings) -> dict:
+    """The base model and every finished M(k): answers to held-out prompts judged against the base
+    model's (by the base model, both orders), and the curation AUC of each rater (M0 .. M(n-1)).
+
+    Writes <run_dir>/evaluation/ (per-eval JSON and Parquet, each kept and reused by a rerun),
+    <run_dir>/eval_results.json ({label: {metric: number}}) and the results onto the M(k) cards.
+    """
+    run = RunFolder(config.run_dir)
+    names = [f"M{k}" for k in range(config.iterations + 1) if (run.model(f"M{k}") / COMPLETE_MARKER).exists()]
+    models = {"base": base_model(config)} | {name: str(run.model(name)) for name in names}
+    configs = evaluation_configs(config, run.evaluation)
+    requests, labelled = evaluation_inputs(config, settings, configs)
+    if not requests or not labelled:
+        print(f"[evaluate] {len(requests)} judge prompts, {len(labelled)} labelled pairs (none: not run)")
+    started = time.perf_counter()
+    results = ModelSuite(run.evaluation, models, "base", requests, labelled, configs).run(
+        [f"M{k}" for k in range(config.iterations) if f"M{k}" in models]
+    )
+    numbers = summary_numbers(results)
+    write_json(run.eval_results, numbers)
+    summary = json.loads(run.summary.read_text())
+    for name in names:
+        rows = eval_rows(results[name]) + eval_rows(results["base"], model="base")
+        k = int(name[1:])
+        sizes = train_sizes(summary["seed"]["rows_out"], summary[f"select_{k}"]["rows_out"] if k else None)
+        write_model_card(
+            run.model(name), backtranslation_card(config, settings, name, k, sizes, summary, rows)
+        )
+    print(f"[evaluate] {', '.join(models)}: {time.perf_counter() - started:.1f} s, see {run.eval_results}")
+    return numbers
 
 
 def run_all(config: BacktranslateConfig, settings: SFTSettings) -> dict:
@@ -320,13 +462,16 @@ def run_all(config: BacktranslateConfig, settings: SFTSettings) -> dict:
         stage_curate(config, settings, k)
         stage_select(config, settings, k)
         stage_train(config, settings, k)
+    if PartialState().is_main_process:
+        stage_evaluate(config, settings)
+        write_report(config.run_dir)
     return json.loads(RunFolder(config.run_dir).summary.read_text())
 
 
 # --- helpers -------------------------------------------------------------------------------------
 
-AUGMENT_KNOBS = ("temperature", "top_p", "max_instruction_tokens", "shard_size")
-CURATE_KNOBS = ("curation_mode", "max_reasoning_tokens", "shard_size")
+AUGMENT_KNOBS = ("temperature", "top_p", "max_instruction_tokens", "shard_size", "engine", "served_model")
+CURATE_KNOBS = ("curation_mode", "max_reasoning_tokens", "shard_size", "engine", "served_model")
 
 
 def digest(items) -> str:
@@ -369,6 +514,12 @@ def export(config: BacktranslateConfig, folder: Path) -> None:
         export_jsonl(folder, folder.with_suffix(".jsonl"))
 
 
+def train_sizes(seed: int, selected: int | None = None) -> dict:
+    """The data sizes a model card lists for M0 (seed only) and M(k) (seed + selected)."""
+    sizes = {"seed pairs": seed}
+    return sizes if selected is None else sizes | {"selected augmented pairs": selected}
+
+
 def train_and_document(
     config: BacktranslateConfig,
     settings: SFTSettings,
@@ -384,7 +535,8 @@ def train_and_document(
     out = train_sft(
         base_model(config), examples, run.model(name), settings, trust_remote_code=config.trust_remote_code
     )
-    summary = json.loads(run.summary.read_text()) if run.summary.exists() else {}
-    write_model_card(out, backtranslation_card(config, settings, name, iteration, sizes, summary))
-    record(run, f"train_{name}", len(examples), len(examples), time.perf_counter() - started)
+    if PartialState().is_main_process:  # under `accelerate launch`, one process documents the model
+        summary = json.loads(run.summary.read_text()) if run.summary.exists() else {}
+        write_model_card(out, backtranslation_card(config, settings, name, iteration, sizes, summary))
+        record(run, f"train_{name}", len(examples), len(examples), time.perf_counter() - started)
     return out

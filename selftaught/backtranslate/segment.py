@@ -43,7 +43,8 @@ import hashlib
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 
 from selftaught.data.loading import DataError
@@ -472,41 +473,50 @@ class NearDuplicates:
         return False
 
 
+def document_pieces(
+    numbered: tuple[int, dict], min_chars: int, max_chars: int
+) -> tuple[str, list[str], dict]:
+    """(source, segments before deduplication, counts) of one document: the part that runs in parallel."""
+    number, doc = numbered
+    counts: Counter = Counter(documents=1)
+    text, source = doc.get("text"), doc.get("source")
+    if not source:
+        raise DataError(f"document {number}: no 'source'; give every document a source (file:row)")
+    if text is None:
+        counts["skipped_null_text"] += 1
+        return str(source), [], counts
+    if not isinstance(text, str):
+        raise DataError(f"{source}: the text is {type(text).__name__}, not a string; choose the text column")
+    if not text.strip():
+        counts["skipped_empty_text"] += 1
+        return str(source), [], counts
+    pieces = split_document(text, min_chars, max_chars, counts)
+    counts["documents_without_segments"] += int(not pieces)
+    return str(source), pieces, counts
+
+
 def segment_corpus(
     documents: Iterable[dict],
     min_chars: int = MIN_CHARS,
     max_chars: int = MAX_CHARS,
     max_segments: int | None = None,
+    map_documents: Callable[[Callable, Iterable], Iterable] = map,
 ) -> tuple[list[dict], dict]:
     """Segments {segment_id, text, source, chars} of all documents, deduplicated, and what happened.
 
     Documents are read in order and reading stops once `max_segments` segments are out, so a capped run
-    over a streamed Hub corpus reads only what it needs.
+    over a streamed Hub corpus reads only what it needs. `map_documents` splits the documents (lazily,
+    in order; e.g. `selftaught.data.ray_pipeline.ray_map`); deduplication is one pass here, after it.
     """
     counts: Counter = Counter()
-    skipped: Counter = Counter()
     seen_ids: set[str] = set()
     near = NearDuplicates()
     segments: list[dict] = []
-    for number, doc in enumerate(documents):
+    split = partial(document_pieces, min_chars=min_chars, max_chars=max_chars)
+    for source, pieces, doc_counts in map_documents(split, enumerate(documents)):
         if max_segments is not None and len(segments) >= max_segments:
             break
-        counts["documents"] += 1
-        text, source = doc.get("text"), doc.get("source")
-        if not source:
-            raise DataError(f"document {number}: no 'source'; give every document a source (file:row)")
-        if text is None:
-            skipped["null_text"] += 1
-            continue
-        if not isinstance(text, str):
-            raise DataError(
-                f"{source}: the text is {type(text).__name__}, not a string; choose the text column"
-            )
-        if not text.strip():
-            skipped["empty_text"] += 1
-            continue
-        pieces = split_document(text, min_chars, max_chars, counts)
-        counts["documents_without_segments"] += int(not pieces)
+        counts.update(doc_counts)
         for piece in pieces:
             if max_segments is not None and len(segments) >= max_segments:
                 break
@@ -517,9 +527,8 @@ def segment_corpus(
                 counts["near_duplicates"] += 1
             else:
                 seen_ids.add(key)
-                segments.append(
-                    {"segment_id": key, "text": piece, "source": str(source), "chars": len(piece)}
-                )
+                segments.append({"segment_id": key, "text": piece, "source": source, "chars": len(piece)})
+    skipped = {k.removeprefix("skipped_"): n for k, n in counts.items() if k.startswith("skipped_")}
     stats = {
         "documents": counts["documents"],
         "skipped": dict(sorted(skipped.items())),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pyarrow as pa
@@ -129,19 +129,26 @@ def _check_manifest(folder: Path, expected: dict, overwrite: bool) -> None:
     _write_manifest(folder, expected)
 
 
+# The shards still to do, as (shard index, its input rows) -> (shard index, its output rows), in any order.
+ShardRunner = Callable[[list[tuple[int, list[dict]]]], Iterable[tuple[int, list[dict]]]]
+
+
 def run_sharded(
     rows: list[dict],
     folder: Path,
     shard_size: int,
-    process: Callable[[list[dict], int], list[dict]],
+    process: Callable[[list[dict], int], list[dict]] | None,
     params: dict | None = None,
     desc: str = "stage",
     overwrite: bool = False,
+    runner: ShardRunner | None = None,
 ) -> Path:
     """Run `process(shard_rows, shard_index)` over every shard not yet committed in `folder`.
 
     `params` (JSON-serialisable) should hold everything that changes the output, e.g. the model and
-    the sampling settings: a rerun with other params is refused. Returns the folder.
+    the sampling settings: a rerun with other params is refused. `runner`, when given, computes the
+    missing shards instead of `process` (e.g. on Ray actors); each result is committed here as it
+    arrives, so the folder, the manifest and resuming are the same either way. Returns the folder.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
@@ -162,17 +169,20 @@ def run_sharded(
         for stray in folder.glob(TEMP_GLOB):  # a killed run's half-written files; we hold the lock
             stray.unlink(missing_ok=True)
         _check_manifest(folder, manifest, overwrite)
-        todo = [k for k in range(num_shards) if not shard_path(folder, k).is_file()]
-        done_rows = len(rows) - sum(len(rows[k * shard_size : (k + 1) * shard_size]) for k in todo)
+        todo = {
+            k: rows[k * shard_size : (k + 1) * shard_size]
+            for k in range(num_shards)
+            if not shard_path(folder, k).is_file()
+        }
+        done_rows = len(rows) - sum(map(len, todo.values()))
+        runner = runner or (lambda tasks: ((k, process(chunk, k)) for k, chunk in tasks))
         with tqdm(total=len(rows), initial=done_rows, unit="row", desc=desc, dynamic_ncols=True) as bar:
-            for count, k in enumerate(todo, start=1):
-                chunk = rows[k * shard_size : (k + 1) * shard_size]
-                out = process(chunk, k)
+            for count, (k, out) in enumerate(runner(list(todo.items())), start=1):
                 if not isinstance(out, list) or not all(isinstance(r, dict) for r in out):
                     raise TypeError(f"process must return a list of dicts, got {type(out).__name__}")
                 table = pa.Table.from_pylist(out)
                 _commit(shard_path(folder, k), lambda f, t=table: pq.write_table(t, f))
-                bar.update(len(chunk))
+                bar.update(len(todo[k]))
                 bar.set_postfix(shards=f"{num_shards - len(todo) + count}/{num_shards}")
     finally:
         lock.close()
@@ -210,6 +220,14 @@ def read_shards(folder: Path):
     if not tables:
         return Dataset.from_dict({})
     return Dataset(pa.concat_tables(tables, promote_options="permissive"))
+
+
+def write_parquet(path: Path, rows: list[dict]) -> Path:
+    """Rows as one Parquet file, committed like a shard: a killed run leaves no half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _commit(path, lambda f: pq.write_table(pa.Table.from_pylist(rows), f))
+    return path
 
 
 def export_jsonl(folder: Path, path: Path) -> Path:

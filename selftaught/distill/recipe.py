@@ -22,10 +22,12 @@ from selftaught.data.loading import DataError, available_splits, load_rows
 from selftaught.distill.card import distillation_card
 from selftaught.distill.config import DistillConfig
 from selftaught.distill.trainer import GKDistillTrainer
-from selftaught.evaluate.distance import answer_metrics, answers_agree, greedy_answers, teacher_distance
+from selftaught.evaluate.distance import HeldOutEvaluation
 from selftaught.models import check_same_vocabulary, load_model, load_tokenizer, shared_vocab_size
+from selftaught.report import write_report
 from selftaught.training.callbacks import MetricsFileCallback, replace_progress_bar
 from selftaught.training.model_card import write_model_card
+from selftaught.training.sft import save_final_model
 
 BUILTIN_DATA = Path(__file__).resolve().parent.parent / "data" / "builtin" / "math_prompts"
 
@@ -75,62 +77,6 @@ def check_completions(examples: list[Example], config: DistillConfig) -> None:
             "trains some steps on the dataset's completions (a peer trained on a loss of exactly 0 here). "
             "Use --lmbda 1 (always on-policy), --seq_kd (teacher completions), or add completions."
         )
-
-
-class HeldOutEvaluation:
-    """Greedy answers and distance to the teacher on the held-out prompts.
-
-    Every model's answers are saved (`evaluation/<name>.jsonl`) for a person to audit; the teacher's
-    are generated once and reused, also by a resumed run.
-    """
-
-    def __init__(self, teacher, tokenizer, examples: list[Example], config: DistillConfig, vocab_size: int):
-        self.teacher, self.tokenizer, self.config, self.vocab_size = teacher, tokenizer, config, vocab_size
-        self.folder = Path(config.output_dir) / "evaluation"
-        self.prompts = [tokenize_prompt(tokenizer, e.prompt)[-config.max_prompt_length :] for e in examples]
-        self.answers = [e.answer for e in examples]
-        self.teacher_ids, self.teacher_texts = self.greedy_answers(teacher, "teacher")
-
-    def greedy_answers(self, model, name: str) -> tuple[list[list[int]], list[str]]:
-        """Greedy completions of `model` (ids, text), read back from `evaluation/<name>.jsonl` if there."""
-        path = self.folder / f"{name}.jsonl"
-        if path.exists():
-            rows = [json.loads(line) for line in path.read_text().splitlines()]
-            return [r["completion_ids"] for r in rows], [r["completion"] for r in rows]
-        ids = greedy_answers(
-            model,
-            self.tokenizer,
-            self.prompts,
-            self.config.eval_max_new_tokens,
-            self.config.per_device_eval_batch_size,
-            f"{name} answers",
-        )
-        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with path.open("w") as f:
-            for completion_ids, text, answer in zip(ids, texts, self.answers, strict=True):
-                f.write(
-                    json.dumps({"completion": text, "gold_answer": answer, "completion_ids": completion_ids})
-                    + "\n"
-                )
-        return ids, texts
-
-    def metrics(self, model, name: str) -> dict[str, float]:
-        ids, texts = self.greedy_answers(model, name)
-        results = answer_metrics(texts, self.answers) | {"mean_answer_tokens": sum(map(len, ids)) / len(ids)}
-        if model is self.teacher:
-            return results
-        agreeing = sum(answers_agree(t, s) for t, s in zip(self.teacher_texts, texts, strict=True))
-        distance = teacher_distance(
-            model,
-            self.teacher,
-            self.prompts,
-            self.teacher_ids,
-            self.vocab_size,
-            self.tokenizer.pad_token_id,
-            self.config.per_device_eval_batch_size,
-        )
-        return results | distance | {"answer_agreement": agreeing / len(texts)}
 
 
 def resume_checkpoint(config: DistillConfig) -> str | bool | None:
@@ -190,22 +136,28 @@ def run_distillation(config: DistillConfig) -> dict:
         shutil.rmtree(out / "evaluation", ignore_errors=True)
     if eval_examples and main:
         unwrapped_teacher = trainer.accelerator.unwrap_model(trainer.teacher)
-        evaluation = HeldOutEvaluation(unwrapped_teacher, tokenizer, eval_examples, config, vocab_size)
+        evaluation = HeldOutEvaluation(
+            unwrapped_teacher,
+            tokenizer,
+            [tokenize_prompt(tokenizer, e.prompt)[-config.max_prompt_length :] for e in eval_examples],
+            [e.answer for e in eval_examples],
+            out / "evaluation",
+            (config.eval_max_new_tokens, config.per_device_eval_batch_size, vocab_size),
+        )
         results["teacher"] = evaluation.metrics(evaluation.teacher, "teacher")
         results["student_before"] = evaluation.metrics(trainer.model, "student_before")
     trainer.accelerator.wait_for_everyone()
 
     train_output = trainer.train(resume_from_checkpoint=resume)
-    if config.use_peft:
-        trainer.model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-    trainer.save_model(str(out))
+    save_final_model(trainer, out, config.use_peft)
 
     if main:
         if evaluation is not None:
-            (out / "evaluation" / "student_after.jsonl").unlink(missing_ok=True)
+            evaluation.path("student_after").unlink(missing_ok=True)
             results["student_after"] = evaluation.metrics(trainer.model, "student_after")
         results["train"] = {k: v for k, v in train_output.metrics.items() if isinstance(v, (int, float))}
         (out / "eval_results.json").write_text(json.dumps(results, indent=2))
         write_model_card(out, distillation_card(config, results, len(train_examples), len(eval_examples)))
+        write_report(out)
     trainer.accelerator.wait_for_everyone()
     return results

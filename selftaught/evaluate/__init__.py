@@ -1,1 +1,1 @@
-"""Evaluations: math accuracy, distance to a teacher."""
+"""Evaluations (`selftaught eval math|judge|distance|curation`), also called by the recipes."""

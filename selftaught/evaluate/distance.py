@@ -10,13 +10,25 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import torch
+from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from selftaught.data.formats import to_examples, tokenize_prompt
+from selftaught.data.shards import write_parquet
+from selftaught.evaluate.common import load_eval_rows, load_for_eval, required
+from selftaught.evaluate.config import DistanceEvalConfig
 from selftaught.evaluate.math import answers_match, last_boxed, math_accuracy, score_math
+from selftaught.evaluate.results import write_result
 from selftaught.generation.hf import SamplingParams, generate_all, left_pad, right_pad
+from selftaught.models import check_same_vocabulary, load_model, load_tokenizer, shared_vocab_size
 from selftaught.scoring.logits import completion_logits, join_prompt_completion
 from selftaught.training.losses import generalized_jsd
+
+TASK = "distance"
 
 
 @torch.no_grad()
@@ -62,23 +74,98 @@ def answers_agree(reference: str, candidate: str) -> bool:
     return reference.strip() == candidate.strip()
 
 
-def greedy_answers(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: list[list[int]],
-    max_new_tokens: int,
-    batch_size: int,
-    desc: str,
-) -> list[list[int]]:
-    return generate_all(
-        model, tokenizer, prompts, SamplingParams(max_new_tokens, temperature=0.0), batch_size, desc
-    )
-
-
-def answer_metrics(texts: list[str], answers: list[str | None]) -> dict[str, float]:
+def answer_metrics(rows: list[dict]) -> dict[str, float]:
     """Greedy accuracy on the rows that have a gold answer (none: empty dict)."""
-    graded = [(t, a) for t, a in zip(texts, answers, strict=True) if a is not None]
-    if not graded:
-        return {}
-    rows = score_math([t for t, _ in graded], [a for _, a in graded])
-    return {"math_accuracy": math_accuracy(rows)}
+    graded = [r for r in rows if r["gold_answer"] is not None]
+    return {"math_accuracy": math_accuracy(graded)} if graded else {}
+
+
+class HeldOutEvaluation:
+    """Greedy answers and distance to the teacher on held-out prompts: `selftaught distill` before and
+    after training, and `selftaught eval distance`, share this one implementation.
+
+    Every model's answers are saved (`<folder>/<name>.parquet`: text, ids, gold answer, extracted answer,
+    verdict) for a person to audit; they are read back from there when present, so the teacher's are
+    generated once, also across a resumed run.
+    """
+
+    def __init__(
+        self,
+        teacher: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: list[list[int]],
+        answers: list[str | None],
+        folder: Path,
+        settings: tuple[int, int, int],
+    ) -> None:
+        """`settings`: (max_new_tokens, batch_size, vocab_size shared by student and teacher)."""
+        self.teacher, self.tokenizer, self.folder = teacher, tokenizer, Path(folder)
+        self.prompts, self.answers = prompts, answers
+        self.max_new_tokens, self.batch_size, self.vocab_size = settings
+        self.teacher_ids, self.teacher_rows = self.greedy_answers(teacher, "teacher")
+
+    def path(self, name: str) -> Path:
+        return self.folder / f"{name}.parquet"
+
+    def greedy_answers(self, model: PreTrainedModel, name: str) -> tuple[list[list[int]], list[dict]]:
+        """Greedy completion ids of `model` and one audit row per prompt, read back if saved."""
+        if self.path(name).exists():
+            rows = Dataset.from_parquet(str(self.path(name))).to_list()
+            return [r["completion_ids"] for r in rows], rows
+        params = SamplingParams(self.max_new_tokens, temperature=0.0)
+        ids = generate_all(model, self.tokenizer, self.prompts, params, self.batch_size, f"{name} answers")
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        rows = []
+        for completion_ids, text, answer in zip(ids, texts, self.answers, strict=True):
+            checked = (
+                score_math([text], [answer])[0]
+                if answer is not None
+                else {"extracted": None, "correct": None}
+            )
+            rows.append(
+                {"completion": text, "completion_ids": completion_ids, "gold_answer": answer} | checked
+            )
+        write_parquet(self.path(name), rows)
+        return ids, rows
+
+    def metrics(self, model: PreTrainedModel, name: str) -> dict[str, float]:
+        ids, rows = self.greedy_answers(model, name)
+        results = answer_metrics(rows) | {"mean_answer_tokens": sum(map(len, ids)) / len(ids)}
+        if model is self.teacher:
+            return results
+        agreeing = sum(
+            answers_agree(t["completion"], s["completion"])
+            for t, s in zip(self.teacher_rows, rows, strict=True)
+        )
+        pad_id = self.tokenizer.pad_token_id
+        distance = teacher_distance(
+            model, self.teacher, self.prompts, self.teacher_ids, self.vocab_size, pad_id, self.batch_size
+        )
+        return results | distance | {"answer_agreement": agreeing / len(rows)}
+
+
+def run_distance(config: DistanceEvalConfig) -> dict:
+    """Teacher and student answer the held-out prompts; KL both ways on the teacher's answers, and
+    agreement with them. Writes `<output_dir>/distance.json` and `<output_dir>/distance/<model>.parquet`."""
+    data = required(config.data, "--data", TASK)
+    examples = to_examples(load_eval_rows(data, config), data)
+    names = {
+        "student": required(config.student, "--student", TASK),
+        "teacher": required(config.teacher, "--teacher", TASK),
+    }
+    student, tokenizer = load_for_eval(names["student"], config)
+    teacher = load_model(names["teacher"], config.dtype, config.trust_remote_code).eval()
+    check_same_vocabulary(tokenizer, load_tokenizer(names["teacher"], config.trust_remote_code))
+    folder = Path(config.output_dir) / TASK
+    shutil.rmtree(folder, ignore_errors=True)  # answers saved by an earlier run are not these models'
+    evaluation = HeldOutEvaluation(
+        teacher,
+        tokenizer,
+        [tokenize_prompt(tokenizer, e.prompt)[-config.max_prompt_length :] for e in examples],
+        [e.answer for e in examples],
+        folder,
+        (config.max_new_tokens, config.batch_size, shared_vocab_size(tokenizer, student, teacher)),
+    )
+    metrics = evaluation.metrics(student, "student")
+    metrics["teacher"] = evaluation.metrics(teacher, "teacher")
+    return write_result(config.output_dir, TASK, metrics, config, names, data)

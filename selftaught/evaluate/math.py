@@ -112,3 +112,29 @@ def score_math(predictions: list[str], answers: list[str]) -> list[dict]:
 def math_accuracy(rows: list[dict]) -> float:
     """Fraction of rows marked correct; 0.0 for no rows."""
     return sum(bool(r["correct"]) for r in rows) / len(rows) if rows else 0.0
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k).
+
+    Computed as a product, as the Codex paper does, so large n does not overflow.
+    """
+    if not 0 < k <= n or not 0 <= c <= n:
+        raise ValueError(f"pass@k needs 0 < k <= n and 0 <= c <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    product = 1.0
+    for i in range(n - c + 1, n + 1):
+        product *= 1.0 - k / i
+    return 1.0 - product
+
+
+def breakdown(groups: list, correct: list[bool]) -> dict[str, dict[str, float]]:
+    """Accuracy and problem count per group (a subject, a level), groups in sorted order."""
+    by_group: dict[str, list[bool]] = {}
+    for group, ok in zip(groups, correct, strict=True):
+        by_group.setdefault(str(group), []).append(bool(ok))
+    return {
+        group: {"accuracy": sum(oks) / len(oks), "problems": len(oks)}
+        for group, oks in sorted(by_group.items())
+    }

@@ -1,1 +1,2 @@
-"""Generation engine: batched sampling and greedy decoding with the KV cache."""
+"""Generation and next-token scoring behind one interface (`engines`): transformers batched with the KV
+cache (`hf`, `next_token`), vLLM's offline engine, and OpenAI-compatible servers."""

@@ -16,11 +16,17 @@ from transformers import GenerationConfig, PreTrainedModel
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to decode. `temperature == 0` means greedy."""
+    """How to decode. `temperature == 0` means greedy.
+
+    `stop`: strings that end a completion; the completion is cut before the first one (as OpenAI-style
+    servers do). `seed`: seeds the sampling of one call, so a rerun draws the same completions.
+    """
 
     max_new_tokens: int = 128
     temperature: float = 1.0
     top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
 
     def generation_config(
         self, eos_token_id: int | list[int], pad_token_id: int, suppress_tokens: list[int] | None = None
@@ -37,6 +43,7 @@ class SamplingParams:
             eos_token_id=eos_token_id,
             pad_token_id=pad_token_id,
             suppress_tokens=suppress_tokens or None,
+            stop_strings=list(self.stop) or None,
             use_cache=True,
         )
 
@@ -92,12 +99,14 @@ def generate_completions(
     eos_ids: list[int],
     pad_id: int,
     vocab_size: int | None = None,
+    tokenizer=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Completion ids [B, C] and their mask for one left-padded batch, using the KV cache.
 
     The model is switched to eval mode for the call: gradient checkpointing only acts in training
     mode, so generation keeps its cache even when checkpointing is on (peers lost it: 3.5x slower).
     With `vocab_size`, ids past it (padded embedding rows, not tokens) are never sampled.
+    Stop strings (`params.stop`) need the `tokenizer`: transformers matches them on token strings.
     """
     rows = model.config.get_text_config().vocab_size
     padded_rows = list(range(vocab_size, rows)) if vocab_size is not None and rows > vocab_size else None
@@ -108,6 +117,7 @@ def generate_completions(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
             generation_config=params.generation_config(eos_ids, pad_id, padded_rows),
+            tokenizer=tokenizer,
         )
     finally:
         model.train(was_training)
@@ -124,7 +134,9 @@ def generate_all(
     batch_size: int = 8,
     desc: str = "generating",
 ) -> list[list[int]]:
-    """Completion ids (through EOS) for every prompt, in the given order."""
+    """Completion ids (through EOS, or cut before a stop string) for every prompt, in the given order."""
+    if params.seed is not None:
+        torch.manual_seed(params.seed)
     eos_ids = eos_ids_of(model, tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[list[int]] = [[] for _ in prompts]
@@ -133,8 +145,22 @@ def generate_all(
         chunk = order[start : start + batch_size]
         ids, mask = left_pad([prompts[i] for i in chunk], tokenizer.pad_token_id)
         completions, completion_mask = generate_completions(
-            model, ids.to(device), mask.to(device), params, eos_ids, tokenizer.pad_token_id
+            model, ids.to(device), mask.to(device), params, eos_ids, tokenizer.pad_token_id, None, tokenizer
         )
         for row, index in enumerate(chunk):
-            results[index] = completions[row][completion_mask[row].bool()].tolist()
+            kept = completions[row][completion_mask[row].bool()].tolist()
+            results[index] = cut_at_stop(tokenizer, kept, params.stop)
     return results
+
+
+def cut_at_stop(tokenizer, ids: list[int], stop: tuple[str, ...]) -> list[int]:
+    """The completion up to (not including) its first stop string, re-encoded; unchanged without one.
+
+    transformers stops after the token that completes a stop string, and that token may carry text
+    past it; the text is cut where the string begins, as OpenAI-compatible servers return it.
+    """
+    if not stop:
+        return ids
+    text = tokenizer.decode(ids)
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    return ids if cut < 0 else tokenizer.encode(text[:cut], add_special_tokens=False)

@@ -36,6 +36,27 @@ def shared_prefix_length(prompts: list[list[int]]) -> int:
     return length
 
 
+def option_token_ids(tokenizer, prompt_text: str, options: str | tuple[str, ...]) -> list[int]:
+    """Ids of each option as the tokenizer writes it right after `prompt_text`: one token each, distinct.
+
+    A scoring prompt is only readable in one step if every option is exactly one more token; a
+    tokenizer that merges the option with the text before it would be read at the wrong position.
+    """
+    base = tokenizer.encode(prompt_text, add_special_tokens=False)
+    ids = []
+    for option in options:
+        full = tokenizer.encode(prompt_text + option, add_special_tokens=False)
+        if len(full) != len(base) + 1 or full[: len(base)] != base:
+            raise ValueError(
+                f"this tokenizer does not write {prompt_text[-16:]!r} + {option!r} as the prompt plus one "
+                f"token ({full[len(base) - 2 :]} after {base[-2:]}); the answer cannot be read in one step"
+            )
+        ids.append(full[-1])
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"the options {list(options)} share token ids: {ids}")
+    return ids
+
+
 def _prefix_cache(model: PreTrainedModel, prefix: list[int], device: torch.device):
     out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
     return out.past_key_values

@@ -42,8 +42,9 @@ import re
 import torch
 from transformers import PreTrainedModel
 
-from selftaught.generation.hf import SamplingParams, generate_all
-from selftaught.generation.next_token import next_token_probs
+from selftaught.generation.engines import GenerationEngine, as_engine
+from selftaught.generation.hf import SamplingParams
+from selftaught.generation.next_token import next_token_probs, option_token_ids
 
 RATING_DIGITS = "12345"
 ANSWER_PREFIX = "Score: "
@@ -143,20 +144,7 @@ def build_rating_prompt(tokenizer, instruction: str, response: str) -> list[int]
 
 def rating_digit_ids(tokenizer) -> list[int]:
     """Ids of "1".."5" as the tokenizer writes them right after our "Score: " (each must be one token)."""
-    probe = rating_chat_text(tokenizer, "Say hi.", "Hi!", "probs")
-    base = _encode(tokenizer, probe)
-    ids = []
-    for digit in RATING_DIGITS:
-        full = _encode(tokenizer, probe + digit)
-        if len(full) != len(base) + 1 or full[: len(base)] != base:
-            raise ValueError(
-                f"this tokenizer does not write {ANSWER_PREFIX!r} + {digit!r} as the prompt plus one "
-                f"token ({full[len(base) - 2 :]} after {base[-2:]}); the rating cannot be read in one step"
-            )
-        ids.append(full[-1])
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"the rating digits share token ids: {ids}")
-    return ids
+    return option_token_ids(tokenizer, rating_chat_text(tokenizer, "Say hi.", "Hi!", "probs"), RATING_DIGITS)
 
 
 def digit_distributions(
@@ -194,34 +182,36 @@ def _reasoning(tokenizer, generated: str) -> str:
 
 
 def rate_pairs(
-    model: PreTrainedModel,
+    engine: GenerationEngine | PreTrainedModel,
     tokenizer,
     pairs: list[tuple[str, str]],
     batch_size: int = 8,
     mode: str = "probs",
     max_reasoning_tokens: int = 64,
 ) -> list[dict]:
-    """One rating dict per (instruction, response) pair, in order (see the module docstring)."""
+    """One rating dict per (instruction, response) pair, in order (see the module docstring).
+
+    `engine`: any generation engine (hf, vllm, openai); a loaded transformers model is run as the hf
+    engine with `batch_size`.
+    """
     if mode not in MODES:
         raise ValueError(f"unknown rating mode {mode!r}: use one of {MODES}")
+    engine = as_engine(engine, tokenizer, batch_size)
     digit_ids = rating_digit_ids(tokenizer)
     if mode == "probs":
         prompts = [build_rating_prompt(tokenizer, i, r) for i, r in pairs]
-        probs = digit_distributions(model, prompts, digit_ids, tokenizer.pad_token_id, batch_size)
-        return [summarise(p) for p in probs]
+        return [summarise(p) for p in engine.next_token_probs(prompts, digit_ids, "rating")]
 
     chats = [rating_chat_text(tokenizer, i, r, "generate") for i, r in pairs]
     greedy = SamplingParams(max_new_tokens=max_reasoning_tokens, temperature=0)
-    completions = generate_all(
-        model, tokenizer, [_encode(tokenizer, c) for c in chats], greedy, batch_size, desc="reasoning"
-    )
+    completions = engine.generate([_encode(tokenizer, c) for c in chats], greedy, "reasoning")
     generated = [tokenizer.decode(ids, skip_special_tokens=True) for ids in completions]
     reasons = [_reasoning(tokenizer, g) for g in generated]
     prompts = [
         _encode(tokenizer, chat + (f"{why}\n" if why else "") + ANSWER_PREFIX)
         for chat, why in zip(chats, reasons, strict=True)
     ]
-    probs = digit_distributions(model, prompts, digit_ids, tokenizer.pad_token_id, batch_size)
+    probs = engine.next_token_probs(prompts, digit_ids, "rating")
     return [
         {**summarise(p), "reasoning": why, "generated": text, "regex_score": parse_generated_score(text)}
         for p, why, text in zip(probs, reasons, generated, strict=True)

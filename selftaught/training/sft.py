@@ -32,7 +32,7 @@ from pathlib import Path
 from datasets import Dataset
 from peft import LoraConfig
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
@@ -250,6 +250,19 @@ def last_checkpoint(output_dir: Path) -> str | None:
     return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
 
 
+def save_final_model(trainer: Trainer, out: Path, merge_lora: bool) -> None:
+    """Save one plain Hugging Face folder (safetensors, config, tokenizer + chat template), on any launch.
+
+    LoRA adapters are merged first. Under FSDP, checkpoints may be sharded (fast to write and to
+    resume), but transformers saves no final model from a sharded state dict: gather it in full.
+    """
+    if merge_lora:
+        trainer.model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+    if trainer.is_fsdp_enabled:
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(out))
+
+
 def train_sft(
     base_model: str,
     examples: list[dict],
@@ -276,11 +289,9 @@ def train_sft(
     checkpoint = last_checkpoint(out) if resume else None
     result = trainer.train(resume_from_checkpoint=checkpoint)
 
-    if settings.use_peft:
-        trainer.model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
     for name, value in base_dropout.items():
         setattr(trainer.model.config.get_text_config(), name, value)
-    trainer.save_model(str(out))  # safetensors weights, config, generation config, tokenizer + chat template
+    save_final_model(trainer, out, settings.use_peft)
 
     if trainer.accelerator.is_main_process:
         record = {

@@ -1,0 +1,449 @@
+"""Greedy generation throughput: selftaught's hf engine against a one-at-a-time loop and naive batching.
+
+The same prompts, model, max_new_tokens and greedy decoding for every run:
+
+  hf@B        selftaught's `generate_all` (prompts sorted by length into batches of B, left padding,
+              KV cache), at each --batch-sizes B;
+  loop        (a) a plain loop calling `model.generate` on one prompt at a time (no padding at all);
+  naive@B     (b) `model.generate` on batches of B taken in file order (no sorting), left-padded by the
+              tokenizer, at each B > 1.
+
+The prompts (deterministic, real text shipped in the package, chat-templated, in a seeded shuffled order,
+never sorted): the problems of selftaught/data/builtin/math_prompts/*.jsonl (with the boxed-answer
+instruction), the first turns of selftaught/backtranslate/builtin/oasst_seed.jsonl, and the same first
+turns preceded by 1-3 other seed answers as "notes": prompts of ~35 to ~330 tokens.
+
+Measured per run:
+- new tokens: generated tokens up to and including the first EOS (or max_new_tokens), summed;
+- tokens/s: new tokens / wall seconds of the generation call alone (model loaded and warmed up before);
+- work: forward hooks count the positions that enter the decoder stack and the rows that enter the
+  lm_head, so padding and finished rows that keep decoding are counted as they happen. FLOPs are
+  estimated as 2 x N_body x positions + 2 x N_head x lm_head rows (N_body: decoder parameters without
+  the input embedding table, a lookup; N_head: the lm_head's vocab x hidden matrix, tied or not;
+  attention scores and values, 4 x layers x hidden x context per position, are left out: at most ~10%
+  at these lengths). Useful work is the same formula over real tokens only: each prompt token and each
+  new token but the last (never fed back) through the body, each new token through the head. The rest
+  (padding, rows that finished early) is wasted;
+- the CPU's (or GPU's) measured float32 matmul peak: best of 5 large `torch.matmul`s, 2 n^3 / seconds,
+  with the achieved and the useful FLOP rate of each run as a share of it;
+- agreement: the share of prompts whose greedy output is identical to the loop's; for each that differs,
+  the first divergent token and the logit margins there, read from one unpadded forward pass over the
+  prompt and the loop's output (top-1 minus top-2, and the loop's token minus the batched run's token),
+  next to the median top-1 margin over that row's other positions: a near-tie flipped by the different
+  float reduction order that padding brings, or not.
+
+Usage:
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/generation.py                   # full run, 2-core CPU: ~15 min
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/generation.py --prompts 16 --max-new-tokens 16   # smoke
+    ... --model PATH --device cuda --batch-sizes 1,8,32,64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MATH_FILES = sorted((ROOT / "selftaught" / "data" / "builtin" / "math_prompts").glob("*.jsonl"))
+OASST = ROOT / "selftaught" / "backtranslate" / "builtin" / "oasst_seed.jsonl"
+DEFAULT_OUTPUT = ROOT / "bench" / "results" / "generation.json"
+
+ORDER_SEED = 0
+MATMUL_REPEATS = 5
+TARGET_VS_LOOP, TARGET_VS_NAIVE = 3.0, 1.3
+NOTES_INSTRUCTION = "Answer the question. These notes may help:\n\n{notes}\n\nQuestion: {question}"
+
+
+# --- the prompts ---------------------------------------------------------------------------------------
+
+
+def prompt_pool() -> list[tuple[str, list[dict]]]:
+    """(kind, chat) for every prompt the shipped files give, in file order before the shuffle."""
+    from selftaught.backtranslate.seed import load_seed_pairs
+    from selftaught.data.formats import to_examples
+    from selftaught.data.loading import load_rows
+
+    pool = [("math", e.prompt) for path in MATH_FILES for e in to_examples(load_rows(str(path)), str(path))]
+    pairs, _ = load_seed_pairs(str(OASST), size=None)
+    pool += [("oasst", [{"role": "user", "content": p["instruction"]}]) for p in pairs]
+    for index, pair in enumerate(pairs):  # 1-3 other seed answers as context: the long prompts
+        others = [pairs[(index + step) % len(pairs)]["response"] for step in range(1, 2 + index % 3)]
+        text = NOTES_INSTRUCTION.format(notes="\n\n".join(others), question=pair["instruction"])
+        pool.append((f"oasst+{len(others)}notes", [{"role": "user", "content": text}]))
+    return pool
+
+
+def build_prompts(tokenizer, n: int) -> tuple[list[str], list[list[int]]]:
+    """(kinds, token ids) of `n` prompts drawn from the pool in a seeded shuffled order."""
+    from selftaught.data.formats import tokenize_prompt
+
+    pool = prompt_pool()
+    if n > len(pool):
+        raise SystemExit(f"--prompts {n}: the shipped files give {len(pool)} prompts")
+    random.Random(ORDER_SEED).shuffle(pool)
+    picked = pool[:n]
+    return [kind for kind, _ in picked], [tokenize_prompt(tokenizer, chat) for _, chat in picked]
+
+
+# --- counting the work -----------------------------------------------------------------------------------
+
+
+class WorkCounter:
+    """Positions entering the decoder stack and rows entering the lm_head, counted by forward hooks."""
+
+    def __init__(self, model) -> None:
+        self.positions = self.head_rows = 0
+        body = model.get_decoder()
+        head = model.get_output_embeddings()
+        self.n_body = sum(p.numel() for p in body.parameters()) - body.get_input_embeddings().weight.numel()
+        self.n_head = head.weight.numel()
+        body.register_forward_pre_hook(self._count_positions, with_kwargs=True)
+        head.register_forward_pre_hook(self._count_head_rows)
+
+    def _count_positions(self, module, args, kwargs) -> None:
+        ids = kwargs.get("input_ids")
+        tensor = ids if ids is not None else kwargs.get("inputs_embeds")
+        if tensor is None and args:
+            tensor = args[0]
+        self.positions += tensor.shape[0] * tensor.shape[1]
+
+    def _count_head_rows(self, module, args) -> None:
+        self.head_rows += args[0].numel() // args[0].shape[-1]
+
+    def flops(self, positions: int, head_rows: int) -> float:
+        return 2.0 * self.n_body * positions + 2.0 * self.n_head * head_rows
+
+    def reset(self) -> None:
+        self.positions = self.head_rows = 0
+
+
+def measured_peak(device: str, size: int) -> float:
+    """FLOP/s of the best of a few n x n float32 matmuls (after one untimed warm-up)."""
+    import torch
+
+    a, b = (torch.randn(size, size, device=device) for _ in range(2))
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(MATMUL_REPEATS):
+        synchronize(device)
+        started = time.perf_counter()
+        torch.matmul(a, b)
+        synchronize(device)
+        best = min(best, time.perf_counter() - started)
+    return 2.0 * size**3 / best
+
+
+def synchronize(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+# --- the three ways to generate -----------------------------------------------------------------------
+
+
+class Runner:
+    """The model, tokenizer and one greedy GenerationConfig shared by every run."""
+
+    def __init__(self, model, tokenizer, max_new_tokens: int, device: str) -> None:
+        from selftaught.generation.hf import SamplingParams, eos_ids_of
+
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0)
+        self.eos_ids = eos_ids_of(model, tokenizer)
+        self.config = self.params.generation_config(self.eos_ids, tokenizer.pad_token_id)
+
+    def hf_engine(self, prompts: list[list[int]], batch_size: int) -> list[list[int]]:
+        from selftaught.generation.hf import generate_all
+
+        return generate_all(self.model, self.tokenizer, prompts, self.params, batch_size, f"hf@{batch_size}")
+
+    def loop(self, prompts: list[list[int]], batch_size: int = 1) -> list[list[int]]:
+        """(a) one `model.generate` call per prompt: no padding, nothing shared."""
+        from tqdm.auto import tqdm
+
+        return [self._generate([ids])[0] for ids in tqdm(prompts, desc="loop", leave=False)]
+
+    def naive(self, prompts: list[list[int]], batch_size: int) -> list[list[int]]:
+        """(b) batches in file order, left-padded by the tokenizer, one `model.generate` call each."""
+        from tqdm.auto import tqdm
+
+        outputs: list[list[int]] = []
+        for start in tqdm(range(0, len(prompts), batch_size), desc=f"naive@{batch_size}", leave=False):
+            outputs += self._generate(prompts[start : start + batch_size])
+        return outputs
+
+    def _generate(self, chunk: list[list[int]]) -> list[list[int]]:
+        """Completions through the first EOS of one `model.generate` call on a left-padded batch."""
+        from selftaught.generation.hf import mask_through_first_eos
+
+        batch = self.tokenizer.pad({"input_ids": chunk}, padding=True, return_tensors="pt").to(self.device)
+        output = self.model.generate(**batch, generation_config=self.config)
+        completions = output[:, batch["input_ids"].shape[1] :]
+        mask = mask_through_first_eos(completions, self.eos_ids).bool()
+        return [row[keep].tolist() for row, keep in zip(completions, mask, strict=True)]
+
+
+# --- timing and agreement ---------------------------------------------------------------------------------
+
+
+def timed_run(
+    fn: Callable, prompts: list[list[int]], batch_size: int, counter: WorkCounter, device: str
+) -> tuple[list[list[int]], dict]:
+    """Outputs of one run and its speed and work: real tokens, positions and FLOPs, total and useful."""
+    counter.reset()
+    synchronize(device)
+    started = time.perf_counter()
+    outputs = fn(prompts, batch_size)
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    new_tokens = sum(len(o) for o in outputs)
+    useful_positions = sum(len(p) + max(len(o) - 1, 0) for p, o in zip(prompts, outputs, strict=True))
+    flops = counter.flops(counter.positions, counter.head_rows)
+    useful_flops = counter.flops(useful_positions, new_tokens)
+    return outputs, {
+        "batch_size": batch_size,
+        "seconds": seconds,
+        "new_tokens": new_tokens,
+        "tokens_per_second": new_tokens / seconds,
+        "positions": counter.positions,
+        "useful_positions": useful_positions,
+        "head_rows": counter.head_rows,
+        "useful_head_rows": new_tokens,
+        "flops": flops,
+        "wasted_flops_share": 1 - useful_flops / flops,
+        "flops_per_second": flops / seconds,
+        "useful_flops_per_second": useful_flops / seconds,
+    }
+
+
+def row_logits(model, prompt: list[int], completion: list[int], device: str):
+    """Logits [len(completion), vocab] predicting each completion token, from one unpadded forward pass."""
+    import torch
+
+    ids = torch.tensor([prompt + completion[:-1]], device=device)
+    with torch.no_grad():
+        logits = model(input_ids=ids, logits_to_keep=len(completion)).logits[0]
+    return logits.float().cpu()
+
+
+def explain(logits, k: int, loop_token: int, run_token: int) -> dict:
+    """Margins at the first divergent position k, and the row's typical top-1 margin elsewhere."""
+    top = logits.topk(2, dim=-1)
+    margins = (top.values[:, 0] - top.values[:, 1]).tolist()
+    others = margins[:k] + margins[k + 1 :]
+    return {
+        "top1_minus_top2": margins[k],
+        "loop_minus_run_token": float(logits[k, loop_token] - logits[k, run_token]),
+        "unpadded_top1_is_loop_token": int(top.indices[k, 0]) == loop_token,
+        "median_top1_margin_elsewhere": statistics.median(others) if others else None,
+    }
+
+
+def divergences(
+    runs: dict[str, list[list[int]]], prompts: list[list[int]], kinds: list[str], runner: Runner
+) -> tuple[dict[str, float], list[dict]]:
+    """Share of outputs identical to the loop's per run, and a record of every first divergence."""
+    reference = runs["loop"]
+    shares, records, cache = {}, [], {}
+    for name, outputs in runs.items():
+        if name == "loop":
+            continue
+        same = [o == r for o, r in zip(outputs, reference, strict=True)]
+        shares[name] = sum(same) / len(same)
+        for i in (i for i, s in enumerate(same) if not s):
+            ref, out = reference[i], outputs[i]
+            k = next(j for j in range(min(len(ref), len(out))) if ref[j] != out[j])
+            if i not in cache:
+                cache[i] = row_logits(runner.model, prompts[i], ref, runner.device)
+            decode = runner.tokenizer.decode
+            records.append({
+                "run": name, "prompt": i, "kind": kinds[i], "prompt_tokens": len(prompts[i]), "index": k,
+                "context": decode(ref[max(0, k - 8) : k]), "loop_token": decode([ref[k]]),
+                "run_token": decode([out[k]]), **explain(cache[i], k, ref[k], out[k]),
+            })  # fmt: skip
+    return shares, records
+
+
+# --- the report --------------------------------------------------------------------------------------------
+
+
+def comparisons(results: dict[str, dict], batch_sizes: list[int]) -> tuple[dict, dict]:
+    """Speed ratios of the hf engine over (a) and (b), and the targets at the largest batch size."""
+    speed = {name: r["tokens_per_second"] for name, r in results.items()}
+    ratios = {f"hf@{b} / loop": speed[f"hf@{b}"] / speed["loop"] for b in batch_sizes}
+    ratios.update(
+        {f"hf@{b} / naive@{b}": speed[f"hf@{b}"] / speed[f"naive@{b}"] for b in batch_sizes if b > 1}
+    )
+    top = max(batch_sizes)
+    targets = {f"hf@{top} >= {TARGET_VS_LOOP:g}x loop (a)": ratios[f"hf@{top} / loop"] >= TARGET_VS_LOOP}
+    if top > 1:
+        targets[f"hf@{top} >= {TARGET_VS_NAIVE:g}x naive@{top} (b)"] = (
+            ratios[f"hf@{top} / naive@{top}"] >= TARGET_VS_NAIVE
+        )
+    return ratios, targets
+
+
+def print_report(report: dict) -> None:
+    config, peak = report["config"], report["peak_flops_per_second"]
+    lengths = config["prompt_tokens"]
+    print(
+        f"\n{config['prompts']} prompts ({lengths['min']}-{lengths['max']} tokens, "
+        f"mean {lengths['mean']:.0f}), "
+        f"greedy, max {config['max_new_tokens']} new tokens, {config['device']}, "
+        f"{report['environment']['torch_threads']} torch threads; "
+        f"matmul peak {peak / 1e9:.1f} GFLOP/s (float32, n={config['matmul_size']})\n"
+    )
+    header = (
+        f"{'run':<10}{'seconds':>9}{'tokens':>8}{'tok/s':>8}{'x loop':>8}{'positions':>11}{'wasted':>8}"
+        f"{'GFLOP/s':>9}{'useful':>8}{'% peak':>8}{'same as loop':>14}"
+    )
+    print(header + "\n" + "-" * len(header))
+    loop_speed = report["results"]["loop"]["tokens_per_second"]
+    for name, r in report["results"].items():
+        same = report["identical_to_loop"].get(name)
+        print(
+            f"{name:<10}{r['seconds']:>9.1f}{r['new_tokens']:>8}{r['tokens_per_second']:>8.1f}"
+            f"{r['tokens_per_second'] / loop_speed:>8.2f}{r['positions']:>11}{r['wasted_flops_share']:>8.0%}"
+            f"{r['flops_per_second'] / 1e9:>9.1f}{r['useful_flops_per_second'] / 1e9:>8.1f}"
+            f"{r['useful_flops_per_second'] / peak:>8.1%}{'reference' if same is None else f'{same:.0%}':>14}"
+        )
+    print(
+        "(wasted: share of the FLOPs spent on padding and on rows that had finished; GFLOP/s: all work, "
+        "useful: real tokens only;\n % peak: useful / matmul peak; FLOPs = 2 N_body positions + 2 N_head "
+        "lm_head rows)"
+    )
+    print("\nratios and targets:")
+    for key, value in report["ratios"].items():
+        print(f"  {key:<24}{value:8.2f}")
+    for target, met in report["targets"].items():
+        print(f"  {target:<40}{'met' if met else 'NOT met'}")
+    print_divergences(report["divergences"])
+
+
+def print_divergences(records: list[dict], shown: int = 12) -> None:
+    if not records:
+        print("\nevery greedy output is identical to the loop's")
+        return
+    near = [r["top1_minus_top2"] for r in records]
+    typical = [r["median_top1_margin_elsewhere"] for r in records if r["median_top1_margin_elsewhere"]]
+    print(
+        f"\n{len(records)} outputs differ from the loop's; top-1 minus top-2 logit at the first divergent "
+        f"token: median {statistics.median(near):.4f}, max {max(near):.4f} (the same rows elsewhere: median "
+        f"{statistics.median(typical) if typical else float('nan'):.2f})"
+    )
+    print(f"  {'run':<9}{'prompt':>7}{'at':>4}{'top1-top2':>10}{'loop-run':>10}  loop / run token after")
+    for r in records[:shown]:
+        print(
+            f"  {r['run']:<9}{r['prompt']:>7}{r['index']:>4}{r['top1_minus_top2']:>10.4f}"
+            f"{r['loop_minus_run_token']:>10.4f}  {r['loop_token']!r} / {r['run_token']!r} "
+            f"after {r['context']!r}"
+        )
+    if len(records) > shown:
+        print(f"  ... {len(records) - shown} more in the JSON")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prompts", "--limit", type=int, default=256, help="how many prompts (smoke: 16)")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="new tokens at most, every run")
+    parser.add_argument(
+        "--batch-sizes", default="1,8,32", help="comma-separated batch sizes of the hf engine"
+    )
+    parser.add_argument("--model", help="model folder, Hub id or .gguf (default: the embedded SmolLM2-135M)")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    parser.add_argument("--matmul-size", type=int, default=4096, help="n of the n x n peak matmul")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="where to write the JSON results")
+    args = parser.parse_args()
+    try:
+        args.batch_sizes = sorted({int(b) for b in args.batch_sizes.split(",")})
+    except ValueError:
+        parser.error(f"--batch-sizes {args.batch_sizes!r}: write integers separated by commas, e.g. 1,8,32")
+    if args.prompts < 1 or args.max_new_tokens < 1 or min(args.batch_sizes) < 1:
+        parser.error("--prompts, --max-new-tokens and every batch size must be at least 1")
+    return args
+
+
+def load(args: argparse.Namespace):
+    """(model, tokenizer, name) in float32 on the device, in eval mode."""
+    from selftaught.models import load_model, load_tokenizer
+    from selftaught.models.embedded import embedded_teacher
+
+    path = args.model or str(embedded_teacher())
+    model = load_model(path, "float32").to(args.device).eval()
+    return model, load_tokenizer(path), args.model or f"{Path(path).name} (embedded_teacher)"
+
+
+def main() -> None:
+    args = parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    import transformers
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tokenizer, model_name = load(args)
+    kinds, prompts = build_prompts(tokenizer, args.prompts)
+    runner, counter = Runner(model, tokenizer, args.max_new_tokens, args.device), WorkCounter(model)
+    print(f"measuring the matmul peak; warming up; {len(prompts)} prompts ...", flush=True)
+    peak = measured_peak(args.device, args.matmul_size)
+    runner.naive(prompts[:2], 2)  # untimed: first-call set-up of generate, padding and the cache
+    plan = [("loop", runner.loop, 1)] + [(f"hf@{b}", runner.hf_engine, b) for b in args.batch_sizes]
+    plan += [(f"naive@{b}", runner.naive, b) for b in args.batch_sizes if b > 1]
+    outputs, results = {}, {}
+    for name, fn, batch_size in plan:
+        outputs[name], results[name] = timed_run(fn, prompts, batch_size, counter, args.device)
+        print(
+            f"  {name}: {results[name]['seconds']:.1f} s, {results[name]['tokens_per_second']:.1f} tok/s",
+            flush=True,
+        )
+    shares, records = divergences(outputs, prompts, kinds, runner)
+    ratios, targets = comparisons(results, args.batch_sizes)
+    lengths = [len(p) for p in prompts]
+    report = {
+        "config": {
+            "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "batch_sizes": args.batch_sizes,
+            "model": model_name, "dtype": "float32", "device": args.device, "decoding": "greedy",
+            "matmul_size": args.matmul_size, "order_seed": ORDER_SEED,
+            "prompt_kinds": {k: kinds.count(k) for k in sorted(set(kinds))},
+            "prompt_tokens": {"min": min(lengths), "max": max(lengths), "mean": statistics.fmean(lengths),
+                              "median": statistics.median(lengths), "total": sum(lengths)},
+            "flops_formula": "2 * n_body * positions + 2 * n_head * lm_head_rows (attention left out)",
+            "n_body": counter.n_body, "n_head": counter.n_head,
+        },
+        "environment": {
+            "python": sys.version.split()[0], "torch": torch.__version__,
+            "transformers": transformers.__version__, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "peak_flops_per_second": peak,
+        "results": results,
+        "ratios": ratios,
+        "targets": targets,
+        "identical_to_loop": shares,
+        "divergences": records,
+        "rows": [
+            {"kind": kind, "prompt_tokens": len(p), "new_tokens": {n: len(o[i]) for n, o in outputs.items()},
+             "loop_output": tokenizer.decode(outputs["loop"][i])}
+            for i, (kind, p) in enumerate(zip(kinds, prompts, strict=True))
+        ],
+    }  # fmt: skip
+    for r in results.values():
+        r["useful_share_of_peak"] = r["useful_flops_per_second"] / peak
+    print_report(report)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Inputs every evaluation reads the same way: rows with required columns, a model and its tokenizer."""
+
+from __future__ import annotations
+
+from datasets import Dataset
+
+from selftaught.data.loading import DataError, load_rows
+from selftaught.evaluate.config import EvalConfig
+from selftaught.models import load_model, load_tokenizer
+
+
+def required(value: str | None, flag: str, task: str) -> str:
+    """A flag every run of `task` needs."""
+    if not value:
+        raise DataError(f"selftaught eval {task} needs {flag}")
+    return value
+
+
+def load_eval_rows(source: str, config: EvalConfig, columns: tuple[str, ...] = ()) -> Dataset:
+    """The rows of `config.split` (the first `config.limit`), with every column in `columns` present."""
+    rows = load_rows(source, config.split)
+    missing = [c for c in columns if c not in rows.column_names]
+    if missing:
+        raise DataError(f"{source}: no column(s) {missing} (the columns are {rows.column_names}); add them")
+    if len(rows) == 0:
+        raise DataError(f"{source}: no rows in split {config.split!r}")
+    return rows.select(range(min(len(rows), config.limit))) if config.limit else rows
+
+
+def load_for_eval(name: str, config: EvalConfig):
+    """(model in eval mode, tokenizer)."""
+    model = load_model(name, config.dtype, config.trust_remote_code).eval()
+    return model, load_tokenizer(name, config.trust_remote_code)

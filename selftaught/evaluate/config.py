@@ -1,0 +1,89 @@
+"""The knobs of `selftaught eval <task>`, one dataclass per task; CLI flags and YAML keys are these names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class EvalConfig:
+    """Settings every evaluation shares."""
+
+    output_dir: str = field(
+        default="runs/eval", metadata={"help": "Folder for <task>.json and the per-row Parquet file."}
+    )
+    split: str = field(
+        default="test", metadata={"help": "Split of the data (a single file is its own split)."}
+    )
+    limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N rows."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per generation / forward batch."})
+    dtype: str = field(
+        default="float32", metadata={"help": "Weights dtype: float32, bfloat16, float16, auto."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub."})
+
+
+@dataclass
+class MathEvalConfig(EvalConfig):
+    model: str | None = field(default=None, metadata={"help": "Model to evaluate: Hub id, folder or .gguf."})
+    data: str | None = field(
+        default=None,
+        metadata={"help": "MATH-500-format rows (`problem`, `answer`, optional `subject`, `level`)."},
+    )
+    max_new_tokens: int = field(default=512, metadata={"help": "Longest answer generated per prompt."})
+    samples: int = field(
+        default=0, metadata={"help": "Sampled answers per problem for pass@k (0: greedy accuracy only)."}
+    )
+    pass_k: str = field(
+        default="1,8",
+        metadata={"help": "Comma-separated k for pass@k (each at most --samples; the unbiased estimator)."},
+    )
+    temperature: float = field(default=0.6, metadata={"help": "Sampling temperature for the pass@k samples."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus threshold for the pass@k samples."})
+    seed: int = field(default=0, metadata={"help": "Random seed of the samples."})
+
+
+@dataclass
+class JudgeEvalConfig(EvalConfig):
+    model: str | None = field(default=None, metadata={"help": "Model A, whose win rate is reported."})
+    baseline: str | None = field(default=None, metadata={"help": "Model B, the one A is compared with."})
+    judge: str | None = field(default=None, metadata={"help": "Local judge model J (reads both answers)."})
+    prompts: str | None = field(
+        default=None,
+        metadata={"help": "Prompts: rows with `prompt`, `instruction`, `problem` or chat `messages`."},
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "System prompt both A and B answer under (none by default)."}
+    )
+    max_new_tokens: int = field(default=256, metadata={"help": "Longest greedy answer from A and B."})
+    max_answer_chars: int = field(
+        default=4000, metadata={"help": "Each answer is cut to this many characters in the judge's prompt."}
+    )
+
+
+@dataclass
+class DistanceEvalConfig(EvalConfig):
+    student: str | None = field(default=None, metadata={"help": "Student model: Hub id, folder or .gguf."})
+    teacher: str | None = field(default=None, metadata={"help": "Teacher model (same tokenizer)."})
+    data: str | None = field(
+        default=None,
+        metadata={"help": "Held-out prompts (any shape selftaught reads: problem, prompt, chat)."},
+    )
+    max_prompt_length: int = field(default=512, metadata={"help": "Prompts are cut to their last N tokens."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Longest greedy answer of either model."})
+
+
+@dataclass
+class CurationEvalConfig(EvalConfig):
+    model: str | None = field(default=None, metadata={"help": "Rater model: Hub id, folder or .gguf."})
+    data: str | None = field(
+        default=None,
+        metadata={"help": "Labelled pairs: `instruction`, `response`, `label` (1 keep, 0 drop)."},
+    )
+    mode: str = field(
+        default="probs", metadata={"help": "Rating mode of rate_pairs: probs (one forward pass) or generate."}
+    )
+    threshold: float = field(
+        default=4.0, metadata={"help": "A second keep rule: expected score >= this (argmax >= 4 always)."}
+    )
+    max_reasoning_tokens: int = field(default=64, metadata={"help": "Reasoning length in mode=generate."})

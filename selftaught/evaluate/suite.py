@@ -1,0 +1,139 @@
+"""Several models of one run on the same evaluations: judge win rate against a baseline, curation AUC.
+
+A recipe names its models by label ("base", "M0", "M1", ...) and hands over the judge prompts and the
+labelled pairs; every answer set and every result is written once under `folder` and read back on a
+rerun, so an interrupted evaluation resumes and a finished one costs nothing.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from datasets import Dataset
+
+from selftaught.data.shards import write_parquet
+from selftaught.evaluate.common import load_for_eval
+from selftaught.evaluate.config import CurationEvalConfig, JudgeEvalConfig
+from selftaught.evaluate.curation import evaluate_rater
+from selftaught.evaluate.judge import chats, greedy_texts, judge_answers
+from selftaught.evaluate.results import flat_metrics, read_result, write_result
+
+
+class ModelSuite:
+    """Judge every model against the `baseline` label (judged by `judge_config.judge`) on `requests`, and
+    score raters on `labelled` (instruction, response, label) rows."""
+
+    def __init__(
+        self,
+        folder: Path,
+        models: dict[str, str],
+        baseline: str,
+        requests: list[str],
+        labelled: list[dict],
+        configs: tuple[JudgeEvalConfig, CurationEvalConfig],
+    ) -> None:
+        self.folder, self.models, self.requests, self.labelled = Path(folder), models, requests, labelled
+        self.judge_config, self.curation_config = configs
+        self.baseline = baseline
+
+    def answers(self, label: str) -> tuple[list[str], list[int]]:
+        """(texts, token counts) of a model's greedy answers to the requests, generated once."""
+        path = self.folder / f"answers_{label}.parquet"
+        if path.exists():
+            rows = Dataset.from_parquet(str(path)).to_list()
+            return [r["answer"] for r in rows], [r["tokens"] for r in rows]
+        model, tokenizer = load_for_eval(self.models[label], self.judge_config)
+        texts, tokens = greedy_texts(
+            model, tokenizer, chats(self.requests, self.judge_config.system_prompt), self.judge_config
+        )
+        write_parquet(
+            path,
+            [
+                {"prompt": r, "answer": t, "tokens": n}
+                for r, t, n in zip(self.requests, texts, tokens, strict=True)
+            ],
+        )
+        return texts, tokens
+
+    @cached_property
+    def judge(self) -> tuple:
+        return load_for_eval(self.judge_config.judge, self.judge_config)
+
+    def judged(self, label: str) -> dict:
+        """The judge result of `label` against the baseline."""
+        name = f"judge_{label}"
+        if (result := read_result(self.folder / f"{name}.json")) is not None:
+            return result
+        judge, tokenizer = self.judge
+        metrics, rows = judge_answers(
+            judge,
+            tokenizer,
+            self.requests,
+            self.answers(label),
+            self.answers(self.baseline),
+            self.judge_config,
+        )
+        write_parquet(self.folder / f"{name}.parquet", rows)
+        models = {
+            "model": self.models[label],
+            "baseline": self.models[self.baseline],
+            "judge": self.judge_config.judge,
+        }
+        return write_result(
+            self.folder, "judge", metrics, self.judge_config, models, self.judge_config.prompts, name
+        )
+
+    def curated(self, label: str) -> dict:
+        """The curation result of `label` as a rater of the labelled pairs."""
+        name = f"curation_{label}"
+        if (result := read_result(self.folder / f"{name}.json")) is not None:
+            return result
+        model, tokenizer = load_for_eval(self.models[label], self.curation_config)
+        metrics, rows = evaluate_rater(model, tokenizer, self.labelled, self.curation_config)
+        write_parquet(self.folder / f"{name}.parquet", rows)
+        config = self.curation_config
+        return write_result(
+            self.folder, "curation", metrics, config, {"model": self.models[label]}, config.data, name
+        )
+
+    def lengths(self, label: str) -> dict:
+        """Mean length of `label`'s answers to the requests, as a result (in tokens and characters)."""
+        texts, tokens = self.answers(label)
+        metrics = {"mean_tokens": sum(tokens) / len(tokens), "mean_chars": sum(map(len, texts)) / len(texts)}
+        models = {"model": self.models[label]}
+        return {"task": "answers", "dataset": self.judge_config.prompts, "models": models, "metrics": metrics}
+
+    def run(self, raters: list[str]) -> dict[str, list[dict]]:
+        """Results per label: answer lengths and judge (with requests; no judge for the baseline itself),
+        curation (the raters, with labelled pairs)."""
+        results: dict[str, list[dict]] = {label: [] for label in self.models}
+        for label in self.models if self.requests else []:
+            results[label].append(self.lengths(label))
+            if label != self.baseline:
+                results[label].append(self.judged(label))
+        for label in raters if self.labelled else []:
+            results[label].append(self.curated(label))
+        return results
+
+
+# What a run's eval_results.json keeps of each result (one report panel each); the rest stays in the
+# per-evaluation JSON files and on the model cards.
+HEADLINE = {
+    "answers": ("mean_tokens", "mean_chars"),
+    "judge": ("win_rate", "wins", "ties", "losses", "mean_p_model_better"),
+    "curation": ("auc", "argmax>=4.precision", "argmax>=4.recall"),
+}
+
+
+def summary_numbers(results: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """`eval_results.json`: {label: {"judge.win_rate": .., "curation.auc": .., "answers.mean_tokens": ..}}."""
+    return {
+        label: {
+            f"{r['task']}.{name}": value
+            for r in per_label
+            for name, value in flat_metrics(r).items()
+            if name in HEADLINE.get(r["task"], ())
+        }
+        for label, per_label in results.items()
+    }

@@ -1,0 +1,120 @@
+"""The `openai` engine: any OpenAI-compatible server's /v1/completions, with token-id prompts.
+
+Prompts are sent as token arrays (vLLM and llama.cpp's server accept them; the chat template was
+applied locally, so the server adds nothing). Completions come back as text, re-encoded with the
+local tokenizer unless the server reports the generated ids (llama.cpp does). Requests run on a
+thread pool of `max_concurrency` workers (the bound on requests in flight); timeouts and retries with
+exponential backoff on connection errors, 408/409/429 and 5xx are the openai client's own. Sampling
+knobs we do not send keep the server's defaults (e.g. llama.cpp samples with top_k=40 and min_p=0.05
+unless told otherwise); greedy decoding is unaffected.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import torch
+from tqdm.auto import tqdm
+
+from selftaught.generation.engines import EngineSettings, api_key, candidate_distribution
+from selftaught.generation.hf import SamplingParams
+
+TOP_LOGPROBS = 20  # what OpenAI-compatible servers commonly allow at most (vLLM's default max_logprobs)
+
+
+class OpenAIEngine:
+    """Generation and next-token scoring through an OpenAI-compatible completions endpoint."""
+
+    def __init__(self, settings: EngineSettings, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.client = openai.OpenAI(
+            base_url=settings.base_url,
+            api_key=api_key(settings),
+            timeout=settings.request_timeout,
+            max_retries=settings.max_retries,
+        )
+        self.model = settings.served_model or self._call(lambda: self.client.models.list().data[0].id)
+        self.name = f"openai:{settings.base_url.rstrip('/')}/{self.model}"
+
+    def _call(self, request):
+        """Run one request; after the client's retries, a connection failure names the server."""
+        try:
+            return request()
+        except openai.APIConnectionError as err:  # timeouts included; HTTP errors carry their own status
+            raise ConnectionError(
+                f"{self.settings.base_url}: no answer after {self.settings.max_retries} retries ({err}); "
+                "is the server running and --base_url right?"
+            ) from err
+
+    def _map(self, fn, items: list, desc: str) -> list:
+        with ThreadPoolExecutor(self.settings.max_concurrency) as pool:
+            return list(tqdm(pool.map(fn, items), total=len(items), desc=desc, leave=False))
+
+    def _complete_one(self, prompt: list[int], params: SamplingParams) -> list[int]:
+        response = self._call(
+            lambda: self.client.completions.create(
+                model=self.model,
+                prompt=prompt,
+                max_tokens=params.max_new_tokens,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                seed=params.seed,
+                stop=list(params.stop) or None,
+                logprobs=1,  # so that llama.cpp reports the ids it generated
+            )
+        )
+        choice = response.choices[0]
+        if params.stop:  # the text is cut before the stop string: re-encode it, as hf's `cut_at_stop` does
+            return self.tokenizer.encode(choice.text, add_special_tokens=False)
+        ids = reported_ids(choice)
+        if ids is None:  # text only: re-encoded, with the EOS that "stop" means (the text leaves it out)
+            ids = self.tokenizer.encode(choice.text, add_special_tokens=False)
+            ids += [self.tokenizer.eos_token_id] if choice.finish_reason == "stop" else []
+        return ids
+
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams, desc: str = "generating"
+    ) -> list[list[int]]:
+        return self._map(lambda p: self._complete_one(p, params), prompts, desc)
+
+    def _top_logprobs(self, prompt: list[int]) -> dict[str, float]:
+        response = self._call(
+            lambda: self.client.completions.create(
+                model=self.model, prompt=prompt, max_tokens=1, temperature=0, logprobs=TOP_LOGPROBS
+            )
+        )
+        return top_logprobs_of(response.choices[0])
+
+    def next_token_probs(
+        self, prompts: list[list[int]], candidate_ids: list[int], desc: str = "scoring"
+    ) -> torch.Tensor:
+        """Read from the top log-probs of one generated token; candidates are matched by their text."""
+        texts = [self.tokenizer.decode([i]) for i in candidate_ids]
+        tops = self._map(self._top_logprobs, prompts, desc)
+        return torch.stack([candidate_distribution(top, texts) for top in tops])
+
+
+def reported_ids(choice) -> list[int] | None:
+    """The completion's token ids (EOS included) where the server reports them, as llama.cpp does.
+
+    Re-encoding the text is not enough for exact ids: a model may generate a split the tokenizer would
+    not choose (e.g. "\n\n" then "1" where encoding "\n\n1" gives "\n" and "\n1").
+    """
+    content = (choice.logprobs.model_extra or {}).get("content") if choice.logprobs is not None else None
+    return [entry["id"] for entry in content] if content and all("id" in e for e in content) else None
+
+
+def top_logprobs_of(choice) -> dict[str, float]:
+    """{token text: logprob} at the first generated position, from either shape servers answer in."""
+    logprobs = choice.logprobs
+    if logprobs is not None and logprobs.top_logprobs:  # the completions API's own shape (vLLM, TGI)
+        return dict(logprobs.top_logprobs[0])
+    content = (logprobs.model_extra or {}).get("content") if logprobs is not None else None
+    if content:  # llama.cpp answers in the chat-completions shape
+        top: dict[str, float] = {}
+        for entry in content[0]["top_logprobs"]:
+            top.setdefault(entry["token"], entry["logprob"])  # two ids with one text: keep the likelier
+        return top
+    raise ValueError("the server returned no top log-probs; it must support `logprobs` on /v1/completions")

@@ -1,0 +1,157 @@
+"""The report of a `selftaught backtranslate` run: funnel, curation scores, evaluations, throughput, SFT."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from selftaught.report import plots
+from selftaught.report.page import Plot, Section, Table
+from selftaught.report.readers import card_tables, curve, is_number, numeric_results, read_json, read_jsonl
+from selftaught.report.sections import cell, evaluation_section, key_value_table, ordered
+
+MODELS = ("base", "M0", "M1", "M2")
+COUNTS = ("rows_in", "rows_out", "seconds", "rows_per_second", "score_histogram")  # plotted, not tabled
+
+
+def iterations(summary: dict) -> list[int]:
+    """The curation iterations the summary has a line for (curate_k / select_k)."""
+    found = {int(m.group(1)) for stage in summary if (m := re.fullmatch(r"(?:curate|select)_(\d+)", stage))}
+    return sorted(found)
+
+
+def rows_out(summary: dict, stage: str) -> int | None:
+    value = summary.get(stage, {}).get("rows_out")
+    return int(value) if is_number(value) else None
+
+
+def funnel_section(summary: dict) -> Section:
+    section = Section(
+        "Data funnel",
+        "From the unlabelled corpus to the pairs each iteration keeps for training. "
+        f"Finished stages: {', '.join(summary) or 'none'}.",
+    )
+    segment = summary.get("segment", {})
+    stages = [
+        ("corpus documents", segment.get("rows_in")),
+        ("segments", rows_out(summary, "segment")),
+        ("instruction-segment pairs", rows_out(summary, "augment")),
+    ]
+    stages += [(f"selected, iteration {k}", rows_out(summary, f"select_{k}")) for k in iterations(summary)]
+    known = [(label, int(n)) for label, n in stages if is_number(n)]
+    if known:
+        title = "Data funnel: corpus to selected pairs"
+        section.plots.append(Plot("funnel", title, plots.funnel(known, title)))
+    else:
+        section.notes.append("No corpus stage has finished yet (summary.json has no segment line).")
+    return section
+
+
+def threshold(rule: object) -> float | None:
+    """The argmax cut-off of a select rule like 'score_argmax >= 4' (None for expectation rules)."""
+    match = re.fullmatch(r"score_argmax >= ([\d.]+)", str(rule))
+    return float(match.group(1)) if match else None
+
+
+def scores_section(summary: dict) -> Section:
+    section = Section("Curation scores", "How the current model rated every (instruction, segment) pair.")
+    histograms, cut = {}, None
+    for k in iterations(summary):
+        line = summary.get(f"select_{k}") or summary.get(f"curate_{k}") or {}
+        if isinstance(line.get("score_histogram"), dict):
+            histograms[f"iteration {k} (rated by M{k - 1})"] = line["score_histogram"]
+        if "rule" in line:
+            cut = threshold(line["rule"])
+            section.intro += f" Iteration {k} kept {line['rule']}."
+    if histograms:
+        title = "Curation score histogram per iteration"
+        section.plots.append(Plot("scores", title, plots.score_histograms(histograms, cut, title)))
+    else:
+        section.notes.append("No curation has finished yet.")
+    return section
+
+
+def throughput_section(summary: dict) -> Section:
+    section = Section("Throughput per stage", "Wall time and rows processed per second (rows in / seconds).")
+    stages = [
+        (
+            stage,
+            line["seconds"],
+            line.get("rows_per_second") if is_number(line.get("rows_per_second")) else None,
+        )
+        for stage, line in summary.items()
+        if isinstance(line, dict) and is_number(line.get("seconds"))
+    ]
+    if stages:
+        title = "Time and throughput per stage"
+        section.plots.append(Plot("stages", title, plots.stage_throughput(stages, title)))
+    else:
+        section.notes.append("No stage has finished yet (summary.json is missing or empty).")
+    return section
+
+
+def sft_section(run: Path) -> Section:
+    section = Section(
+        "Supervised fine-tuning", "Training loss of each model (cross-entropy on response tokens)."
+    )
+    folders = sorted(p for p in (run / "models").glob("*") if p.is_dir())
+    series = [plots.Series(f.name, *curve(read_jsonl(f / "metrics.jsonl"), "loss")) for f in folders]
+    series = [s for s in series if s.steps]
+    if series:
+        title = "SFT training loss per model"
+        section.plots.append(
+            Plot("sft_loss", title, plots.step_lines(series, title, "loss (nats per token)"))
+        )
+    else:
+        section.notes.append("No model has logged a training loss yet (models/*/metrics.jsonl).")
+    return section
+
+
+def settings_section(run: Path) -> Section:
+    """The settings on the newest model's card: they are the run's, the same for every model."""
+    section = Section("Run settings", "As recorded in the model card (README.md) of the newest model.")
+    cards = sorted(
+        (run / "models").glob("M*/README.md"), key=lambda p: (p.parent.name != "Myx", p.parent.name)
+    )
+    settings = card_tables(cards[-1]).get("Training hyper-parameters") if cards else None
+    if settings:
+        section.tables.append(
+            key_value_table(settings, f"{cards[-1].parent.name}: training hyper-parameters")
+        )
+    else:
+        section.notes.append("No model card yet: written when the first model finishes training.")
+    return section
+
+
+def details_section(summary: dict) -> Section:
+    """Every stage's own counts (filters, drops, settings), as summary.json records them."""
+    section = Section("Stage details", "What each stage counted, besides rows in and out.")
+    details = [
+        [stage, key, cell(value)]
+        for stage, line in summary.items()
+        if isinstance(line, dict)
+        for key, value in line.items()
+        if key not in COUNTS
+    ]
+    if details:
+        section.tables.append(Table(["stage", "detail", "value"], details, "summary.json"))
+    return section
+
+
+def backtranslation_sections(run: Path) -> list[Section]:
+    summary = {k: v for k, v in (read_json(run / "summary.json") or {}).items() if isinstance(v, dict)}
+    evaluation = evaluation_section(
+        ordered(numeric_results(read_json(run / "eval_results.json")), MODELS),
+        "Evaluation: base, M0, M1, M2",
+        "Each model on every evaluation in eval_results.json.",
+        "No evaluations yet: this run folder has no eval_results.json.",
+    )
+    return [
+        funnel_section(summary),
+        scores_section(summary),
+        evaluation,
+        throughput_section(summary),
+        sft_section(run),
+        details_section(summary),
+        settings_section(run),
+    ]

@@ -1,0 +1,59 @@
+"""Section builders both run kinds share: evaluations side by side, and key/value tables."""
+
+from __future__ import annotations
+
+from selftaught.report import plots
+from selftaught.report.page import Plot, Section, Table, format_number
+from selftaught.report.readers import is_number
+
+# Which way is better, by a word in the metric's name: shown under each panel so nobody has to guess.
+DIRECTIONS = {
+    "kl": "lower is better",
+    "jsd": "lower is better",
+    "loss": "lower is better",
+    "accuracy": "higher is better",
+    "agreement": "higher is better",
+    "win_rate": "higher is better",
+    "pass@": "higher is better",
+    "auc": "higher is better",
+    "precision": "higher is better",
+    "recall": "higher is better",
+}
+
+
+def direction_hints(metrics) -> dict[str, str]:
+    return {m: hint for m in metrics for word, hint in DIRECTIONS.items() if word in m.lower()}
+
+
+def ordered(results: dict[str, dict[str, float]], first: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """The models named in `first` in that order, then any others as the file lists them."""
+    names = [m for m in first if m in results] + [m for m in results if m not in first]
+    return {m: results[m] for m in names}
+
+
+def evaluation_section(results: dict[str, dict[str, float]], title: str, intro: str, missing: str) -> Section:
+    """Every metric of every model: one bar panel per metric and the exact numbers in a table."""
+    section = Section(title, intro)
+    if not results:
+        section.notes.append(missing)
+        return section
+    metrics = list(dict.fromkeys(m for values in results.values() for m in values))
+    hints = direction_hints(metrics)
+    section.plots.append(Plot("evaluation", title, plots.metric_bars(results, title, hints)))
+    rows = [
+        [metric, *(format_number(r[metric]) if metric in r else "–" for r in results.values())]
+        for metric in metrics
+    ]
+    section.tables.append(Table(["metric", *results], rows, "exact values"))
+    return section
+
+
+def cell(value: object) -> str:
+    """A summary value as one table cell: numbers rounded, small dicts as key=value lists."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={cell(v)}" for k, v in value.items()) or "–"
+    return format_number(value) if is_number(value) else str(value)
+
+
+def key_value_table(mapping: dict, caption: str) -> Table:
+    return Table(["name", "value"], [[str(k), cell(v)] for k, v in mapping.items()], caption)

