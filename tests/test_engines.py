@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from servers import free_port, llama_server
+from servers import SERVED, free_port
 
 from selftaught.backtranslate.config import BacktranslateConfig
 from selftaught.backtranslate.recipe import RunFolder
@@ -22,13 +22,13 @@ from selftaught.data.shards import read_shards, write_parquet
 from selftaught.generation.engines import EngineSettings, make_engine
 from selftaught.generation.hf import SamplingParams
 from selftaught.models import load_tokenizer
-from selftaught.models.embedded import embedded_teacher, packaged_gguf
+from selftaught.models.embedded import embedded_teacher
 from selftaught.scoring.ratings import build_rating_prompt, rate_pairs, rating_digit_ids
 from selftaught.training.sft import COMPLETE_MARKER
 
 pytest.importorskip("xllamacpp")
+pytest_plugins = ("servers",)  # its `server_url` fixture
 
-SERVED = "smollm2-q4"
 QUESTIONS = [
     "What is the capital of France?",
     "Give me three tips for sleeping better.",
@@ -51,12 +51,6 @@ PAIRS = [
 # differed by at most 0.02 in total variation.
 MAX_LOGIT_GAP = 0.3
 MAX_TOTAL_VARIATION = 0.05
-
-
-@pytest.fixture(scope="module")
-def server_url():
-    with llama_server(packaged_gguf(), alias=SERVED) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from selftaught.generation.engines import HFEngine
+from selftaught.generation.next_token import next_token_probs
 from selftaught.models import load_model, load_tokenizer
 from selftaught.scoring import ratings
 from selftaught.scoring.ratings import (
@@ -149,7 +150,7 @@ def test_generate_mode_cuts_the_models_own_score_and_reads_ours(tiny, tokenizer,
         rating_chat_text(tokenizer, *PAIRS[0], mode="generate") + "It answers the question.\n" + ANSWER_PREFIX
     )
     ids = tokenizer.encode(text, add_special_tokens=False)
-    want = ratings.digit_distributions(tiny, [ids], rating_digit_ids(tokenizer), tokenizer.pad_token_id)[0]
+    want = next_token_probs(tiny, [ids], rating_digit_ids(tokenizer), tokenizer.pad_token_id)[0]
     torch.testing.assert_close(torch.tensor(r["score_probs"], dtype=torch.float64), want)
 
 

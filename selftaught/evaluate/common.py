@@ -1,11 +1,13 @@
-"""Inputs every evaluation reads the same way: rows with required columns, a model and its tokenizer."""
+"""Inputs every evaluation reads the same way: rows with required columns, a model (or engine) and its
+tokenizer."""
 
 from __future__ import annotations
 
 from datasets import Dataset
 
 from selftaught.data.loading import DataError, load_rows
-from selftaught.evaluate.config import EvalConfig
+from selftaught.evaluate.config import EngineEvalConfig, EvalConfig
+from selftaught.generation.engines import GenerationEngine, make_engine
 from selftaught.models import load_model, load_tokenizer
 
 
@@ -28,6 +30,12 @@ def load_eval_rows(source: str, config: EvalConfig, columns: tuple[str, ...] = (
 
 
 def load_for_eval(name: str, config: EvalConfig):
-    """(model in eval mode, tokenizer)."""
+    """(model in eval mode, tokenizer), for evaluations that need the model itself (distance)."""
     model = load_model(name, config.dtype, config.trust_remote_code).eval()
     return model, load_tokenizer(name, config.trust_remote_code)
+
+
+def eval_engine(name: str, config: EngineEvalConfig) -> GenerationEngine:
+    """The engine `config.engine` names for model `name` (hf: loaded in `config.dtype`); it carries the
+    tokenizer of `name`."""
+    return make_engine(config, name, config.batch_size, config.trust_remote_code, config.dtype)

@@ -1,8 +1,15 @@
-"""The knobs of `selftaught eval <task>`, one dataclass per task; CLI flags and YAML keys are these names."""
+"""The knobs of `selftaught eval <task>`, one dataclass per task; CLI flags and YAML keys are these names.
+
+math, judge and curation generate and score through a generation engine, so their configs inherit
+`EngineSettings` (`--engine hf|vllm|openai`, `--base_url` ...) as the backtranslate stages do; distance
+compares both models' full logits, which only hf gives, so it has no engine flags.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from selftaught.generation.engines import EngineSettings
 
 
 @dataclass
@@ -24,7 +31,13 @@ class EvalConfig:
 
 
 @dataclass
-class MathEvalConfig(EvalConfig):
+class EngineEvalConfig(EngineSettings, EvalConfig):
+    """An evaluation run on any engine. A model path is the model itself for hf and vllm; for openai it
+    gives only the tokenizer (the server's model answers). `batch_size` and `dtype` apply to hf."""
+
+
+@dataclass
+class MathEvalConfig(EngineEvalConfig):
     model: str | None = field(default=None, metadata={"help": "Model to evaluate: Hub id, folder or .gguf."})
     data: str | None = field(
         default=None,
@@ -40,14 +53,25 @@ class MathEvalConfig(EvalConfig):
     )
     temperature: float = field(default=0.6, metadata={"help": "Sampling temperature for the pass@k samples."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus threshold for the pass@k samples."})
-    seed: int = field(default=0, metadata={"help": "Random seed of the samples."})
+    seed: int = field(
+        default=0, metadata={"help": "Random seed of the samples: sample i is drawn with seed + i."}
+    )
 
 
 @dataclass
-class JudgeEvalConfig(EvalConfig):
+class JudgeEvalConfig(EngineEvalConfig):
+    """The one engine setting serves A, B and J alike: with engine=openai all three are the model that
+    --base_url serves (--served_model), each local path giving only its tokenizer and chat template."""
+
     model: str | None = field(default=None, metadata={"help": "Model A, whose win rate is reported."})
     baseline: str | None = field(default=None, metadata={"help": "Model B, the one A is compared with."})
-    judge: str | None = field(default=None, metadata={"help": "Local judge model J (reads both answers)."})
+    judge: str | None = field(
+        default=None,
+        metadata={
+            "help": "Judge model J (reads both answers). One --engine runs A, B and J: with engine=openai "
+            "all three are the served model, each path giving only its tokenizer."
+        },
+    )
     prompts: str | None = field(
         default=None,
         metadata={"help": "Prompts: rows with `prompt`, `instruction`, `problem` or chat `messages`."},
@@ -63,7 +87,13 @@ class JudgeEvalConfig(EvalConfig):
 
 @dataclass
 class DistanceEvalConfig(EvalConfig):
-    student: str | None = field(default=None, metadata={"help": "Student model: Hub id, folder or .gguf."})
+    student: str | None = field(
+        default=None,
+        metadata={
+            "help": "Student model: Hub id, folder or .gguf. Both models run on hf in this process: "
+            "the distance needs their full logits, which the vllm and openai engines do not return."
+        },
+    )
     teacher: str | None = field(default=None, metadata={"help": "Teacher model (same tokenizer)."})
     data: str | None = field(
         default=None,
@@ -74,7 +104,7 @@ class DistanceEvalConfig(EvalConfig):
 
 
 @dataclass
-class CurationEvalConfig(EvalConfig):
+class CurationEvalConfig(EngineEvalConfig):
     model: str | None = field(default=None, metadata={"help": "Rater model: Hub id, folder or .gguf."})
     data: str | None = field(
         default=None,

@@ -2,7 +2,7 @@
 
 Humpback's Table 7 measure: precision and recall of the pairs a rater keeps, and ROC AUC of its scores,
 against labelled (instruction, response) pairs (label 1: a pair to keep, 0: one to drop). The scores
-come from `rate_pairs`, the same call the `curate` stage makes.
+come from `rate_pairs`, the same call the `curate` stage makes, on the engine of `--engine`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from selftaught.data.loading import DataError
 from selftaught.data.shards import write_parquet
-from selftaught.evaluate.common import load_eval_rows, load_for_eval, required
+from selftaught.evaluate.common import eval_engine, load_eval_rows, required
 from selftaught.evaluate.config import CurationEvalConfig, EvalConfig
 from selftaught.evaluate.results import write_result
 from selftaught.scoring.ratings import rate_pairs
@@ -92,7 +92,8 @@ def mismatched_labels(pairs: list[dict]) -> list[dict]:
 
 
 def evaluate_rater(model, tokenizer, labelled: list[dict], config: CurationEvalConfig) -> tuple[dict, list]:
-    """(metrics, one prediction row per labelled pair: the pair and its rating) for one rater."""
+    """(metrics, one prediction row per labelled pair: the pair and its rating) for one rater, an engine
+    or a loaded model."""
     pairs = [(r["instruction"], r["response"]) for r in labelled]
     ratings = rate_pairs(model, tokenizer, pairs, config.batch_size, config.mode, config.max_reasoning_tokens)
     labels = [r["label"] for r in labelled]
@@ -104,7 +105,7 @@ def run_curation(config: CurationEvalConfig) -> dict:
     """Rate the labelled pairs, write `<output_dir>/curation.json` and the ratings as Parquet."""
     data = required(config.data, "--data", TASK)
     rows = read_labelled(data, config)
-    model, tokenizer = load_for_eval(required(config.model, "--model", TASK), config)
-    metrics, predictions = evaluate_rater(model, tokenizer, rows, config)
+    engine = eval_engine(required(config.model, "--model", TASK), config)
+    metrics, predictions = evaluate_rater(engine, engine.tokenizer, rows, config)
     write_parquet(Path(config.output_dir) / f"{TASK}_predictions.parquet", predictions)
-    return write_result(config.output_dir, TASK, metrics, config, {"model": config.model}, data)
+    return write_result(config.output_dir, TASK, metrics, config, {"model": engine.name}, data)

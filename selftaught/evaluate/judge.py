@@ -1,10 +1,11 @@
-"""`selftaught eval judge`: pairwise win rate of model A over baseline B, judged by a local model J.
+"""`selftaught eval judge`: pairwise win rate of model A over baseline B, judged by a model J.
 
 A and B answer every prompt (greedy, chat template). J sees the prompt and both answers and is asked
 which is better; its assistant turn is begun with our own "Better answer: ", and the verdict is read
 from its next-token probabilities of "1" and "2" (one forward pass, nothing to parse). Every pair is
 judged in both orders, A first and B first, to cancel J's position bias: A wins a prompt when both
 orders prefer it, loses when both prefer B, and ties (counted as half) when the orders disagree.
+A, B and J run on the engine of `--engine` (hf, vllm, or a server: `next_token_probs` reads the verdict).
 
 The answers are untrusted text for J, exactly like a web segment for the curation rater, so they are
 neutralised with ratings.py's `neutralise` (no forged markers, chat control tokens or rating lines),
@@ -18,12 +19,13 @@ from pathlib import Path
 
 from selftaught.data.formats import to_examples, tokenize_prompt
 from selftaught.data.shards import write_parquet
-from selftaught.evaluate.common import load_eval_rows, load_for_eval, required
+from selftaught.evaluate.common import eval_engine, load_eval_rows, required
 from selftaught.evaluate.config import JudgeEvalConfig
 from selftaught.evaluate.results import write_result
-from selftaught.generation.hf import SamplingParams, generate_all
+from selftaught.generation.engines import as_engine
+from selftaught.generation.hf import SamplingParams
 from selftaught.generation.next_token import option_token_ids
-from selftaught.scoring.ratings import _special_tokens, digit_distributions, neutralise
+from selftaught.scoring.ratings import _special_tokens, neutralise
 
 TASK = "judge"
 CHOICES = ("1", "2")
@@ -74,13 +76,16 @@ def choice_ids(tokenizer) -> list[int]:
 def prefer_first(
     judge, tokenizer, requests: list[str], firsts: list[str], seconds: list[str], config
 ) -> list[float]:
-    """P(answer 1 is better) per prompt, from J's probabilities of "1" and "2" after our prefix."""
+    """P(answer 1 is better) per prompt, from J's probabilities of "1" and "2" after our prefix.
+
+    `judge`: an engine, or a loaded transformers model run as the hf engine with `config.batch_size`.
+    """
     prompts = [
         _encode(tokenizer, judge_chat_text(tokenizer, r, a, b, config.max_answer_chars))
         for r, a, b in zip(requests, firsts, seconds, strict=True)
     ]
-    probs = digit_distributions(
-        judge, prompts, choice_ids(tokenizer), tokenizer.pad_token_id, config.batch_size, "judging"
+    probs = as_engine(judge, tokenizer, config.batch_size).next_token_probs(
+        prompts, choice_ids(tokenizer), "judging"
     )
     return probs[:, 0].tolist()
 
@@ -135,10 +140,10 @@ def chats(requests: list[str], system_prompt: str | None) -> list[list[dict]]:
 
 
 def greedy_texts(model, tokenizer, conversations: list[list[dict]], config) -> tuple[list[str], list[int]]:
-    """Greedy answers (texts, token counts) to chat conversations."""
+    """Greedy answers (texts, token counts) to chat conversations; `model`: an engine or a loaded model."""
     prompts = [tokenize_prompt(tokenizer, c) for c in conversations]
     params = SamplingParams(config.max_new_tokens, temperature=0)
-    ids = generate_all(model, tokenizer, prompts, params, config.batch_size, "answers")
+    ids = as_engine(model, tokenizer, config.batch_size).generate(prompts, params, "answers")
     return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)], [len(i) for i in ids]
 
 
@@ -151,7 +156,10 @@ def read_requests(source: str, config) -> list[str]:
 
 
 def run_judge(config: JudgeEvalConfig) -> dict:
-    """A and B answer, J judges both orders; writes `<output_dir>/judge.json` and the per-prompt Parquet."""
+    """A and B answer, J judges both orders; writes `<output_dir>/judge.json` and the per-prompt Parquet.
+
+    The result names each model as its engine does (the path on hf, "openai:<url>/<model>" on a server).
+    """
     source = required(config.prompts, "--prompts", TASK)
     requests = read_requests(source, config)
     names = {
@@ -159,9 +167,13 @@ def run_judge(config: JudgeEvalConfig) -> dict:
     }
     answers = {}
     for role in ("model", "baseline"):
-        model, tokenizer = load_for_eval(names[role], config)
-        answers[role] = greedy_texts(model, tokenizer, chats(requests, config.system_prompt), config)
-    judge, tokenizer = load_for_eval(names["judge"], config)
-    metrics, rows = judge_answers(judge, tokenizer, requests, answers["model"], answers["baseline"], config)
+        engine = eval_engine(names[role], config)
+        answers[role] = greedy_texts(engine, engine.tokenizer, chats(requests, config.system_prompt), config)
+        names[role] = engine.name
+    judge = eval_engine(names["judge"], config)
+    names["judge"] = judge.name
+    metrics, rows = judge_answers(
+        judge, judge.tokenizer, requests, answers["model"], answers["baseline"], config
+    )
     write_parquet(Path(config.output_dir) / f"{TASK}_predictions.parquet", rows)
     return write_result(config.output_dir, TASK, metrics, config, names, source)

@@ -2,22 +2,23 @@
 
 The prompt is the row's problem plus the instruction to box the final answer (selftaught.data.formats);
 the last \\boxed{} of the answer is checked against the gold answer by math-verify (evaluate/math.py).
+The answers come from the engine of `--engine` (hf, vllm or a server); sample i of pass@k is drawn with
+seed `--seed` + i on each of them, so a rerun draws the same samples.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from selftaught.data.formats import to_examples, tokenize_prompt
 from selftaught.data.loading import DataError
 from selftaught.data.shards import write_parquet
-from selftaught.evaluate.common import load_eval_rows, load_for_eval, required
+from selftaught.evaluate.common import eval_engine, load_eval_rows, required
 from selftaught.evaluate.config import MathEvalConfig
 from selftaught.evaluate.math import breakdown, math_accuracy, pass_at_k, score_math
 from selftaught.evaluate.results import write_result
-from selftaught.generation.hf import SamplingParams, generate_all
+from selftaught.generation.engines import GenerationEngine
+from selftaught.generation.hf import SamplingParams
 
 TASK = "math"
 
@@ -31,11 +32,11 @@ def parse_ks(config: MathEvalConfig) -> list[int]:
 
 
 def answer_rows(
-    model, tokenizer, prompts: list[list[int]], answers: list[str], params, config, sample: int
+    engine: GenerationEngine, prompts: list[list[int]], answers: list[str], params, sample: int
 ) -> list[dict]:
     """One prediction row per prompt: generated text, extracted answer, verdict."""
-    ids = generate_all(model, tokenizer, prompts, params, config.batch_size, f"math ({sample=})")
-    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    ids = engine.generate(prompts, params, f"math ({sample=})")
+    texts = engine.tokenizer.batch_decode(ids, skip_special_tokens=True)
     checked = score_math(texts, answers)
     return [
         {"index": i, "sample": sample, "generated": texts[i], "extracted": checked[i]["extracted"],
@@ -70,18 +71,15 @@ def run_math(config: MathEvalConfig) -> dict:
     if missing:
         raise DataError(f"{data}: rows {missing[:10]} have no `answer`; fill them in or drop them")
     ks = parse_ks(config)
-    model, tokenizer = load_for_eval(required(config.model, "--model", TASK), config)
-    prompts = [tokenize_prompt(tokenizer, e.prompt) for e in examples]
+    engine = eval_engine(required(config.model, "--model", TASK), config)
+    prompts = [tokenize_prompt(engine.tokenizer, e.prompt) for e in examples]
     answers = [e.answer for e in examples]
-    greedy = answer_rows(
-        model, tokenizer, prompts, answers, SamplingParams(config.max_new_tokens, 0), config, -1
-    )
+    greedy = answer_rows(engine, prompts, answers, SamplingParams(config.max_new_tokens, 0), -1)
     sampled: list[dict] = []
-    if config.samples:
-        torch.manual_seed(config.seed)
-        params = SamplingParams(config.max_new_tokens, config.temperature, config.top_p)
-        for sample in range(config.samples):
-            sampled += answer_rows(model, tokenizer, prompts, answers, params, config, sample)
+    for sample in range(config.samples):
+        seed = config.seed + sample
+        params = SamplingParams(config.max_new_tokens, config.temperature, config.top_p, seed=seed)
+        sampled += answer_rows(engine, prompts, answers, params, sample)
     metrics = math_metrics(greedy, sampled, rows, ks, config.samples)
     context = {"prompt": rows["problem"]} | {
         c: rows[c] for c in ("subject", "level") if c in rows.column_names
@@ -90,4 +88,4 @@ def run_math(config: MathEvalConfig) -> dict:
         r | {key: str(values[r["index"]]) for key, values in context.items()} for r in greedy + sampled
     ]
     write_parquet(Path(config.output_dir) / f"{TASK}_predictions.parquet", predictions)
-    return write_result(config.output_dir, TASK, metrics, config, {"model": config.model}, data)
+    return write_result(config.output_dir, TASK, metrics, config, {"model": engine.name}, data)

@@ -38,7 +38,7 @@ def write_result(
         "dataset": dataset,
         "models": models,
         "metrics": metrics,
-        "settings": asdict(config),
+        "settings": {k: v for k, v in asdict(config).items() if k != "api_key"},  # a key is never recorded
     }
     write_json(Path(output_dir) / f"{name or task}.json", result)
     return result

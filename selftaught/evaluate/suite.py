@@ -2,7 +2,8 @@
 
 A recipe names its models by label ("base", "M0", "M1", ...) and hands over the judge prompts and the
 labelled pairs; every answer set and every result is written once under `folder` and read back on a
-rerun, so an interrupted evaluation resumes and a finished one costs nothing.
+rerun, so an interrupted evaluation resumes and a finished one costs nothing. Models run on the engine
+their config names (`eval_engine`: hf unless the configs say otherwise).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from pathlib import Path
 from datasets import Dataset
 
 from selftaught.data.shards import write_parquet
-from selftaught.evaluate.common import load_for_eval
+from selftaught.evaluate.common import eval_engine
 from selftaught.evaluate.config import CurationEvalConfig, JudgeEvalConfig
 from selftaught.evaluate.curation import evaluate_rater
 from selftaught.evaluate.judge import chats, greedy_texts, judge_answers
 from selftaught.evaluate.results import flat_metrics, read_result, write_result
+from selftaught.generation.engines import GenerationEngine
 
 
 class ModelSuite:
@@ -43,9 +45,9 @@ class ModelSuite:
         if path.exists():
             rows = Dataset.from_parquet(str(path)).to_list()
             return [r["answer"] for r in rows], [r["tokens"] for r in rows]
-        model, tokenizer = load_for_eval(self.models[label], self.judge_config)
+        engine = eval_engine(self.models[label], self.judge_config)
         texts, tokens = greedy_texts(
-            model, tokenizer, chats(self.requests, self.judge_config.system_prompt), self.judge_config
+            engine, engine.tokenizer, chats(self.requests, self.judge_config.system_prompt), self.judge_config
         )
         write_parquet(
             path,
@@ -57,18 +59,17 @@ class ModelSuite:
         return texts, tokens
 
     @cached_property
-    def judge(self) -> tuple:
-        return load_for_eval(self.judge_config.judge, self.judge_config)
+    def judge(self) -> GenerationEngine:
+        return eval_engine(self.judge_config.judge, self.judge_config)
 
     def judged(self, label: str) -> dict:
         """The judge result of `label` against the baseline."""
         name = f"judge_{label}"
         if (result := read_result(self.folder / f"{name}.json")) is not None:
             return result
-        judge, tokenizer = self.judge
         metrics, rows = judge_answers(
-            judge,
-            tokenizer,
+            self.judge,
+            self.judge.tokenizer,
             self.requests,
             self.answers(label),
             self.answers(self.baseline),
@@ -89,8 +90,8 @@ class ModelSuite:
         name = f"curation_{label}"
         if (result := read_result(self.folder / f"{name}.json")) is not None:
             return result
-        model, tokenizer = load_for_eval(self.models[label], self.curation_config)
-        metrics, rows = evaluate_rater(model, tokenizer, self.labelled, self.curation_config)
+        engine = eval_engine(self.models[label], self.curation_config)
+        metrics, rows = evaluate_rater(engine, engine.tokenizer, self.labelled, self.curation_config)
         write_parquet(self.folder / f"{name}.parquet", rows)
         config = self.curation_config
         return write_result(

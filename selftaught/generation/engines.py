@@ -38,7 +38,9 @@ class GenerationEngine(Protocol):
     def generate(self, prompts: list[list[int]], params: SamplingParams, desc: str = ...) -> list[list[int]]:
         """Completion ids per prompt, in the given order."""
 
-    def next_token_probs(self, prompts: list[list[int]], candidate_ids: list[int]) -> torch.Tensor:
+    def next_token_probs(
+        self, prompts: list[list[int]], candidate_ids: list[int], desc: str = ...
+    ) -> torch.Tensor:
         """[N, k] softmax over the candidates' scores at each prompt's next position."""
 
 
@@ -143,8 +145,10 @@ def make_engine(
     model_path: str,
     batch_size: int = 8,
     trust_remote_code: bool = False,
+    dtype: str | None = "float32",
 ) -> GenerationEngine:
-    """The engine `settings.engine` names for the model at `model_path` (which gives the tokenizer)."""
+    """The engine `settings.engine` names for the model at `model_path` (which gives the tokenizer);
+    `dtype` is the weights dtype of hf (vLLM's is `settings.vllm_dtype`, a server's its own)."""
     tokenizer = load_tokenizer(model_path, trust_remote_code)
     if settings.engine == "openai":
         from selftaught.generation.openai_engine import OpenAIEngine
@@ -154,5 +158,5 @@ def make_engine(
         from selftaught.generation.vllm_engine import VLLMEngine
 
         return VLLMEngine(settings, model_path, tokenizer, trust_remote_code)
-    model = load_model(model_path, trust_remote_code=trust_remote_code)
+    model = load_model(model_path, dtype, trust_remote_code)
     return HFEngine(model, tokenizer, batch_size, model_path)

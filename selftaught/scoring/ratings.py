@@ -44,7 +44,7 @@ from transformers import PreTrainedModel
 
 from selftaught.generation.engines import GenerationEngine, as_engine
 from selftaught.generation.hf import SamplingParams
-from selftaught.generation.next_token import next_token_probs, option_token_ids
+from selftaught.generation.next_token import option_token_ids
 
 RATING_DIGITS = "12345"
 ANSWER_PREFIX = "Score: "
@@ -145,18 +145,6 @@ def build_rating_prompt(tokenizer, instruction: str, response: str) -> list[int]
 def rating_digit_ids(tokenizer) -> list[int]:
     """Ids of "1".."5" as the tokenizer writes them right after our "Score: " (each must be one token)."""
     return option_token_ids(tokenizer, rating_chat_text(tokenizer, "Say hi.", "Hi!", "probs"), RATING_DIGITS)
-
-
-def digit_distributions(
-    model: PreTrainedModel,
-    prompts: list[list[int]],
-    digit_ids: list[int],
-    pad_id: int,
-    batch_size: int = 8,
-    desc: str = "rating",
-) -> torch.Tensor:
-    """[N, 5] softmax over the digit logits at each prompt's last position, in the given order."""
-    return next_token_probs(model, prompts, digit_ids, pad_id, batch_size, desc)
 
 
 def summarise(p: torch.Tensor) -> dict:
