@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from datasets import load_dataset
 from huggingface_hub import ModelCard
@@ -175,3 +176,22 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(stage, finished_run, tin
     subprocess.run(command(killed), env=env, check=True, stdout=subprocess.DEVNULL, timeout=300)
     strip = lambda rows: [{k: v for k, v in r.items() if "model" not in k} for r in rows]  # noqa: E731
     assert strip(shard_rows(killed / output)) == strip(shard_rows(reference / output))
+
+
+def test_an_empty_selection_trains_on_the_seed_alone(finished_run, tiny_student, corpus, tmp_path, capsys):
+    """A rater that scores nothing high enough must not crash the run: M1 learns from the seed pairs."""
+    run = tmp_path / "bt"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns("M1", "M2", "iteration2"))
+    summary = json.loads((run / "summary.json").read_text())
+    for stage in ("select_1", "train_M1"):
+        summary.pop(stage)
+    (run / "summary.json").write_text(json.dumps(summary))
+    strict = [*flags(run, tiny_student, corpus), "--min_score", "5", "--select_by", "expectation"]
+    main(["backtranslate", "select", *strict])
+    assert "no pair has score_expectation >= 5.0" in capsys.readouterr().out
+    assert pq.read_table(run / "iteration1" / "selected.parquet").num_rows == 0
+    main(["backtranslate", "train", *strict])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["select_1"]["rows_out"] == 0
+    assert summary["train_M1"]["rows_in"] == summary["seed"]["rows_out"]
+    AutoModelForCausalLM.from_pretrained(run / "models" / "M1")

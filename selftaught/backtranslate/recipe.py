@@ -25,6 +25,7 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from accelerate import PartialState
 from datasets import Dataset
 
@@ -89,7 +90,7 @@ class RunFolder:
 
 
 def read_rows(path: Path) -> list[dict]:
-    return Dataset.from_parquet(str(path)).to_list()
+    return pq.read_table(path).to_pylist()  # pyarrow, not datasets: an empty selection is a valid file
 
 
 def finished(run: RunFolder, stage: str) -> bool:
@@ -341,6 +342,11 @@ def stage_select(config: BacktranslateConfig, settings: SFTSettings, k: int) -> 
     write_parquet(run.selected(k), selected)
     counts = histogram([r["score_argmax"] for r in rated])
     print_histogram(counts, f"iteration {k}: score histogram (argmax)")
+    if not selected:
+        print(
+            f"[select_{k}] no pair has {column} >= {config.min_score}: M{k} will learn from the seed pairs "
+            "only. Lower --min_score, or use --select_by expectation (see the histogram above)."
+        )
     record(
         run,
         f"select_{k}",
