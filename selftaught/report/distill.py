@@ -96,7 +96,7 @@ def distill_sections(run: Path) -> list[Section]:
         ordered(numeric_results(results, skip=("train",)), MODELS),
         "Held-out evaluation: teacher, student before and after",
         "Greedy answers to the held-out prompts; distances are per token to the teacher's greedy answers. "
-        "The answers themselves are in evaluation/*.jsonl.",
+        "The answers themselves are in evaluation/*.parquet.",
         "No evaluation results: eval_results.json is missing (the run has not finished, or --eval_size 0).",
     )
     return [

@@ -29,6 +29,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from datasets import Dataset
 from peft import LoraConfig
 from torch import nn
@@ -192,6 +193,7 @@ def sft_config(output_dir: str | Path, settings: SFTSettings) -> SFTConfig:
         save_steps=settings.save_steps,
         save_total_limit=settings.save_total_limit,
         report_to=settings.report_to,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinning needs an accelerator; warns without
     )
 
 
