@@ -74,13 +74,13 @@ def load_dev_rows(path: Path, limit: int | None) -> list[dict]:
     return rows
 
 
-def load_rater(device: str):
-    """(model, tokenizer, path) of the default rater, the embedded SmolLM2-135M-Instruct, in float32."""
+def load_rater(device: str, dtype: str = "float32"):
+    """(model, tokenizer, path) of the default rater, the embedded SmolLM2-135M-Instruct, in `dtype`."""
     from selftaught.models import load_model, load_tokenizer
     from selftaught.models.embedded import embedded_teacher
 
     path = embedded_teacher()
-    model = load_model(str(path), "float32").to(device).eval()
+    model = load_model(str(path), dtype).to(device).eval()
     return model, load_tokenizer(str(path)), path
 
 
@@ -322,6 +322,9 @@ def parse_args() -> argparse.Namespace:
         "--with-constrained", action="store_true", help="also time rate_pairs(mode='generate')"
     )
     parser.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda, ...)")
+    parser.add_argument(
+        "--dtype", default="float32", help="weights dtype for every mode (bfloat16 uses AMX on recent CPUs)"
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="where to write the JSON results")
     args = parser.parse_args()
@@ -343,7 +346,7 @@ def main() -> None:
     pairs = [(row["instruction"], row["response"]) for row in rows]
     labels = [row["label"] for row in rows]
     print(f"loading the rater and warming up ({len(rows)} rows to score) ...", flush=True)
-    model, tokenizer, model_path = load_rater(args.device)
+    model, tokenizer, model_path = load_rater(args.device, args.dtype)
     warm_up(model, tokenizer, pairs[: args.batch_size], args)
     prompt_tokens = mean_prompt_tokens(tokenizer, pairs)
 
@@ -392,7 +395,7 @@ def main() -> None:
             "data": str(args.data.relative_to(ROOT) if args.data.is_relative_to(ROOT) else args.data),
             "rows": len(rows), "limit": args.limit, "batch_size": args.batch_size,
             "max_reasoning_tokens": args.max_reasoning_tokens, "keep_at": KEEP_AT, "device": args.device,
-            "dtype": "float32", "model": f"{model_path.name} (selftaught.models.embedded.embedded_teacher)",
+            "dtype": args.dtype, "model": f"{model_path.name} (selftaught.models.embedded.embedded_teacher)",
             "modes": modes, "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
         },
         "environment": {
