@@ -16,7 +16,7 @@ import torch
 from servers import SERVED, free_port
 
 from selftaught.backtranslate.config import BacktranslateConfig
-from selftaught.backtranslate.recipe import RunFolder
+from selftaught.backtranslate.recipe import RunFolder, run_all
 from selftaught.cli import main as cli_main
 from selftaught.data.shards import read_shards, write_parquet
 from selftaught.generation.engines import EngineSettings, make_engine
@@ -24,7 +24,7 @@ from selftaught.generation.hf import SamplingParams
 from selftaught.models import load_tokenizer
 from selftaught.models.embedded import embedded_teacher
 from selftaught.scoring.ratings import build_rating_prompt, rate_pairs, rating_digit_ids
-from selftaught.training.sft import COMPLETE_MARKER
+from selftaught.training.sft import COMPLETE_MARKER, SFTSettings
 
 pytest.importorskip("xllamacpp")
 pytest_plugins = ("servers",)  # its `server_url` fixture
@@ -166,6 +166,14 @@ def test_engine_settings_are_checked():
         EngineSettings(engine="tgi")
     with pytest.raises(ValueError, match="needs --base_url"):
         BacktranslateConfig(engine="openai")
+
+
+def test_run_refuses_one_server_for_several_models(tmp_path):
+    """Myx writes and M0, M1 rate: one --base_url for all of them would rate with the wrong model."""
+    config = BacktranslateConfig(run_dir=str(tmp_path), engine="openai", base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(ValueError, match="run the stages one by one"):
+        run_all(config, SFTSettings())
+    assert not any(tmp_path.iterdir())  # refused before any stage wrote anything
 
 
 def test_vllm_missing_names_the_extra(tokenizer_dir):

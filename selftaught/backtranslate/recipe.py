@@ -459,6 +459,14 @@ def stage_evaluate(config: BacktranslateConfig, settings: SFTSettings) -> dict:
 
 def run_all(config: BacktranslateConfig, settings: SFTSettings) -> dict:
     """Every stage in order; finished stages are skipped, interrupted ones resume."""
+    if config.engine == "openai":
+        # One server holds one model, but the stages use several (Myx writes, M0, M1... rate): a
+        # single --base_url would rate with the wrong model.
+        raise ValueError(
+            "`backtranslate run` uses several models and a server serves one: with --engine openai run "
+            "the stages one by one (augment against a server of Myx, curate --iteration k against one "
+            "of M(k-1)), or use --engine hf or vllm"
+        )
     stage_seed(config, settings)
     stage_train_seed(config, settings)
     stage_train_backward(config, settings)
