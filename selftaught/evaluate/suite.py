@@ -38,14 +38,30 @@ class ModelSuite:
         self.folder, self.models, self.requests, self.labelled = Path(folder), models, requests, labelled
         self.judge_config, self.curation_config = configs
         self.baseline = baseline
+        self._answers: dict[str, tuple[list[str], list[int]]] = {}
+        self._loaded: tuple[str, GenerationEngine] | None = None
+
+    def engine(self, label: str) -> GenerationEngine:
+        """`label`'s engine, kept until another label's is needed: a rater answers and rates with one
+        load, and at most one evaluated model is in memory beside the judge. Built from the judge
+        config's engine settings (the recipe gives both configs the same ones)."""
+        if self._loaded is None or self._loaded[0] != label:
+            self._loaded = None  # release the previous model before loading the next
+            self._loaded = (label, eval_engine(self.models[label], self.judge_config))
+        return self._loaded[1]
 
     def answers(self, label: str) -> tuple[list[str], list[int]]:
         """(texts, token counts) of a model's greedy answers to the requests, generated once."""
+        if label not in self._answers:
+            self._answers[label] = self._read_or_generate_answers(label)
+        return self._answers[label]
+
+    def _read_or_generate_answers(self, label: str) -> tuple[list[str], list[int]]:
         path = self.folder / f"answers_{label}.parquet"
         if path.exists():
             rows = Dataset.from_parquet(str(path)).to_list()
             return [r["answer"] for r in rows], [r["tokens"] for r in rows]
-        engine = eval_engine(self.models[label], self.judge_config)
+        engine = self.engine(label)
         texts, tokens = greedy_texts(
             engine, engine.tokenizer, chats(self.requests, self.judge_config.system_prompt), self.judge_config
         )
@@ -90,7 +106,7 @@ class ModelSuite:
         name = f"curation_{label}"
         if (result := read_result(self.folder / f"{name}.json")) is not None:
             return result
-        engine = eval_engine(self.models[label], self.curation_config)
+        engine = self.engine(label)
         metrics, rows = evaluate_rater(engine, engine.tokenizer, self.labelled, self.curation_config)
         write_parquet(self.folder / f"{name}.parquet", rows)
         config = self.curation_config
@@ -109,12 +125,13 @@ class ModelSuite:
         """Results per label: answer lengths and judge (with requests; no judge for the baseline itself),
         curation (the raters, with labelled pairs)."""
         results: dict[str, list[dict]] = {label: [] for label in self.models}
-        for label in self.models if self.requests else []:
-            results[label].append(self.lengths(label))
-            if label != self.baseline:
-                results[label].append(self.judged(label))
-        for label in raters if self.labelled else []:
-            results[label].append(self.curated(label))
+        for label in self.models:  # label by label: each model is loaded once
+            if self.requests:
+                results[label].append(self.lengths(label))
+                if label != self.baseline:
+                    results[label].append(self.judged(label))
+            if self.labelled and label in raters:
+                results[label].append(self.curated(label))
         return results
 
 
