@@ -224,3 +224,28 @@ def test_bad_data_is_a_clean_error_not_a_traceback(tmp_path, capsys):
         main(["distill", "--data", str(bad), "--student", "s", "--teacher", "t"])
     assert exit_info.value.code == 2
     assert f"{bad}:2: malformed JSON" in capsys.readouterr().err
+
+
+# --- where the student's samples come from --------------------------------------------------------------
+
+
+def test_a_fixed_weight_server_is_refused_for_on_policy_sampling():
+    with pytest.raises(ValueError, match="cannot sample on-policy"):
+        parse(["--engine", "openai"])
+
+
+def test_vllm_sampling_without_vllm_names_the_extra_before_loading_anything():
+    try:
+        import vllm  # noqa: F401
+
+        pytest.skip("vLLM is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(ImportError, match=r"pip install selftaught\[vllm\]"):
+        parse(["--engine", "vllm"])
+
+
+@pytest.mark.parametrize("flag, value", [("--engine", "tgi"), ("--vllm_mode", "remote")])
+def test_unknown_engine_or_vllm_mode_is_rejected(flag, value):
+    with pytest.raises(ValueError, match=flag.lstrip("-")):
+        parse([flag, value])

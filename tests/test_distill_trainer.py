@@ -647,3 +647,47 @@ def test_seq_kd_never_samples_padded_teacher_rows(tmp_path, tiny_student, tiny_t
     for _, completion in rows_of(batches[0]):
         assert max(completion) < len(tokenizer)
     trainer.compute_loss(trainer.model, batches[0], num_items_in_batch=tokens)
+
+
+# --------------------------------------------------------------------------------------------------------
+# 11. The student's engine samples current weights: synced once per optimizer step, one call per step
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_student_engine_gets_the_weights_once_per_step_and_samples_a_step_in_one_call(
+    tmp_path, tiny_student, tiny_teacher, tokenizer
+):
+    """What a vLLM engine relies on: a weight push (costly: the whole model) before the first sample after
+    each optimizer step and never again within it, and one engine call for all the step's micro-batches."""
+    prompt_only = dataset(tokenizer, with_completions=False)
+    trainer = make_trainer(
+        tmp_path,
+        tiny_student,
+        tiny_teacher,
+        tokenizer,
+        prompt_only,
+        lmbda=1.0,
+        max_steps=2,
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=2,
+    )
+    events: list[tuple] = []
+    engine = trainer.samplers["student"]
+    sync, generate = engine.sync_weights, engine.generate
+
+    def recording_sync():
+        events.append(("sync", trainer.state.global_step))
+        sync()
+
+    def recording_generate(prompts, params, desc=None):
+        events.append(("generate", trainer.state.global_step, len(prompts)))
+        return generate(prompts, params, desc)
+
+    engine.sync_weights, engine.generate = recording_sync, recording_generate
+    trainer.train()
+    assert events == [("sync", 0), ("generate", 0, 2), ("sync", 1), ("generate", 1, 2)]
+
+    events.clear()
+    trainer.evaluate(prompt_only)  # prompt-only held-out data: the student's samples, after step 2
+    trainer.evaluate(prompt_only)  # same weights: nothing to push
+    assert events == [("sync", 2), ("generate", 2, 4), ("generate", 2, 4)]

@@ -307,8 +307,7 @@ def curate_shard_fn(
             max_reasoning_tokens=config.max_reasoning_tokens,
         )
         return [
-            r | s | {"scoring_model": engine.name, "iteration": k}
-            for r, s in zip(rows, scores, strict=True)
+            r | s | {"scoring_model": engine.name, "iteration": k} for r, s in zip(rows, scores, strict=True)
         ]
 
     return rate

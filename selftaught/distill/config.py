@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from selftaught.generation.policy import POLICY_ENGINES, VLLM_MODES
+from selftaught.generation.vllm_engine import require_vllm
+
 
 @dataclass
 class DistillConfig(TrainingArguments):
@@ -118,6 +121,44 @@ class DistillConfig(TrainingArguments):
         },
     )
 
+    # --- where the student's samples come from ----------------------------------------------
+    engine: str = field(
+        default="hf",
+        metadata={
+            "help": "hf: the live student in this process; vllm: TRL's vLLM backend (pip install "
+            "selftaught[vllm]), given the student's weights once per optimizer step. An OpenAI-compatible "
+            "server is not offered: it serves fixed weights, so its samples would not be on-policy."
+        },
+    )
+    vllm_mode: str = field(
+        default="colocate",
+        metadata={
+            "help": "colocate: one vLLM per training process, sharing its GPU; server: a `trl vllm-serve "
+            "--model <student>` server on other GPUs, at --vllm_server_url."
+        },
+    )
+    vllm_server_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "The `trl vllm-serve` server of vllm_mode=server; default: TRL's http://0.0.0.0:8000."
+        },
+    )
+    gpu_memory_utilization: float = field(
+        default=0.3,
+        metadata={
+            "help": "Share of each GPU a colocated vLLM may take; the rest stays with training (student, "
+            "teacher, optimizer)."
+        },
+    )
+    tensor_parallel_size: int = field(
+        default=1,
+        metadata={"help": "GPUs one colocated vLLM shards the student over; divides the processes."},
+    )
+    vllm_enable_sleep_mode: bool = field(
+        default=False,
+        metadata={"help": "Colocated vLLM frees its GPU memory between samplings (slower, leaner)."},
+    )
+
     # --- LoRA (peft) --------------------------------------------------------------------------
     use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
@@ -154,4 +195,15 @@ class DistillConfig(TrainingArguments):
             raise ValueError(f"temperature must be > 0 for sampling, got {self.temperature}")
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
+        if self.engine == "openai":
+            raise ValueError(
+                "engine=openai cannot sample on-policy: the server's weights stay fixed while the student "
+                "trains. Use engine=vllm (vllm_mode=server for a separate `trl vllm-serve`), or hf."
+            )
+        if self.engine not in POLICY_ENGINES:
+            raise ValueError(f"engine must be one of {POLICY_ENGINES}, got {self.engine!r}")
+        if self.vllm_mode not in VLLM_MODES:
+            raise ValueError(f"vllm_mode must be one of {VLLM_MODES}, got {self.vllm_mode!r}")
+        if self.engine == "vllm":
+            require_vllm()
         self.remove_unused_columns = False

@@ -10,7 +10,9 @@ Built on `Trainer` (not TRL's GKDTrainer) for three reasons the peers' bug repor
 - Whether a step is on-policy is a pure function of (seed, step): every process agrees without
   communicating and a resumed run makes the same choices.
 Everything distributed (DDP, DeepSpeed, FSDP) comes from accelerate through `Trainer`; the teacher
-is wrapped with TRL's helpers for DeepSpeed and FSDP.
+is wrapped with TRL's helpers for DeepSpeed and FSDP. Samples come from a policy engine
+(`selftaught.generation.policy`): the live student (`hf`) or TRL's vLLM backend (`vllm`), which gets
+the student's weights once per optimizer step.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 from trl.models.utils import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generation
 
 from selftaught.distill.config import DistillConfig
-from selftaught.generation.hf import SamplingParams, eos_ids_of, generate_completions, left_pad, right_pad
+from selftaught.generation.hf import SamplingParams, left_pad, right_pad
+from selftaught.generation.policy import HFPolicyEngine, PolicyEngine
 from selftaught.models.vocab import shared_vocab_size
 from selftaught.scoring.logits import completion_logits, join_prompt_completion
 from selftaught.training.losses import generalized_jsd
@@ -73,8 +76,18 @@ class GKDistillTrainer(Trainer):
         )
         self.vocab_size = shared_vocab_size(processing_class, model, teacher)
         self.teacher = self._prepare_teacher(teacher)
-        self.eos_ids = eos_ids_of(model, processing_class)
         self.sampling = SamplingParams(args.max_new_tokens, args.temperature, args.top_p)
+        self.samplers = {
+            "student": self._student_sampler(),
+            "teacher": HFPolicyEngine(
+                lambda: self.unwrapped_for_generation(self.teacher),
+                processing_class,
+                args.per_device_train_batch_size,
+                self.vocab_size,
+                "hf (teacher)",
+            ),
+        }
+        self._synced_step: int | None = None  # the optimizer step whose weights the student sampler has
         self.loss_is_scaled_for_ga = True  # compute_loss divides by the step's token count itself
         self._since_log: dict[str, float] = defaultdict(float)
         self._last_log_time: float | None = None
@@ -89,36 +102,82 @@ class GKDistillTrainer(Trainer):
             return prepare_fsdp(teacher, self.accelerator)
         return self.accelerator.prepare_model(teacher, evaluation_mode=True)
 
+    def _student_sampler(self) -> PolicyEngine:
+        """The engine `args.engine` names, sampling the student being trained."""
+        args = self.args
+        if args.engine == "hf":
+            return HFPolicyEngine(
+                lambda: self.unwrapped_for_generation(self.model_wrapped),
+                self.processing_class,
+                args.per_device_train_batch_size,
+                self.vocab_size,
+                "hf (live student)",
+            )
+        from selftaught.generation.vllm_engine import VLLMPolicyEngine
+
+        return VLLMPolicyEngine(
+            self.model,
+            self.accelerator,
+            self.processing_class,
+            self.sampling,
+            self.vocab_size,
+            mode=args.vllm_mode,
+            server_url=args.vllm_server_url,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            tensor_parallel_size=args.tensor_parallel_size,
+            max_model_length=args.max_prompt_length + args.max_new_tokens,
+            # one call samples a whole optimizer step (all micro-batches) at once
+            max_num_seqs=args.per_device_train_batch_size
+            * args.gradient_accumulation_steps
+            * args.tensor_parallel_size,
+            enable_sleep_mode=args.vllm_enable_sleep_mode,
+            trust_remote_code=args.trust_remote_code,
+        )
+
     # --- what each optimizer step trains on -----------------------------------------------------
 
     def is_on_policy(self, step: int) -> bool:
         """Bernoulli(lmbda) drawn from (seed, step): the same on every process and on resume."""
         return random.Random(self.args.seed * 1_000_003 + step).random() < self.args.lmbda
 
-    def complete_batch(self, batch: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-        """Attach completions from `source` ("student", "teacher" or "data") and build model inputs."""
-        batch = {k: v.to(self.args.device) for k, v in batch.items()}
+    def complete(self, batches: list[dict[str, torch.Tensor]], source: str) -> list[dict[str, torch.Tensor]]:
+        """Attach completions from `source` ("student", "teacher" or "data") and build model inputs.
+
+        Sampled completions come from one engine call for all the micro-batches of the step.
+        """
+        device = self.args.device
+        batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
         if source == "data":
-            completion_ids, completion_mask = batch["completion_ids"], batch["completion_mask"]
+            completions = [(b["completion_ids"], b["completion_mask"]) for b in batches]
         else:
-            model = self.model_wrapped if source == "student" else self.teacher
-            started = time.perf_counter()
-            with self.unwrapped_for_generation(model) as unwrapped:
-                completion_ids, completion_mask = generate_completions(
-                    unwrapped,
-                    batch["prompt_ids"],
-                    batch["prompt_mask"],
-                    self.sampling,
-                    self.eos_ids,
-                    self.processing_class.pad_token_id,
-                    self.vocab_size,
-                )
-            self._since_log["generation_seconds"] += time.perf_counter() - started
-        inputs = join_prompt_completion(
-            batch["prompt_ids"], batch["prompt_mask"], completion_ids, completion_mask
-        )
-        inputs["completion_mask"] = completion_mask
+            prompts = [
+                ids[mask.bool()].tolist()
+                for b in batches
+                for ids, mask in zip(b["prompt_ids"], b["prompt_mask"], strict=True)
+            ]
+            sampled = iter(self.sample(source, prompts))
+            pad_id = self.processing_class.pad_token_id
+            padded = [right_pad([next(sampled) for _ in b["prompt_ids"]], pad_id) for b in batches]
+            completions = [(ids.to(device), mask.to(device)) for ids, mask in padded]
+        inputs = []
+        for batch, (completion_ids, completion_mask) in zip(batches, completions, strict=True):
+            joined = join_prompt_completion(
+                batch["prompt_ids"], batch["prompt_mask"], completion_ids, completion_mask
+            )
+            inputs.append(joined | {"completion_mask": completion_mask})
         return inputs
+
+    def sample(self, source: str, prompts: list[list[int]]) -> list[list[int]]:
+        """Completions from the student or the teacher; the student's engine first gets the current weights,
+        once per optimizer step (every process takes part: a ZeRO-3 / FSDP gather is collective)."""
+        sampler = self.samplers[source]
+        started = time.perf_counter()
+        if source == "student" and self._synced_step != self.state.global_step:
+            sampler.sync_weights()
+            self._synced_step = self.state.global_step
+        completions = sampler.generate(prompts, self.sampling)
+        self._since_log["generation_seconds"] += time.perf_counter() - started
+        return completions
 
     def unwrapped_for_generation(self, model):
         """The bare model to call generate() on.
@@ -147,7 +206,7 @@ class GKDistillTrainer(Trainer):
             return [], None
         on_policy = self.is_on_policy(self.state.global_step)
         source = "student" if on_policy else ("teacher" if self.args.seq_kd else "data")
-        batches = [self.complete_batch(b, source) for b in raw]
+        batches = self.complete(raw, source)
         tokens = sum(b["completion_mask"].sum() for b in batches).to(device)
         if self.args.world_size > 1:
             tokens = self.accelerator.gather(tokens).sum()
@@ -181,7 +240,7 @@ class GKDistillTrainer(Trainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Held-out loss on the dataset's completions, or on the student's samples for prompt-only data."""
         source = "data" if inputs["completion_mask"].sum() > 0 else "student"
-        batch = self.complete_batch(inputs, source)
+        [batch] = self.complete([inputs], source)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, batch)
         return loss.detach(), None, None

@@ -132,20 +132,32 @@ def generate_all(
     prompts: list[list[int]],
     params: SamplingParams,
     batch_size: int = 8,
-    desc: str = "generating",
+    desc: str | None = "generating",
+    vocab_size: int | None = None,
 ) -> list[list[int]]:
-    """Completion ids (through EOS, or cut before a stop string) for every prompt, in the given order."""
+    """Completion ids (through EOS, or cut before a stop string) for every prompt, in the given order.
+
+    `desc=None` shows no progress bar (a trainer's sampling inside its own progress display);
+    `vocab_size` keeps padded embedding rows from being sampled (see `generate_completions`).
+    """
     if params.seed is not None:
         torch.manual_seed(params.seed)
     eos_ids = eos_ids_of(model, tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[list[int]] = [[] for _ in prompts]
     device = next(model.parameters()).device
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=desc is None):
         chunk = order[start : start + batch_size]
         ids, mask = left_pad([prompts[i] for i in chunk], tokenizer.pad_token_id)
         completions, completion_mask = generate_completions(
-            model, ids.to(device), mask.to(device), params, eos_ids, tokenizer.pad_token_id, None, tokenizer
+            model,
+            ids.to(device),
+            mask.to(device),
+            params,
+            eos_ids,
+            tokenizer.pad_token_id,
+            vocab_size,
+            tokenizer,
         )
         for row, index in enumerate(chunk):
             kept = completions[row][completion_mask[row].bool()].tolist()

@@ -1,11 +1,15 @@
-"""The `vllm` engine: vLLM's offline `LLM` on the local GPUs, fed token ids (TokensPrompt).
+"""The `vllm` engines: vLLM's offline `LLM` on the local GPUs, fed token ids (TokensPrompt).
 
-vLLM batches continuously and pages the KV cache; with prefix caching, the rating rubric every
-curation prompt begins with is computed once. Written against vLLM's documented offline API; the
-test machine has no GPU, so this engine is not exercised by the test suite.
+`VLLMEngine` serves a fixed model (augment, curate, eval). vLLM batches continuously and pages the KV
+cache; with prefix caching, the rating rubric every curation prompt begins with is computed once.
+`VLLMPolicyEngine` samples a model under training (distillation), through TRL's vLLM backend.
+Written against vLLM's and TRL's documented APIs; the test machine has no GPU, so neither is exercised
+by the test suite.
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 import torch
 
@@ -15,14 +19,19 @@ from selftaught.generation.hf import SamplingParams
 TOP_LOGPROBS = 20  # vLLM's default max_logprobs
 
 
+def require_vllm() -> None:
+    """Fail before any model is loaded when vLLM is missing, with the command that installs it."""
+    if importlib.util.find_spec("vllm") is None:
+        raise ImportError("engine=vllm needs vLLM (GPU machines): pip install selftaught[vllm]")
+
+
 class VLLMEngine:
     """Generation and next-token scoring with `vllm.LLM`; the model is loaded once, here."""
 
     def __init__(self, settings: EngineSettings, model_path: str, tokenizer, trust_remote_code: bool) -> None:
-        try:
-            import vllm
-        except ImportError as err:
-            raise ImportError("engine=vllm needs vLLM (GPU machines): pip install selftaught[vllm]") from err
+        require_vllm()
+        import vllm
+
         self.vllm = vllm
         self.tokenizer = tokenizer
         self.name = f"vllm:{model_path}"
@@ -68,3 +77,67 @@ class VLLMEngine:
         sampling = self.vllm.SamplingParams(max_tokens=1, temperature=0, logprobs=TOP_LOGPROBS)
         tops = [{i: lp.logprob for i, lp in c.logprobs[0].items()} for c in self._run(prompts, sampling)]
         return torch.stack([candidate_distribution(top, candidate_ids) for top in tops])
+
+
+class VLLMPolicyEngine:
+    """A policy under training sampled through TRL's `VLLMGeneration`: colocated with the trainer (one vLLM
+    per process, sharing its GPU) or a `trl vllm-serve` server; `sync_weights` pushes the current weights.
+
+    TRL owns the hard parts (weight streaming under ZeRO-3 / FSDP, LoRA merging, tensor-parallel groups);
+    this adapter speaks our engine interface. Its sampling knobs are fixed when it is built, as TRL's are.
+    """
+
+    def __init__(
+        self,
+        model,
+        accelerator,
+        tokenizer,
+        params: SamplingParams,
+        vocab_size: int,
+        *,
+        mode: str,
+        server_url: str | None,
+        gpu_memory_utilization: float,
+        tensor_parallel_size: int,
+        max_model_length: int,
+        max_num_seqs: int,
+        enable_sleep_mode: bool,
+        trust_remote_code: bool,
+    ) -> None:
+        require_vllm()
+        from trl.generation.vllm_generation import VLLMGeneration
+
+        rows = model.config.get_text_config().vocab_size
+        # Padded embedding rows are not tokens (Qwen2: 151,936 rows, 151,646 tokens); never sample them.
+        allowed = {"allowed_token_ids": list(range(vocab_size))} if rows > vocab_size else {}
+        self.params, self.name = params, f"vllm-{mode}:{model.name_or_path}"
+        self.backend = VLLMGeneration(
+            model=model,
+            accelerator=accelerator,
+            processing_class=tokenizer,
+            mode=mode,
+            server_base_url=server_url,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_length=max_model_length,
+            max_num_seqs=max_num_seqs,
+            enable_sleep_mode=enable_sleep_mode,
+            trust_remote_code=trust_remote_code,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=0,  # the model's own distribution, as GKD assumes (same as the hf engine)
+            max_completion_length=params.max_new_tokens,
+            logprobs=None,  # the loss uses both models' full logits, not vLLM's log-probs
+            generation_kwargs=allowed,
+        )
+
+    def sync_weights(self) -> None:
+        self.backend.sync_weights()
+
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams, desc: str | None = None
+    ) -> list[list[int]]:
+        if params != self.params:
+            raise ValueError(f"this vLLM policy engine samples with {self.params}, not {params}")
+        _, completion_ids, _, _ = self.backend.generate(prompts, images=None, num_generations=1)
+        return [list(ids) for ids in completion_ids]
