@@ -27,7 +27,20 @@ def parse_configs(config_classes: tuple, argv: list[str], prog: str) -> tuple:
         if unknown:
             parser.error(f"{known.config}: unknown keys {unknown}; every key must be a flag of `{prog}`")
         parser.set_defaults(**values)
+    _, unknown = parser.parse_known_args(rest)
+    if unknown:
+        parser.error(unknown_flags_message(config_classes, unknown, prog))
     return tuple(parser.parse_args_into_dataclasses(args=rest)[: len(config_classes)])  # then --config
+
+
+def unknown_flags_message(config_classes: tuple, unknown: list[str], prog: str) -> str:
+    """Name the flags the command does not know, and say why where a config explains (`refused_flags`)."""
+    flags = [arg for arg in unknown if arg.startswith("-")] or unknown
+    names = {flag.lstrip("-").split("=")[0].replace("-", "_") for flag in flags}
+    reasons = dict.fromkeys(
+        why for c in config_classes for name, why in getattr(c, "refused_flags", {}).items() if name in names
+    )
+    return " ".join([f"unknown flags {flags}: `{prog} --help` lists every flag.", *reasons])
 
 
 def parse_config(config_class, argv: list[str], prog: str):

@@ -109,10 +109,19 @@ def test_unknown_yaml_key_is_rejected_by_name(tmp_path, capsys):
 
 
 def test_unknown_flag_is_rejected_by_name(capsys):
-    """HfArgumentParser raises ValueError (not argparse's usage error) for a flag it does not know."""
-    with pytest.raises((ValueError, SystemExit)) as err:
+    with pytest.raises(SystemExit) as exit_info:
         parse(["--lambda", "0.5"])
-    assert "--lambda" in str(err.value) + capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "unknown flags ['--lambda']" in capsys.readouterr().err
+
+
+def test_engine_flags_on_eval_distance_say_why_it_has_none(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "distance", "--engine=vllm", "--base-url", "http://127.0.0.1:8000/v1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown flags ['--engine=vllm', '--base-url']" in err
+    assert "full logits" in err and "always runs on hf" in err
 
 
 def test_help_lists_every_knob(capsys):

@@ -7,7 +7,8 @@ compares both models' full logits, which only hf gives, so it has no engine flag
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
 
 from selftaught.generation.engines import EngineSettings
 
@@ -87,6 +88,12 @@ class JudgeEvalConfig(EngineEvalConfig):
 
 @dataclass
 class DistanceEvalConfig(EvalConfig):
+    refused_flags: ClassVar[dict[str, str]] = dict.fromkeys(
+        (f.name for f in fields(EngineSettings)),
+        "eval distance has no engine flags: it compares both models' full logits, which only transformers "
+        "in this process returns, so it always runs on hf.",
+    )
+
     student: str | None = field(
         default=None,
         metadata={
