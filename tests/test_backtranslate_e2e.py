@@ -18,6 +18,7 @@ from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM
 
 from selftaught.cli import main
+from selftaught.training.sft import COMPLETE_MARKER
 
 pytestmark = pytest.mark.slow
 
@@ -126,7 +127,7 @@ def test_rows_carry_provenance_and_load_with_datasets(finished_run):
     first = load_dataset("parquet", data_files=str(finished_run / "iteration1" / "curate" / "*.parquet"))[
         "train"
     ]
-    assert set(first["scoring_model"]) == {str(finished_run / "models" / "M0")}
+    assert set(first["scoring_model"]) == {"models/M0"}  # named within the run: the folder may move
     selected = load_dataset("parquet", data_files=str(finished_run / "iteration1" / "selected.parquet"))[
         "train"
     ]
@@ -195,3 +196,40 @@ def test_an_empty_selection_trains_on_the_seed_alone(finished_run, tiny_student,
     assert summary["select_1"]["rows_out"] == 0
     assert summary["train_M1"]["rows_in"] == summary["seed"]["rows_out"]
     AutoModelForCausalLM.from_pretrained(run / "models" / "M1")
+
+
+def drop_last_shard(run: Path, output: Path, stage: str) -> Path:
+    """Undo the end of a stage, as a crash would: its last shard and its summary line are gone."""
+    last = sorted((run / output).glob("shard-*.parquet"))[-1]
+    last.unlink()
+    summary = json.loads((run / "summary.json").read_text())
+    summary.pop(stage)
+    (run / "summary.json").write_text(json.dumps(summary))
+    return last
+
+
+def test_a_moved_run_folder_resumes_where_it_stopped(finished_run, tiny_student, corpus, tmp_path):
+    moved = tmp_path / "elsewhere" / "renamed"
+    shutil.copytree(finished_run, moved)
+    for stage, output, command in (
+        ("augment", Path("augment"), ["augment"]),
+        ("curate_1", Path("iteration1") / "curate", ["curate", "--iteration", "1"]),
+    ):
+        last = drop_last_shard(moved, output, stage)
+        main(["backtranslate", *command, *flags(moved, tiny_student, corpus)])
+        assert last.is_file()
+        assert len(shard_rows(moved / output)) == len(shard_rows(finished_run / output))
+
+
+def test_a_retrained_model_is_not_mixed_with_the_old_ones_output(
+    finished_run, tiny_student, corpus, tmp_path, capsys
+):
+    run = tmp_path / "bt"
+    shutil.copytree(finished_run, run)
+    drop_last_shard(run, Path("augment"), "augment")
+    marker = run / "models" / "Myx" / COMPLETE_MARKER  # train-backward ran again: a new record
+    marker.write_text(marker.read_text().replace('"num_examples"', '"retrained": true, "num_examples"'))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["backtranslate", "augment", *flags(run, tiny_student, corpus)])
+    assert exit_info.value.code == 2
+    assert "different settings (params:" in capsys.readouterr().err

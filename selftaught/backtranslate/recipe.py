@@ -80,6 +80,17 @@ class RunFolder:
         """The folder of a finished model (its completion marker is written last)."""
         return self.require(self.model(name) / COMPLETE_MARKER, stage).parent
 
+    def name_of(self, model: Path) -> str:
+        """How rows name a model of this run: its place in the run folder, e.g. "models/Myx", so the
+        run folder can be moved or renamed and still resume into identical rows."""
+        return Path(model).relative_to(self.root).as_posix()
+
+    def identity(self, model: Path) -> str:
+        """A trained model as stage manifests record it: its name and a digest of its completion record,
+        so training the model again changes it (a rerun never mixes two models' output)."""
+        record = hashlib.sha256((model / COMPLETE_MARKER).read_bytes()).hexdigest()[:16]
+        return f"{self.name_of(model)}@{record}"
+
     def require(self, path: Path, stage: str) -> Path:
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: run `selftaught backtranslate {stage}` first")
@@ -201,7 +212,7 @@ def stage_augment(config: BacktranslateConfig, settings: SFTSettings) -> Dataset
     started = time.perf_counter()
     fingerprint = {
         "segments": digest(s["segment_id"] for s in segments),
-        "model": str(backward),
+        "model": run.identity(backward),
         "seed": settings.seed,
         **asdict_subset(config, AUGMENT_KNOBS),
     }
@@ -232,7 +243,7 @@ def stage_curate(config: BacktranslateConfig, settings: SFTSettings, k: int) -> 
     started = time.perf_counter()
     fingerprint = {
         "pairs": digest(p["segment_id"] + p["instruction"] for p in pairs),
-        "rater": str(rater_path),
+        "rater": run.identity(rater_path),
         **asdict_subset(config, CURATE_KNOBS),
     }
     run_shards(
@@ -266,7 +277,10 @@ def augment_shard_fn(
     config: BacktranslateConfig, settings: SFTSettings, backward: Path
 ) -> Callable[[list[dict], int], list[dict]]:
     """Myx writing one instruction per segment of a shard; its engine is built here, once per process."""
-    engine = make_engine(config, str(backward), config.generation_batch_size, config.trust_remote_code)
+    name = RunFolder(config.run_dir).name_of(backward)
+    engine = make_engine(
+        config, str(backward), config.generation_batch_size, config.trust_remote_code, name=name
+    )
     tokenizer = engine.tokenizer
 
     def write_instructions(rows: list[dict], shard: int) -> list[dict]:
@@ -295,7 +309,10 @@ def curate_shard_fn(
     config: BacktranslateConfig, rater_path: Path, k: int
 ) -> Callable[[list[dict], int], list[dict]]:
     """M(k-1) rating the pairs of a shard; its engine is built here, once per process."""
-    engine = make_engine(config, str(rater_path), config.generation_batch_size, config.trust_remote_code)
+    name = RunFolder(config.run_dir).name_of(rater_path)
+    engine = make_engine(
+        config, str(rater_path), config.generation_batch_size, config.trust_remote_code, name=name
+    )
 
     def rate(rows: list[dict], shard: int) -> list[dict]:
         scores = rate_pairs(

@@ -146,9 +146,11 @@ def make_engine(
     batch_size: int = 8,
     trust_remote_code: bool = False,
     dtype: str | None = "float32",
+    name: str | None = None,
 ) -> GenerationEngine:
     """The engine `settings.engine` names for the model at `model_path` (which gives the tokenizer);
-    `dtype` is the weights dtype of hf (vLLM's is `settings.vllm_dtype`, a server's its own)."""
+    `dtype` is the weights dtype of hf (vLLM's is `settings.vllm_dtype`, a server's its own); `name` is
+    how outputs name a local model (default: `model_path`)."""
     tokenizer = load_tokenizer(model_path, trust_remote_code)
     if settings.engine == "openai":
         from selftaught.generation.openai_engine import OpenAIEngine
@@ -157,6 +159,6 @@ def make_engine(
     if settings.engine == "vllm":
         from selftaught.generation.vllm_engine import VLLMEngine
 
-        return VLLMEngine(settings, model_path, tokenizer, trust_remote_code)
+        return VLLMEngine(settings, model_path, tokenizer, trust_remote_code, name)
     model = load_model(model_path, dtype, trust_remote_code)
-    return HFEngine(model, tokenizer, batch_size, model_path)
+    return HFEngine(model, tokenizer, batch_size, name or model_path)

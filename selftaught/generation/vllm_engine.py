@@ -28,13 +28,20 @@ def require_vllm() -> None:
 class VLLMEngine:
     """Generation and next-token scoring with `vllm.LLM`; the model is loaded once, here."""
 
-    def __init__(self, settings: EngineSettings, model_path: str, tokenizer, trust_remote_code: bool) -> None:
+    def __init__(
+        self,
+        settings: EngineSettings,
+        model_path: str,
+        tokenizer,
+        trust_remote_code: bool,
+        name: str | None = None,
+    ) -> None:
         require_vllm()
         import vllm
 
         self.vllm = vllm
         self.tokenizer = tokenizer
-        self.name = f"vllm:{model_path}"
+        self.name = f"vllm:{name or model_path}"
         self.llm = vllm.LLM(
             model=model_path,
             dtype=settings.vllm_dtype,
