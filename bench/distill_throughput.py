@@ -307,9 +307,10 @@ BUILDERS = {"selftaught": build_selftaught, "gkd": build_gkd, "distillation": bu
 def effective_settings(trainer) -> dict:
     """The defaults that matter for speed, as the built trainer holds them (not as we assume them)."""
     if hasattr(trainer, "sampling"):  # selftaught: SamplingParams builds its GenerationConfig per call
-        generation = trainer.sampling.generation_config(
-            trainer.eos_ids, trainer.processing_class.pad_token_id
-        )
+        from selftaught.generation.hf import eos_ids_of
+
+        eos_ids = eos_ids_of(trainer.model, trainer.processing_class)
+        generation = trainer.sampling.generation_config(eos_ids, trainer.processing_class.pad_token_id)
     else:  # both TRL trainers keep theirs on the trainer
         generation = trainer.generation_config
     use_cache = generation.use_cache

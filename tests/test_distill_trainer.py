@@ -29,7 +29,7 @@ from selftaught.data.loading import DataError
 from selftaught.distill.config import DistillConfig
 from selftaught.distill.recipe import check_completions
 from selftaught.distill.trainer import GKDistillTrainer
-from selftaught.generation.hf import mask_through_first_eos
+from selftaught.generation.hf import eos_ids_of, generate_completions, mask_through_first_eos
 from selftaught.models import (
     TokenizerMismatchError,
     check_same_vocabulary,
@@ -691,3 +691,31 @@ def test_student_engine_gets_the_weights_once_per_step_and_samples_a_step_in_one
     trainer.evaluate(prompt_only)  # prompt-only held-out data: the student's samples, after step 2
     trainer.evaluate(prompt_only)  # same weights: nothing to push
     assert events == [("sync", 2), ("generate", 2, 4), ("generate", 2, 4)]
+
+
+def test_engine_samples_each_micro_batch_as_generate_does(tmp_path, tiny_student, tiny_teacher, tokenizer):
+    """Through the engine, a step's samples are what `model.generate` draws for each micro-batch from the
+    same random state: the engine changes where sampling runs, not what is sampled (nor, so, the loss
+    the benchmark compares with TRL's)."""
+    trainer = make_trainer(
+        tmp_path,
+        tiny_student,
+        tiny_teacher,
+        tokenizer,
+        dataset(tokenizer, with_completions=False),
+        lmbda=1.0,
+        gradient_accumulation_steps=2,
+    )
+    raw = list(trainer.get_train_dataloader())  # read first: a loader draws a seed from the random state
+    torch.manual_seed(7)
+    batches, _ = trainer.get_batch_samples(iter(raw), 2, trainer.args.device)
+    torch.manual_seed(7)
+    pad = tokenizer.pad_token_id
+    for completed, batch in zip(batches, raw, strict=True):
+        expected, mask = generate_completions(
+            trainer.model, batch["prompt_ids"], batch["prompt_mask"], trainer.sampling,
+            eos_ids_of(trainer.model, tokenizer), pad, trainer.vocab_size,
+        )  # fmt: skip
+        assert [c for _, c in rows_of(completed)] == [
+            ids[m.bool()].tolist() for ids, m in zip(expected, mask, strict=True)
+        ]

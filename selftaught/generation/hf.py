@@ -134,16 +134,18 @@ def generate_all(
     batch_size: int = 8,
     desc: str | None = "generating",
     vocab_size: int | None = None,
+    by_length: bool = True,
 ) -> list[list[int]]:
     """Completion ids (through EOS, or cut before a stop string) for every prompt, in the given order.
 
-    `desc=None` shows no progress bar (a trainer's sampling inside its own progress display);
-    `vocab_size` keeps padded embedding rows from being sampled (see `generate_completions`).
+    `by_length` sorts the prompts into batches by length (least padding); False batches them in the given
+    order (a trainer's micro-batches, sampled as any other trainer samples them). `desc=None` shows no
+    progress bar; `vocab_size` keeps padded embedding rows from being sampled (see `generate_completions`).
     """
     if params.seed is not None:
         torch.manual_seed(params.seed)
     eos_ids = eos_ids_of(model, tokenizer)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i])) if by_length else range(len(prompts))
     results: list[list[int]] = [[] for _ in prompts]
     device = next(model.parameters()).device
     for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=desc is None):

@@ -59,7 +59,14 @@ class HFPolicyEngine:
     def generate(
         self, prompts: list[list[int]], params: SamplingParams, desc: str | None = None
     ) -> list[list[int]]:
-        with self.unwrapped() as model:
+        with self.unwrapped() as model:  # in the given order: the trainer's micro-batches, one call each
             return generate_all(
-                model, self.tokenizer, prompts, params, self.batch_size, desc, self.vocab_size
+                model,
+                self.tokenizer,
+                prompts,
+                params,
+                self.batch_size,
+                desc,
+                self.vocab_size,
+                by_length=False,
             )
