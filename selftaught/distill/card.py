@@ -36,6 +36,7 @@ KNOBS = (
     "top_p",
     "max_new_tokens",
     "seq_kd",
+    "engine",
     "learning_rate",
     "lr_scheduler_type",
     "warmup_steps",

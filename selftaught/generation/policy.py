@@ -6,8 +6,8 @@ weights before it samples. `sync_weights()` is that contract:
 - `vllm`: TRL's `VLLMGeneration`, colocated on the training GPUs or a `trl vllm-serve` server; the
   trainer calls `sync_weights()` once per optimizer step, before the step's first sample, and TRL
   streams the weights over (gathering ZeRO-3 / FSDP shards and merging LoRA adapters on the way).
-An OpenAI-compatible server serves fixed weights, so it cannot sample on-policy; a frozen model
-(the teacher under seq_kd) needs no sync and may use any engine that generates.
+An OpenAI-compatible server serves fixed weights, so it cannot sample on-policy. The frozen teacher
+(sampling under seq_kd) goes through the same interface, with nothing to push.
 """
 
 from __future__ import annotations
