@@ -18,6 +18,7 @@ from selftaught.backtranslate.segment import segment_corpus
 from selftaught.cli import main
 from selftaught.data.loading import DataError
 from selftaught.data.ray_pipeline import ray_map
+from selftaught.data.shards import read_parquet
 from selftaught.training.sft import COMPLETE_MARKER, SFTSettings
 
 pytestmark = pytest.mark.slow
@@ -119,7 +120,7 @@ def test_segment_on_ray_equals_single_process(tmp_path, prepared, corpus):
     config, settings = settings_and_config(tmp_path / "run", corpus, ray=True)
     segments = recipe.stage_segment(config, settings)
     assert len(segments) >= 8
-    assert segments == recipe.read_rows(prepared / "segments" / "segments.parquet")
+    assert segments == read_parquet(prepared / "segments" / "segments.parquet")
     mine, theirs = (segment_counts(run) for run in (tmp_path / "run", prepared))
     assert mine == theirs  # the same counts: documents, duplicates, boilerplate, ...
 
@@ -180,4 +181,4 @@ def test_ray_completes_a_partial_run_without_duplicates(tmp_path, single_process
     names, manifest, rows = stage_output(run_dir / "augment", run_dir)
     assert (names, manifest, rows) == stage_output(single_process / "augment", single_process)
     ids = [row["segment_id"] for shard in rows for row in shard]
-    assert len(ids) == len(set(ids)) == len(recipe.read_rows(run_dir / "segments" / "segments.parquet"))
+    assert len(ids) == len(set(ids)) == len(read_parquet(run_dir / "segments" / "segments.parquet"))

@@ -25,7 +25,6 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
-import pyarrow.parquet as pq
 from accelerate import PartialState
 from datasets import Dataset
 
@@ -36,13 +35,20 @@ from selftaught.backtranslate.seed import load_seed_pairs
 from selftaught.backtranslate.segment import read_corpus, segment_corpus
 from selftaught.data.loading import DataError
 from selftaught.data.ray_pipeline import ray_map, ray_runner
-from selftaught.data.shards import export_jsonl, read_shards, run_sharded, write_parquet
+from selftaught.data.shards import (
+    export_jsonl,
+    read_parquet,
+    read_shards,
+    run_sharded,
+    write_json,
+    write_parquet,
+)
 from selftaught.evaluate.config import CurationEvalConfig, JudgeEvalConfig
 from selftaught.evaluate.curation import mismatched_labels, read_labelled
 from selftaught.evaluate.judge import read_requests
-from selftaught.evaluate.results import eval_rows, write_json
+from selftaught.evaluate.results import eval_rows
 from selftaught.evaluate.suite import ModelSuite, summary_numbers
-from selftaught.generation.engines import make_engine
+from selftaught.generation.engines import GenerationEngine, make_engine
 from selftaught.generation.hf import SamplingParams
 from selftaught.report import write_report
 from selftaught.scoring.ratings import rate_pairs
@@ -100,10 +106,6 @@ class RunFolder:
 # --- bookkeeping ---------------------------------------------------------------------------------
 
 
-def read_rows(path: Path) -> list[dict]:
-    return pq.read_table(path).to_pylist()  # pyarrow, not datasets: an empty selection is a valid file
-
-
 def finished(run: RunFolder, stage: str) -> bool:
     """A stage is finished once its summary line is written: that is the last thing it does."""
     return run.summary.exists() and stage in json.loads(run.summary.read_text())
@@ -140,7 +142,7 @@ def base_model(config: BacktranslateConfig) -> str:
 def stage_seed(config: BacktranslateConfig, settings: SFTSettings) -> list[dict]:
     run = RunFolder(config.run_dir)
     if finished(run, "seed"):
-        return read_rows(run.seed_pairs)
+        return read_parquet(run.seed_pairs)
     started = time.perf_counter()
     source = config.seed_data or str(BUILTIN_SEED)
     pairs, stats = load_seed_pairs(source, config.seed_size, settings.seed, split=config.seed_split)
@@ -158,14 +160,14 @@ def backward_example(instruction: str, response: str) -> dict:
 
 def stage_train_seed(config: BacktranslateConfig, settings: SFTSettings) -> Path:
     run = RunFolder(config.run_dir)
-    pairs = read_rows(run.require(run.seed_pairs, "seed"))
+    pairs = read_parquet(run.require(run.seed_pairs, "seed"))
     examples = [sft_example(p["instruction"], p["response"], SEED_TAG) for p in pairs]
     return train_and_document(config, settings, "M0", examples, train_sizes(len(pairs)), iteration=0)
 
 
 def stage_train_backward(config: BacktranslateConfig, settings: SFTSettings) -> Path:
     run = RunFolder(config.run_dir)
-    pairs = read_rows(run.require(run.seed_pairs, "seed"))
+    pairs = read_parquet(run.require(run.seed_pairs, "seed"))
     examples = [backward_example(p["instruction"], p["response"]) for p in pairs]
     return train_and_document(config, settings, "Myx", examples, {"seed pairs (reversed)": len(pairs)}, 0)
 
@@ -173,7 +175,7 @@ def stage_train_backward(config: BacktranslateConfig, settings: SFTSettings) -> 
 def stage_segment(config: BacktranslateConfig, settings: SFTSettings) -> list[dict]:
     run = RunFolder(config.run_dir)
     if finished(run, "segment"):
-        return read_rows(run.segments)
+        return read_parquet(run.segments)
     started = time.perf_counter()
     if config.corpus is None:
         documents, source_stats = installed_package_descriptions(), {"corpus": "installed packages"}
@@ -207,7 +209,7 @@ def stage_augment(config: BacktranslateConfig, settings: SFTSettings) -> Dataset
     run = RunFolder(config.run_dir)
     if finished(run, "augment"):
         return read_shards(run.augment)
-    segments = read_rows(run.require(run.segments, "segment"))
+    segments = read_parquet(run.require(run.segments, "segment"))
     backward = run.trained("Myx", "train-backward")
     started = time.perf_counter()
     fingerprint = {
@@ -273,14 +275,17 @@ def stage_curate(config: BacktranslateConfig, settings: SFTSettings, k: int) -> 
 # --- the per-shard work of augment and curate: one place each, for this process and for Ray actors -----
 
 
+def run_engine(config: BacktranslateConfig, model: Path) -> GenerationEngine:
+    """The engine for a model of this run, which its rows name within the run folder (`name_of`)."""
+    name = RunFolder(config.run_dir).name_of(model)
+    return make_engine(config, str(model), config.generation_batch_size, config.trust_remote_code, name=name)
+
+
 def augment_shard_fn(
     config: BacktranslateConfig, settings: SFTSettings, backward: Path
 ) -> Callable[[list[dict], int], list[dict]]:
     """Myx writing one instruction per segment of a shard; its engine is built here, once per process."""
-    name = RunFolder(config.run_dir).name_of(backward)
-    engine = make_engine(
-        config, str(backward), config.generation_batch_size, config.trust_remote_code, name=name
-    )
+    engine = run_engine(config, backward)
     tokenizer = engine.tokenizer
 
     def write_instructions(rows: list[dict], shard: int) -> list[dict]:
@@ -309,10 +314,7 @@ def curate_shard_fn(
     config: BacktranslateConfig, rater_path: Path, k: int
 ) -> Callable[[list[dict], int], list[dict]]:
     """M(k-1) rating the pairs of a shard; its engine is built here, once per process."""
-    name = RunFolder(config.run_dir).name_of(rater_path)
-    engine = make_engine(
-        config, str(rater_path), config.generation_batch_size, config.trust_remote_code, name=name
-    )
+    engine = run_engine(config, rater_path)
 
     def rate(rows: list[dict], shard: int) -> list[dict]:
         scores = rate_pairs(
@@ -350,7 +352,7 @@ def run_shards(
 def stage_select(config: BacktranslateConfig, settings: SFTSettings, k: int) -> list[dict]:
     run = RunFolder(config.run_dir)
     if finished(run, f"select_{k}"):
-        return read_rows(run.selected(k))
+        return read_parquet(run.selected(k))
     started = time.perf_counter()
     rated = read_shards(run.require(run.curate(k), f"curate --iteration {k}")).to_list()
     column = "score_argmax" if config.select_by == "argmax" else "score_expectation"
@@ -377,8 +379,8 @@ def stage_select(config: BacktranslateConfig, settings: SFTSettings, k: int) -> 
 
 def stage_train(config: BacktranslateConfig, settings: SFTSettings, k: int) -> Path:
     run = RunFolder(config.run_dir)
-    seed = read_rows(run.require(run.seed_pairs, "seed"))
-    selected = read_rows(run.require(run.selected(k), f"select --iteration {k}"))
+    seed = read_parquet(run.require(run.seed_pairs, "seed"))
+    selected = read_parquet(run.require(run.selected(k), f"select --iteration {k}"))
     examples = [sft_example(p["instruction"], p["response"], SEED_TAG) for p in seed]
     examples += [sft_example(p["instruction"], p["response"], WEB_TAG) for p in selected]
     return train_and_document(config, settings, f"M{k}", examples, train_sizes(len(seed), len(selected)), k)
@@ -388,7 +390,7 @@ def held_out_seed_pairs(config: BacktranslateConfig, settings: SFTSettings) -> l
     """Seed pairs that the seed sample left out: first turns no model of the run was trained on."""
     run = RunFolder(config.run_dir)
     every, _ = load_seed_pairs(config.seed_data or str(BUILTIN_SEED), None, settings.seed, config.seed_split)
-    used = {p["id"] for p in read_rows(run.require(run.seed_pairs, "seed"))}
+    used = {p["id"] for p in read_parquet(run.require(run.seed_pairs, "seed"))}
     return [p for p in every if p["id"] not in used]
 
 

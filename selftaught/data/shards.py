@@ -230,6 +230,20 @@ def write_parquet(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def read_parquet(path: Path) -> list[dict]:
+    """The rows of one Parquet file. pyarrow, not datasets: no cache copy, and an empty file is valid."""
+    return pq.read_table(path).to_pylist()
+
+
+def write_json(path: Path, payload: dict) -> Path:
+    """JSON committed like a shard: a killed run leaves no half file to resume from."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.dumps(payload, indent=2).encode()
+    _commit(path, lambda f: f.write(data))
+    return path
+
+
 def export_jsonl(folder: Path, path: Path) -> Path:
     """Write every committed row as JSON lines (atomically, like a shard)."""
     path = Path(path)

@@ -83,7 +83,6 @@ class GKDistillTrainer(Trainer):
                 lambda: self.unwrapped_for_generation(self.teacher),
                 processing_class,
                 args.per_device_train_batch_size,
-                self.vocab_size,
                 "hf (teacher)",
             ),
         }
@@ -110,7 +109,6 @@ class GKDistillTrainer(Trainer):
                 lambda: self.unwrapped_for_generation(self.model_wrapped),
                 self.processing_class,
                 args.per_device_train_batch_size,
-                self.vocab_size,
                 "hf (live student)",
             )
         from selftaught.generation.vllm_engine import VLLMPolicyEngine
@@ -120,7 +118,6 @@ class GKDistillTrainer(Trainer):
             self.accelerator,
             self.processing_class,
             self.sampling,
-            self.vocab_size,
             mode=args.vllm_mode,
             server_url=args.vllm_server_url,
             gpu_memory_utilization=args.gpu_memory_utilization,

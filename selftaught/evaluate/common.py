@@ -8,7 +8,6 @@ from datasets import Dataset
 from selftaught.data.loading import DataError, load_rows
 from selftaught.evaluate.config import EngineEvalConfig, EvalConfig
 from selftaught.generation.engines import GenerationEngine, make_engine
-from selftaught.models import load_model, load_tokenizer
 
 
 def required(value: str | None, flag: str, task: str) -> str:
@@ -27,12 +26,6 @@ def load_eval_rows(source: str, config: EvalConfig, columns: tuple[str, ...] = (
     if len(rows) == 0:
         raise DataError(f"{source}: no rows in split {config.split!r}")
     return rows.select(range(min(len(rows), config.limit))) if config.limit else rows
-
-
-def load_for_eval(name: str, config: EvalConfig):
-    """(model in eval mode, tokenizer), for evaluations that need the model itself (distance)."""
-    model = load_model(name, config.dtype, config.trust_remote_code).eval()
-    return model, load_tokenizer(name, config.trust_remote_code)
 
 
 def eval_engine(name: str, config: EngineEvalConfig) -> GenerationEngine:

@@ -14,12 +14,11 @@ import shutil
 from pathlib import Path
 
 import torch
-from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from selftaught.data.formats import to_examples, tokenize_prompt
-from selftaught.data.shards import write_parquet
-from selftaught.evaluate.common import load_eval_rows, load_for_eval, required
+from selftaught.data.shards import read_parquet, write_parquet
+from selftaught.evaluate.common import load_eval_rows, required
 from selftaught.evaluate.config import DistanceEvalConfig
 from selftaught.evaluate.math import answers_match, last_boxed, math_accuracy, score_math
 from selftaught.evaluate.results import write_result
@@ -110,7 +109,7 @@ class HeldOutEvaluation:
     def greedy_answers(self, model: PreTrainedModel, name: str) -> tuple[list[list[int]], list[dict]]:
         """Greedy completion ids of `model` and one audit row per prompt, read back if saved."""
         if self.path(name).exists():
-            rows = Dataset.from_parquet(str(self.path(name))).to_list()
+            rows = read_parquet(self.path(name))
             return [r["completion_ids"] for r in rows], rows
         params = SamplingParams(self.max_new_tokens, temperature=0.0)
         ids = generate_all(model, self.tokenizer, self.prompts, params, self.batch_size, f"{name} answers")
@@ -129,9 +128,10 @@ class HeldOutEvaluation:
         return ids, rows
 
     def metrics(self, model: PreTrainedModel, name: str) -> dict[str, float]:
-        ids, rows = self.greedy_answers(model, name)
+        is_teacher = model is self.teacher
+        ids, rows = (self.teacher_ids, self.teacher_rows) if is_teacher else self.greedy_answers(model, name)
         results = answer_metrics(rows) | {"mean_answer_tokens": sum(map(len, ids)) / len(ids)}
-        if model is self.teacher:
+        if is_teacher:
             return results
         agreeing = sum(
             answers_agree(t["completion"], s["completion"])
@@ -153,9 +153,9 @@ def run_distance(config: DistanceEvalConfig) -> dict:
         "student": required(config.student, "--student", TASK),
         "teacher": required(config.teacher, "--teacher", TASK),
     }
-    student, tokenizer = load_for_eval(names["student"], config)
-    teacher = load_model(names["teacher"], config.dtype, config.trust_remote_code).eval()
+    tokenizer = load_tokenizer(names["student"], config.trust_remote_code)
     check_same_vocabulary(tokenizer, load_tokenizer(names["teacher"], config.trust_remote_code))
+    student, teacher = (load_model(names[r], config.dtype, config.trust_remote_code).eval() for r in names)
     folder = Path(config.output_dir) / TASK
     shutil.rmtree(folder, ignore_errors=True)  # answers saved by an earlier run are not these models'
     evaluation = HeldOutEvaluation(

@@ -170,6 +170,7 @@ def run_judge(config: JudgeEvalConfig) -> dict:
         engine = eval_engine(names[role], config)
         answers[role] = greedy_texts(engine, engine.tokenizer, chats(requests, config.system_prompt), config)
         names[role] = engine.name
+        del engine  # one model in memory at a time: released before the next loads
     judge = eval_engine(names["judge"], config)
     names["judge"] = judge.name
     metrics, rows = judge_answers(

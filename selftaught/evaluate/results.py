@@ -7,20 +7,11 @@ model-index (`eval_rows`) and a run's `eval_results.json` (`{model_label: {metri
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
+from selftaught.data.shards import write_json
 from selftaught.training.model_card import EvalRow
-
-
-def write_json(path: Path, payload: dict) -> Path:
-    """JSON written to a temporary name, then renamed: a killed run leaves no half file to resume from."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
-    return path
 
 
 def write_result(

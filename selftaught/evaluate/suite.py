@@ -11,9 +11,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from datasets import Dataset
-
-from selftaught.data.shards import write_parquet
+from selftaught.data.shards import read_parquet, write_parquet
 from selftaught.evaluate.common import eval_engine
 from selftaught.evaluate.config import CurationEvalConfig, JudgeEvalConfig
 from selftaught.evaluate.curation import evaluate_rater
@@ -59,7 +57,7 @@ class ModelSuite:
     def _read_or_generate_answers(self, label: str) -> tuple[list[str], list[int]]:
         path = self.folder / f"answers_{label}.parquet"
         if path.exists():
-            rows = Dataset.from_parquet(str(path)).to_list()
+            rows = read_parquet(path)
             return [r["answer"] for r in rows], [r["tokens"] for r in rows]
         engine = self.engine(label)
         texts, tokens = greedy_texts(

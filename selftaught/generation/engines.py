@@ -29,6 +29,9 @@ ENGINES = ("hf", "vllm", "openai")
 # A candidate the server left out of its top log-probs was less likely than every token it listed; we
 # give it the smallest listed log-prob minus this margin (in nats) so the distribution stays defined.
 MISSING_LOGPROB_MARGIN = 1.0
+TOP_LOGPROBS = (
+    20  # top log-probs read per position: what servers commonly allow (vLLM's default max_logprobs)
+)
 
 
 class GenerationEngine(Protocol):

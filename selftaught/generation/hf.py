@@ -90,6 +90,12 @@ def eos_ids_of(model: PreTrainedModel, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+def padded_rows(model: PreTrainedModel, vocab_size: int) -> list[int]:
+    """Output rows past the tokenizer's `vocab_size`: embedding padding (Qwen2: 151,936 rows for 151,646
+    tokens), never a token, so never to be sampled."""
+    return list(range(vocab_size, model.config.get_text_config().vocab_size))
+
+
 @torch.no_grad()
 def generate_completions(
     model: PreTrainedModel,
@@ -108,15 +114,14 @@ def generate_completions(
     With `vocab_size`, ids past it (padded embedding rows, not tokens) are never sampled.
     Stop strings (`params.stop`) need the `tokenizer`: transformers matches them on token strings.
     """
-    rows = model.config.get_text_config().vocab_size
-    padded_rows = list(range(vocab_size, rows)) if vocab_size is not None and rows > vocab_size else None
+    suppressed = padded_rows(model, vocab_size) if vocab_size is not None else []
     was_training = model.training
     model.eval()
     try:
         output = model.generate(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
-            generation_config=params.generation_config(eos_ids, pad_id, padded_rows),
+            generation_config=params.generation_config(eos_ids, pad_id, suppressed),
             tokenizer=tokenizer,
         )
     finally:
@@ -133,14 +138,13 @@ def generate_all(
     params: SamplingParams,
     batch_size: int = 8,
     desc: str | None = "generating",
-    vocab_size: int | None = None,
     by_length: bool = True,
 ) -> list[list[int]]:
     """Completion ids (through EOS, or cut before a stop string) for every prompt, in the given order.
 
     `by_length` sorts the prompts into batches by length (least padding); False batches them in the given
     order (a trainer's micro-batches, sampled as any other trainer samples them). `desc=None` shows no
-    progress bar; `vocab_size` keeps padded embedding rows from being sampled (see `generate_completions`).
+    progress bar. Padded embedding rows (`padded_rows`) are never sampled.
     """
     if params.seed is not None:
         torch.manual_seed(params.seed)
@@ -158,7 +162,7 @@ def generate_all(
             params,
             eos_ids,
             tokenizer.pad_token_id,
-            vocab_size,
+            len(tokenizer),
             tokenizer,
         )
         for row, index in enumerate(chunk):

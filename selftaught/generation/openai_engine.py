@@ -17,10 +17,8 @@ import openai
 import torch
 from tqdm.auto import tqdm
 
-from selftaught.generation.engines import EngineSettings, api_key, candidate_distribution
+from selftaught.generation.engines import TOP_LOGPROBS, EngineSettings, api_key, candidate_distribution
 from selftaught.generation.hf import SamplingParams
-
-TOP_LOGPROBS = 20  # what OpenAI-compatible servers commonly allow at most (vLLM's default max_logprobs)
 
 
 class OpenAIEngine:

@@ -47,11 +47,9 @@ class HFPolicyEngine:
         unwrapped: Callable[[], AbstractContextManager[PreTrainedModel]],
         tokenizer,
         batch_size: int,
-        vocab_size: int | None,
         name: str = "hf",
     ) -> None:
-        self.unwrapped, self.tokenizer, self.name = unwrapped, tokenizer, name
-        self.batch_size, self.vocab_size = batch_size, vocab_size
+        self.unwrapped, self.tokenizer, self.batch_size, self.name = unwrapped, tokenizer, batch_size, name
 
     def sync_weights(self) -> None:
         """Nothing to push: samples come from the live weights."""
@@ -61,12 +59,5 @@ class HFPolicyEngine:
     ) -> list[list[int]]:
         with self.unwrapped() as model:  # in the given order: the trainer's micro-batches, one call each
             return generate_all(
-                model,
-                self.tokenizer,
-                prompts,
-                params,
-                self.batch_size,
-                desc,
-                self.vocab_size,
-                by_length=False,
+                model, self.tokenizer, prompts, params, self.batch_size, desc, by_length=False
             )

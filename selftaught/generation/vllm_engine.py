@@ -13,10 +13,8 @@ import importlib.util
 
 import torch
 
-from selftaught.generation.engines import EngineSettings, candidate_distribution
-from selftaught.generation.hf import SamplingParams
-
-TOP_LOGPROBS = 20  # vLLM's default max_logprobs
+from selftaught.generation.engines import TOP_LOGPROBS, EngineSettings, candidate_distribution
+from selftaught.generation.hf import SamplingParams, padded_rows
 
 
 def require_vllm() -> None:
@@ -100,7 +98,6 @@ class VLLMPolicyEngine:
         accelerator,
         tokenizer,
         params: SamplingParams,
-        vocab_size: int,
         *,
         mode: str,
         server_url: str | None,
@@ -114,9 +111,8 @@ class VLLMPolicyEngine:
         require_vllm()
         from trl.generation.vllm_generation import VLLMGeneration
 
-        rows = model.config.get_text_config().vocab_size
-        # Padded embedding rows are not tokens (Qwen2: 151,936 rows, 151,646 tokens); never sample them.
-        allowed = {"allowed_token_ids": list(range(vocab_size))} if rows > vocab_size else {}
+        tokens = len(tokenizer)  # never sample padded embedding rows, as the hf engine never does
+        allowed = {"allowed_token_ids": list(range(tokens))} if padded_rows(model, tokens) else {}
         self.params, self.name = params, f"vllm-{mode}:{model.name_or_path}"
         self.backend = VLLMGeneration(
             model=model,
