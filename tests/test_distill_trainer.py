@@ -392,7 +392,7 @@ def test_sampling_uses_the_kv_cache_with_gradient_checkpointing(
     recorder = Recorder(trainer)
     trainer.train()
 
-    assert trainer.model.is_activation_checkpointing
+    assert trainer.model.is_gradient_checkpointing
     prompt_widths = [b["input_ids"].shape[1] - b["completion_mask"].shape[1] for b in recorder.batches]
     assert len(prompt_widths) == 2
     # Each sampling pass: one prefill of the prompt, then one token per forward on top of the cache (the

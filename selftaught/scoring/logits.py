@@ -35,11 +35,12 @@ def completion_logits(
 ) -> torch.Tensor:
     """Logits [N, vocab_size] predicting the N real completion tokens, in `completion_mask` order.
 
-    transformers applies a boolean `logits_to_keep` before the lm_head, so logits are computed for
-    those N positions only: no prompt, no padding, no [batch x length x vocabulary] tensor.
+    `logits_to_keep` (an index tensor, applied before the lm_head) limits the logits to the columns that
+    predict completion tokens: no prompt positions, no [batch x length x vocabulary] tensor. The padding
+    inside the completion block is dropped after the lm_head. (transformers 5.20 also takes a boolean
+    mask there, which would skip that padding too; vLLM's CPU build holds transformers below 5.20.)
     """
-    width = completion_mask.shape[1]
-    keep = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
-    keep[:, -width - 1 : -1] = completion_mask.bool()  # position i predicts token i + 1
-    outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
-    return align_logits(outputs.logits, vocab_size)
+    width, length = completion_mask.shape[1], inputs["input_ids"].shape[1]
+    columns = torch.arange(length - width - 1, length - 1, device=inputs["input_ids"].device)
+    outputs = model(**inputs, logits_to_keep=columns, use_cache=False)  # column i predicts token i + 1
+    return align_logits(outputs.logits[completion_mask.bool()], vocab_size)

@@ -185,7 +185,7 @@ def sft_config(output_dir: str | Path, settings: SFTSettings) -> SFTConfig:
         max_length=settings.max_length,
         completion_only_loss=True,  # TRL's default for prompt-completion data; explicit, as we rely on it
         bf16=settings.bf16,  # TRL's default (None) would mean bf16 on
-        activation_checkpointing=settings.gradient_checkpointing,  # TRL's default is on
+        gradient_checkpointing=settings.gradient_checkpointing,  # TRL's default is on
         chat_template_path=settings.chat_template_path,
         seed=settings.seed,
         logging_steps=settings.logging_steps,
