@@ -370,6 +370,13 @@ def parse_args() -> argparse.Namespace:
         parser.error(f"--batch-sizes {args.batch_sizes!r}: write integers separated by commas, e.g. 1,8,32")
     if args.prompts < 1 or args.max_new_tokens < 1 or min(args.batch_sizes) < 1:
         parser.error("--prompts, --max-new-tokens and every batch size must be at least 1")
+    if args.model:  # a model that cannot load fails here, in milliseconds, not after the matmul peak
+        from selftaught.models.check import ModelArgumentError, check_model_argument
+
+        try:
+            check_model_argument(args.model, "--model")
+        except ModelArgumentError as err:
+            parser.error(str(err))
     return args
 
 
@@ -384,8 +391,8 @@ def load(args: argparse.Namespace):
 
 
 def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is imported: it reads it once
     args = parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     import transformers
 

@@ -151,11 +151,18 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
     from selftaught.data.loading import DataError
     from selftaught.data.shards import StageMismatchError
+    from selftaught.models.check import ModelArgumentError
     from selftaught.models.vocab import TokenizerMismatchError
 
     try:
         COMMANDS[argv[0]](argv[1:])
-    except (DataError, TokenizerMismatchError, StageMismatchError, FileNotFoundError) as err:
+    except (
+        DataError,
+        ModelArgumentError,
+        TokenizerMismatchError,
+        StageMismatchError,
+        FileNotFoundError,
+    ) as err:
         print(f"selftaught {argv[0]}: error: {err}", file=sys.stderr)  # the message says what to do
         sys.exit(2)
 

@@ -226,11 +226,12 @@ def test_main_without_a_command_prints_usage(argv, code, capsys):
     assert "usage: selftaught {distill,backtranslate,eval,report}" in capsys.readouterr().out
 
 
-def test_bad_data_is_a_clean_error_not_a_traceback(tmp_path, capsys):
+def test_bad_data_is_a_clean_error_not_a_traceback(tmp_path, capsys, tiny_student):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"problem": "1+1?"}\n{not json\n')
+    models = ["--student", str(tiny_student), "--teacher", str(tiny_student)]  # models pass their check
     with pytest.raises(SystemExit) as exit_info:
-        main(["distill", "--data", str(bad), "--student", "s", "--teacher", "t"])
+        main(["distill", "--data", str(bad), *models])
     assert exit_info.value.code == 2
     assert f"{bad}:2: malformed JSON" in capsys.readouterr().err
 

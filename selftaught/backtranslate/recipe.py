@@ -50,6 +50,7 @@ from selftaught.evaluate.results import eval_rows
 from selftaught.evaluate.suite import ModelSuite, summary_numbers
 from selftaught.generation.engines import GenerationEngine, make_engine
 from selftaught.generation.hf import SamplingParams
+from selftaught.models.check import check_model_argument
 from selftaught.report import write_report
 from selftaught.scoring.ratings import rate_pairs
 from selftaught.training.model_card import write_model_card
@@ -129,10 +130,13 @@ def record(run: RunFolder, stage: str, rows_in: int, rows_out: int, seconds: flo
 
 
 def base_model(config: BacktranslateConfig) -> str:
+    """`--base_model`, checked before anything loads, or the embedded default (built on first use)."""
     if config.base_model is None:
         from selftaught.models.embedded import embedded_teacher
 
         config.base_model = str(embedded_teacher())
+    else:
+        check_model_argument(config.base_model, "--base_model")
     return config.base_model
 
 
@@ -485,6 +489,7 @@ def run_all(config: BacktranslateConfig, settings: SFTSettings) -> dict:
             "the stages one by one (augment against a server of Myx, curate --iteration k against one "
             "of M(k-1)), or use --engine hf or vllm"
         )
+    base_model(config)  # a bad --base_model stops the run before the first stage, not at the second
     stage_seed(config, settings)
     stage_train_seed(config, settings)
     stage_train_backward(config, settings)

@@ -24,6 +24,7 @@ from selftaught.distill.config import DistillConfig
 from selftaught.distill.trainer import GKDistillTrainer
 from selftaught.evaluate.distance import HeldOutEvaluation
 from selftaught.models import check_same_vocabulary, load_model, load_tokenizer, shared_vocab_size
+from selftaught.models.check import check_model_flags
 from selftaught.report import write_report
 from selftaught.training.callbacks import MetricsFileCallback, replace_progress_bar
 from selftaught.training.model_card import write_model_card
@@ -89,6 +90,7 @@ def resume_checkpoint(config: DistillConfig) -> str | bool | None:
 
 def run_distillation(config: DistillConfig) -> dict:
     """Train, save and evaluate; returns the evaluation results written to eval_results.json."""
+    check_model_flags({"--student": config.student, "--teacher": config.teacher})  # before the defaults build
     config = resolve_defaults(config)
     out = Path(config.output_dir)
     train_examples, eval_examples = load_examples(config)  # data first: it fails fast and cheap

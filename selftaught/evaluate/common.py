@@ -8,12 +8,21 @@ from datasets import Dataset
 from selftaught.data.loading import DataError, load_rows
 from selftaught.evaluate.config import EngineEvalConfig, EvalConfig
 from selftaught.generation.engines import GenerationEngine, make_engine
+from selftaught.models.check import check_model_argument
 
 
 def required(value: str | None, flag: str, task: str) -> str:
     """A flag every run of `task` needs."""
     if not value:
         raise DataError(f"selftaught eval {task} needs {flag}")
+    return value
+
+
+def required_model(config: EvalConfig, field: str, task: str) -> str:
+    """The model a flag of `task` names, checked before anything loads (`models/check.py`). With
+    engine=openai the path gives only the tokenizer, so a folder without weights is accepted."""
+    value = required(getattr(config, field), f"--{field}", task)
+    check_model_argument(value, f"--{field}", weights=getattr(config, "engine", "hf") != "openai")
     return value
 
 

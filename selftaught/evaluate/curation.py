@@ -11,7 +11,7 @@ from pathlib import Path
 
 from selftaught.data.loading import DataError
 from selftaught.data.shards import write_parquet
-from selftaught.evaluate.common import eval_engine, load_eval_rows, required
+from selftaught.evaluate.common import eval_engine, load_eval_rows, required, required_model
 from selftaught.evaluate.config import CurationEvalConfig, EvalConfig
 from selftaught.evaluate.results import write_result
 from selftaught.scoring.ratings import rate_pairs
@@ -103,9 +103,10 @@ def evaluate_rater(model, tokenizer, labelled: list[dict], config: CurationEvalC
 
 def run_curation(config: CurationEvalConfig) -> dict:
     """Rate the labelled pairs, write `<output_dir>/curation.json` and the ratings as Parquet."""
+    model = required_model(config, "model", TASK)
     data = required(config.data, "--data", TASK)
     rows = read_labelled(data, config)
-    engine = eval_engine(required(config.model, "--model", TASK), config)
+    engine = eval_engine(model, config)
     metrics, predictions = evaluate_rater(engine, engine.tokenizer, rows, config)
     write_parquet(Path(config.output_dir) / f"{TASK}_predictions.parquet", predictions)
     return write_result(config.output_dir, TASK, metrics, config, {"model": engine.name}, data)

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from selftaught.data.formats import to_examples, tokenize_prompt
 from selftaught.data.shards import read_parquet, write_parquet
-from selftaught.evaluate.common import load_eval_rows, required
+from selftaught.evaluate.common import load_eval_rows, required, required_model
 from selftaught.evaluate.config import DistanceEvalConfig
 from selftaught.evaluate.math import answers_match, last_boxed, math_accuracy, score_math
 from selftaught.evaluate.results import write_result
@@ -147,12 +147,9 @@ class HeldOutEvaluation:
 def run_distance(config: DistanceEvalConfig) -> dict:
     """Teacher and student answer the held-out prompts; KL both ways on the teacher's answers, and
     agreement with them. Writes `<output_dir>/distance.json` and `<output_dir>/distance/<model>.parquet`."""
+    names = {role: required_model(config, role, TASK) for role in ("student", "teacher")}
     data = required(config.data, "--data", TASK)
     examples = to_examples(load_eval_rows(data, config), data)
-    names = {
-        "student": required(config.student, "--student", TASK),
-        "teacher": required(config.teacher, "--teacher", TASK),
-    }
     tokenizer = load_tokenizer(names["student"], config.trust_remote_code)
     check_same_vocabulary(tokenizer, load_tokenizer(names["teacher"], config.trust_remote_code))
     student, teacher = (load_model(names[r], config.dtype, config.trust_remote_code).eval() for r in names)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from selftaught.data.formats import to_examples, tokenize_prompt
 from selftaught.data.shards import write_parquet
-from selftaught.evaluate.common import eval_engine, load_eval_rows, required
+from selftaught.evaluate.common import eval_engine, load_eval_rows, required, required_model
 from selftaught.evaluate.config import JudgeEvalConfig
 from selftaught.evaluate.results import write_result
 from selftaught.generation.engines import as_engine
@@ -160,11 +160,9 @@ def run_judge(config: JudgeEvalConfig) -> dict:
 
     The result names each model as its engine does (the path on hf, "openai:<url>/<model>" on a server).
     """
+    names = {role: required_model(config, role, TASK) for role in ("model", "baseline", "judge")}
     source = required(config.prompts, "--prompts", TASK)
     requests = read_requests(source, config)
-    names = {
-        role: required(getattr(config, role), f"--{role}", TASK) for role in ("model", "baseline", "judge")
-    }
     answers = {}
     for role in ("model", "baseline"):
         engine = eval_engine(names[role], config)

@@ -13,7 +13,7 @@ from pathlib import Path
 from selftaught.data.formats import to_examples, tokenize_prompt
 from selftaught.data.loading import DataError
 from selftaught.data.shards import write_parquet
-from selftaught.evaluate.common import eval_engine, load_eval_rows, required
+from selftaught.evaluate.common import eval_engine, load_eval_rows, required, required_model
 from selftaught.evaluate.config import MathEvalConfig
 from selftaught.evaluate.math import breakdown, math_accuracy, pass_at_k, score_math
 from selftaught.evaluate.results import write_result
@@ -64,6 +64,7 @@ def run_math(config: MathEvalConfig) -> dict:
 
     A prediction's `sample` is -1 for the greedy answer and 0..samples-1 for the sampled ones.
     """
+    model = required_model(config, "model", TASK)
     data = required(config.data, "--data", TASK)
     rows = load_eval_rows(data, config, ("problem", "answer"))
     examples = to_examples(rows, data)
@@ -71,7 +72,7 @@ def run_math(config: MathEvalConfig) -> dict:
     if missing:
         raise DataError(f"{data}: rows {missing[:10]} have no `answer`; fill them in or drop them")
     ks = parse_ks(config)
-    engine = eval_engine(required(config.model, "--model", TASK), config)
+    engine = eval_engine(model, config)
     prompts = [tokenize_prompt(engine.tokenizer, e.prompt) for e in examples]
     answers = [e.answer for e in examples]
     greedy = answer_rows(engine, prompts, answers, SamplingParams(config.max_new_tokens, 0), -1)

@@ -1,7 +1,10 @@
 """Load a causal LM and its tokenizer from a Hub id, a local folder or a `.gguf` file.
 
 A GGUF file is dequantised by transformers on load; we then drop its quantizer so that the model
-trains and saves like any full-precision model (safetensors, no `quantization_config`).
+trains and saves like any full-precision model (safetensors, no `quantization_config`). A PEFT adapter
+folder loads as its base model with the adapter applied (transformers does this); its tokenizer is the
+base model's unless the folder holds its own. Callers check model arguments first (`models/check.py`);
+a Hub id that still fails to load raises a `ModelArgumentError` with the Hub's own message.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from selftaught.models.check import ModelArgumentError, adapter_base, has_tokenizer, looks_like_path
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -35,10 +40,25 @@ def _source(name_or_path: str) -> tuple[str, dict]:
     return name_or_path, {}  # a Hub id: transformers resolves (and caches) it
 
 
+def _from_hub(load, source: str, **kwargs):
+    """`load(source, **kwargs)`; for a Hub id, the Hub's error (not found, offline, gated) as a
+    `ModelArgumentError`: a readable message and exit 2 through the CLI, not a traceback."""
+    try:
+        return load(source, **kwargs)
+    except OSError as err:
+        if Path(source).expanduser().exists() or looks_like_path(source):
+            raise
+        raise ModelArgumentError(f"{source} could not be loaded from the Hugging Face Hub: {err}") from err
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The tokenizer, with a pad token (the EOS when the model has none) and left padding for generation."""
+    folder = Path(name_or_path).expanduser()
+    base = adapter_base(folder) if folder.is_dir() else None
+    if base and not has_tokenizer(folder):  # a PEFT adapter saved without a tokenizer: its base's
+        return load_tokenizer(base, trust_remote_code)
     source, extra = _source(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **extra)
+    tokenizer = _from_hub(AutoTokenizer.from_pretrained, source, trust_remote_code=trust_remote_code, **extra)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -55,7 +75,8 @@ def load_model(
     source, extra = _source(name_or_path)
     if attn_implementation:
         extra["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(
+    model = _from_hub(
+        AutoModelForCausalLM.from_pretrained,
         source,
         dtype=resolve_dtype(dtype),
         trust_remote_code=trust_remote_code,
