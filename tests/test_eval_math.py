@@ -1,10 +1,19 @@
 """Math answer checking: box extraction and math-verify equivalence, including its order and thread quirks."""
 
+import json
 import threading
+from pathlib import Path
 
 import pytest
 
-from selftaught.evaluate.math import answers_match, last_boxed, math_accuracy, score_math
+from selftaught.evaluate.math import (
+    answers_match,
+    check_answer,
+    last_boxed,
+    math_accuracy,
+    parse_gold,
+    score_math,
+)
 
 
 @pytest.mark.parametrize(
@@ -104,16 +113,67 @@ def test_score_math_and_accuracy():
         r"Maybe $\boxed{2}$, no wait, $\boxed{\frac{1}{2}}$.",
         "The answer is 9.",
         r"The answer is $\boxed{10}$.",
+        r"The answer is $\boxed{4}$.",
     ]
-    rows = score_math(predictions, ["7", "0.5", "9", "11"])
-    assert rows == [
-        {"extracted": "7", "correct": True},
-        {"extracted": r"\frac{1}{2}", "correct": True},
-        {"extracted": None, "correct": False},
-        {"extracted": "10", "correct": False},
+    rows = score_math(predictions, ["7", "0.5", "9", "11", "4 hours and 15 minutes"])
+    assert [(r["extracted"], r["verdict"], r["correct"]) for r in rows] == [
+        ("7", "correct", True),
+        (r"\frac{1}{2}", "correct", True),
+        (None, "wrong", False),
+        ("10", "wrong", False),
+        ("4", "unverifiable", None),
     ]
-    assert math_accuracy(rows) == pytest.approx(0.5)
+    assert rows[1]["gold_parse"] == ["1/2"] and rows[1]["extracted_parse"] == "1/2"
+    assert math_accuracy(rows) == pytest.approx(0.5)  # 2 of the 4 verifiable rows; the fifth is apart
     assert math_accuracy([]) == 0.0
+
+
+def test_a_row_without_a_gold_answer_has_no_verdict():
+    assert score_math([r"$\boxed{3}$"], [None]) == [
+        {"extracted": "3", "extracted_parse": None, "verdict": None, "correct": None,
+         "gold_forms": None, "gold_parse": None}
+    ]  # fmt: skip
+
+
+# --- gold answers as competition data writes them (tests/fixtures/hard_gold_answers.jsonl, our own) -------
+
+HARD = [json.loads(line) for line in (Path(__file__).parent / "fixtures" / "hard_gold_answers.jsonl").open()]
+
+
+@pytest.mark.parametrize("row", HARD, ids=[r["id"] for r in HARD])
+def test_hard_gold_answers_are_read_or_flagged(row):
+    """Each gold is read as what it means (the right LaTeX accepted, a wrong answer refused) or, when it
+    is not one mathematical expression, flagged with a reason and scored apart."""
+    gold = parse_gold(row["answer"])
+    assert gold.kind == row["expect"], gold
+    if row["expect"] == "unverifiable":
+        assert gold.reason and check_answer(gold, row["wrong"]) == {
+            "extracted_parse": None, "verdict": "unverifiable", "correct": None
+        }  # fmt: skip
+        return
+    assert gold.reason is None and gold.parses and all(gold.parses)
+    assert check_answer(gold, row["right"])["verdict"] == "correct"
+    assert check_answer(gold, row["wrong"])["verdict"] == "wrong"
+
+
+@pytest.mark.parametrize(
+    "gold, forms",
+    [
+        ("C(10, 5), or equivalently 252", (r"\binom{10}{5}", "252")),  # any one matches
+        ("5/14, or approximately 35.7%", ("5/14",)),  # the exact value wins
+        ("2^floor(n/2)*floor(n/2)!", (r"2^{\lfloor n/2 \rfloor}*\lfloor n/2 \rfloor!",)),
+        ("-3 or 5", ("-3, 5",)),  # different values joined by "or": the list of solutions
+        ("48 dollars", (r"48 \text{ dollars}",)),
+    ],
+)
+def test_gold_forms_are_what_math_verify_reads(gold, forms):
+    assert parse_gold(gold).forms == forms
+
+
+def test_a_fragment_of_the_gold_never_passes_for_it():
+    """The issue's case: math-verify read "2^floor(n/2)*floor(n/2)!" as 2, so "2" was scored correct."""
+    assert not answers_match("2^floor(n/2)*floor(n/2)!", "2")
+    assert answers_match("2^floor(n/2)*floor(n/2)!", r"2^{\lfloor n/2\rfloor}\lfloor n/2\rfloor!")
 
 
 def test_score_math_length_mismatch():

@@ -10,7 +10,7 @@ from conftest import write_jsonl
 from datasets import Dataset
 
 from selftaught.cli import main
-from selftaught.evaluate.math import breakdown, pass_at_k
+from selftaught.evaluate.math import breakdown, check_answer, parse_gold, pass_at_k
 from selftaught.evaluate.math_eval import math_metrics
 
 
@@ -70,26 +70,61 @@ MATH500_ROWS = [
 ]  # fmt: skip
 
 
+UNVERIFIABLE_ROW = {"problem": "How long does the walk take?", "answer": "4 hours and 15 minutes",
+                    "subject": "Prealgebra", "level": 3, "unique_id": "test/prealgebra/9.json"}  # fmt: skip
+
+
 def test_eval_math_cli_writes_json_and_every_prediction(tmp_path, tiny_student, capsys):
-    data = write_jsonl(tmp_path / "math500.jsonl", MATH500_ROWS)
+    data = write_jsonl(tmp_path / "math500.jsonl", [*MATH500_ROWS, UNVERIFIABLE_ROW])
     out = tmp_path / "eval"
     main(["eval", "math", "--model", str(tiny_student), "--data", str(data), "--output_dir", str(out),
           "--max_new_tokens", "6", "--samples", "2", "--pass_k", "1,2,8"])  # fmt: skip
+    console = capsys.readouterr().out
+    assert "1 of 4 gold answers cannot be verified" in console and "test/prealgebra/9.json" in console
+    assert console.index("cannot be verified") < console.index("math on")  # said before the results
     result = json.loads((out / "math.json").read_text())
     assert result["models"] == {"model": str(tiny_student)} and result["settings"]["samples"] == 2
+    [flagged] = result["unverifiable"]
+    assert flagged["id"] == "test/prealgebra/9.json" and flagged["gold"] == "4 hours and 15 minutes"
+    assert "words inside the expression" in flagged["reason"]
     metrics = result["metrics"]
-    assert (
-        metrics["problems"] == 3 and "pass@2" in metrics and "pass@8" not in metrics
-    )  # k > samples: skipped
+    assert (metrics["problems"], metrics["scored"], metrics["unverifiable"]) == (4, 3, 1)
+    assert "pass@2" in metrics and "pass@8" not in metrics  # k > samples: skipped
     assert set(metrics["by_subject"]) == {"Prealgebra", "Algebra"} and set(metrics["by_level"]) == {"1", "2"}
     predictions = Dataset.from_parquet(str(out / "math_predictions.parquet")).to_list()
-    assert len(predictions) == 3 * (1 + 2)
+    assert len(predictions) == 4 * (1 + 2)
     assert sorted({p["sample"] for p in predictions}) == [-1, 0, 1]
-    assert {"prompt", "generated", "extracted", "gold", "correct", "subject", "level"} <= set(predictions[0])
+    audit = {"id", "gold", "gold_forms", "gold_parse", "extracted", "extracted_parse", "verdict", "correct"}
+    assert audit | {"prompt", "generated", "subject", "level"} <= set(predictions[0])
     greedy = [p for p in predictions if p["sample"] == -1]
-    assert metrics["accuracy"] == sum(p["correct"] for p in greedy) / 3
-    assert [p["gold"] for p in greedy] == ["5", "\\frac{5}{14}", "4"]
-    assert "math on" in capsys.readouterr().out
+    assert [p["id"] for p in greedy] == [r["unique_id"] for r in [*MATH500_ROWS, UNVERIFIABLE_ROW]]
+    assert [p["gold_parse"] for p in greedy[:3]] == [["5"], ["5/14"], ["4"]]
+    assert metrics["accuracy"] == sum(bool(p["correct"]) for p in greedy[:3]) / 3
+    assert {p["verdict"] for p in predictions if p["id"] == "test/prealgebra/9.json"} == {"unverifiable"}
+    for p in predictions:  # every verdict follows from the file's own columns
+        assert check_answer(parse_gold(p["gold"]), p["extracted"])["verdict"] == p["verdict"]
+
+
+def test_math_metrics_leave_unverifiable_problems_out_of_every_score():
+    greedy = [{"index": 0, "correct": True}, {"index": 1, "correct": None}, {"index": 2, "correct": False}]
+    sampled = [{"index": i, "correct": ok} for i, ok in [(0, True), (1, None), (2, True)]]
+    rows = Dataset.from_list([{"subject": s} for s in ("A", "A", "B")])
+    metrics = math_metrics(greedy, sampled, rows, [1], samples=1)
+    assert metrics["accuracy"] == 0.5 and metrics["pass@1"] == 1.0
+    assert (metrics["problems"], metrics["scored"], metrics["unverifiable"]) == (3, 2, 1)
+    assert metrics["by_subject"] == {
+        "A": {"accuracy": 1.0, "problems": 1},
+        "B": {"accuracy": 0.0, "problems": 1},
+    }
+
+
+def test_rows_without_an_id_column_are_named_by_their_number(tmp_path, tiny_student):
+    rows = [{k: v for k, v in r.items() if k != "unique_id"} for r in MATH500_ROWS]
+    data = write_jsonl(tmp_path / "noid.jsonl", rows)
+    main(["eval", "math", "--model", str(tiny_student), "--data", str(data), "--output_dir", str(tmp_path),
+          "--max_new_tokens", "2"])  # fmt: skip
+    predictions = Dataset.from_parquet(str(tmp_path / "math_predictions.parquet"))
+    assert predictions["id"] == ["1", "2", "3"]
 
 
 def test_eval_math_names_a_missing_answer_column(tmp_path, tiny_student, capsys):

@@ -37,6 +37,10 @@ class EngineEvalConfig(EngineSettings, EvalConfig):
     gives only the tokenizer (the server's model answers). `batch_size` and `dtype` apply to hf."""
 
 
+# Columns that hold a math problem's own id, tried in order (MATH-500: unique_id).
+ID_COLUMNS = ("unique_id", "id", "problem_id", "question_id", "idx")
+
+
 @dataclass
 class MathEvalConfig(EngineEvalConfig):
     model: str | None = field(default=None, metadata={"help": "Model to evaluate: Hub id, folder or .gguf."})
@@ -56,6 +60,14 @@ class MathEvalConfig(EngineEvalConfig):
     top_p: float = field(default=0.95, metadata={"help": "Nucleus threshold for the pass@k samples."})
     seed: int = field(
         default=0, metadata={"help": "Random seed of the samples: sample i is drawn with seed + i."}
+    )
+    id_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Column holding each problem's id, copied into the predictions and the list of "
+            f"unverifiable answers. Default: the first of {', '.join(ID_COLUMNS)} present, else the row "
+            "number."
+        },
     )
 
 

@@ -74,9 +74,11 @@ def answers_agree(reference: str, candidate: str) -> bool:
 
 
 def answer_metrics(rows: list[dict]) -> dict[str, float]:
-    """Greedy accuracy on the rows that have a gold answer (none: empty dict)."""
+    """Greedy accuracy on the rows whose gold answer can be verified, and how many cannot (scored apart;
+    none with a gold answer: empty dict)."""
     graded = [r for r in rows if r["gold_answer"] is not None]
-    return {"math_accuracy": math_accuracy(graded)} if graded else {}
+    unverifiable = sum(r.get("verdict") == "unverifiable" for r in graded)
+    return {"math_accuracy": math_accuracy(graded), "math_unverifiable": unverifiable} if graded else {}
 
 
 class HeldOutEvaluation:
@@ -116,11 +118,7 @@ class HeldOutEvaluation:
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         rows = []
         for completion_ids, text, answer in zip(ids, texts, self.answers, strict=True):
-            checked = (
-                score_math([text], [answer])[0]
-                if answer is not None
-                else {"extracted": None, "correct": None}
-            )
+            checked = score_math([text], [answer])[0]  # verdict None without a gold answer
             rows.append(
                 {"completion": text, "completion_ids": completion_ids, "gold_answer": answer} | checked
             )

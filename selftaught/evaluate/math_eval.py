@@ -2,6 +2,10 @@
 
 The prompt is the row's problem plus the instruction to box the final answer (selftaught.data.formats);
 the last \\boxed{} of the answer is checked against the gold answer by math-verify (evaluate/math.py).
+Every gold answer is parsed once, before the model loads; one that cannot be read as a single
+expression is listed (console and JSON) and scored apart as `unverifiable`, never as right or wrong.
+Each prediction row carries the data's id, the gold's parse and the extracted answer's parse, so a
+verdict can be checked from the predictions file alone.
 The answers come from the engine of `--engine` (hf, vllm or a server); sample i of pass@k is drawn with
 seed `--seed` + i on each of them, so a rerun draws the same samples.
 """
@@ -14,8 +18,8 @@ from selftaught.data.formats import to_examples, tokenize_prompt
 from selftaught.data.loading import DataError
 from selftaught.data.shards import write_parquet
 from selftaught.evaluate.common import eval_engine, load_eval_rows, required, required_model
-from selftaught.evaluate.config import MathEvalConfig
-from selftaught.evaluate.math import breakdown, math_accuracy, pass_at_k, score_math
+from selftaught.evaluate.config import ID_COLUMNS, MathEvalConfig
+from selftaught.evaluate.math import GoldAnswer, breakdown, math_accuracy, parse_gold, pass_at_k, score_math
 from selftaught.evaluate.results import write_result
 from selftaught.generation.engines import GenerationEngine
 from selftaught.generation.hf import SamplingParams
@@ -31,31 +35,82 @@ def parse_ks(config: MathEvalConfig) -> list[int]:
     return [k for k in ks if k <= config.samples]
 
 
+def row_ids(rows, config: MathEvalConfig, source: str) -> list[str]:
+    """Each row's id as the data names it (`--id_column`, else the first of ID_COLUMNS present), else its
+    row number (from 1, as errors count rows)."""
+    column = config.id_column or next((c for c in ID_COLUMNS if c in rows.column_names), None)
+    if column is None:
+        return [str(i) for i in range(1, len(rows) + 1)]
+    if column not in rows.column_names:
+        raise DataError(
+            f"{source}: no id column {column!r} (the columns are {rows.column_names}); fix --id_column"
+        )
+    return [str(value) for value in rows[column]]
+
+
+def read_golds(answers: list[str], ids: list[str]) -> tuple[list[GoldAnswer], list[dict]]:
+    """Every gold answer parsed once, up front, and the unverifiable ones listed: {id, gold, reason}."""
+    golds = [parse_gold(a) for a in answers]
+    flagged = [
+        {"id": i, "gold": g.text, "reason": g.reason}
+        for i, g in zip(ids, golds, strict=True)
+        if not g.verifiable
+    ]
+    return golds, flagged
+
+
+def print_unverifiable(flagged: list[dict], total: int, show: int = 20) -> None:
+    """Say, before any model runs, which gold answers cannot be verified and why: the data's to fix."""
+    if not flagged:
+        return
+    print(
+        f"eval math: {len(flagged)} of {total} gold answers cannot be verified; they are scored apart "
+        "(`unverifiable`), neither right nor wrong. Write each as one mathematical expression to score it:"
+    )
+    for row in flagged[:show]:
+        print(f"  {row['id']}: {row['gold']!r}: {row['reason']}")
+    if len(flagged) > show:
+        print(f"  ... {len(flagged) - show} more in math.json")
+
+
 def answer_rows(
-    engine: GenerationEngine, prompts: list[list[int]], answers: list[str], params, sample: int
+    engine: GenerationEngine, prompts: list[list[int]], golds: list[GoldAnswer], params, sample: int
 ) -> list[dict]:
-    """One prediction row per prompt: generated text, extracted answer, verdict."""
+    """One prediction row per prompt: generated text, extracted answer and its parse, the gold's parse,
+    verdict: all a person needs to redo a verdict from the predictions file alone."""
     ids = engine.generate(prompts, params, f"math ({sample=})")
     texts = engine.tokenizer.batch_decode(ids, skip_special_tokens=True)
-    checked = score_math(texts, answers)
+    checked = score_math(texts, golds)
     return [
-        {"index": i, "sample": sample, "generated": texts[i], "extracted": checked[i]["extracted"],
-         "gold": answers[i], "correct": checked[i]["correct"], "tokens": len(ids[i])}
+        {"index": i, "sample": sample, "generated": texts[i], "gold": golds[i].text, "tokens": len(ids[i])}
+        | checked[i]
         for i in range(len(prompts))
-    ]  # fmt: skip
+    ]
 
 
 def math_metrics(greedy: list[dict], sampled: list[dict], rows, ks: list[int], samples: int) -> dict:
-    """Greedy accuracy, pass@k over the samples, and the greedy breakdown by subject and level."""
-    metrics = {"accuracy": math_accuracy(greedy), "problems": len(greedy)}
-    correct_counts = [0] * len(greedy)
+    """Greedy accuracy, pass@k over the samples, and the greedy breakdown by subject and level, all over
+    the problems whose gold answer can be verified; the others are counted as `unverifiable`."""
+    scored = [r["index"] for r in greedy if r["correct"] is not None]
+    metrics = {
+        "accuracy": math_accuracy(greedy),
+        "problems": len(greedy),
+        "scored": len(scored),
+        "unverifiable": len(greedy) - len(scored),
+    }
+    correct_counts = dict.fromkeys(scored, 0)
     for row in sampled:
-        correct_counts[row["index"]] += bool(row["correct"])
+        if row["index"] in correct_counts:
+            correct_counts[row["index"]] += bool(row["correct"])
     for k in ks:
-        metrics[f"pass@{k}"] = sum(pass_at_k(samples, c, k) for c in correct_counts) / len(greedy)
+        metrics[f"pass@{k}"] = sum(pass_at_k(samples, c, k) for c in correct_counts.values()) / max(
+            len(scored), 1
+        )
     for column, name in (("subject", "by_subject"), ("level", "by_level")):
         if column in rows.column_names:
-            metrics[name] = breakdown(rows[column], [r["correct"] for r in greedy])
+            metrics[name] = breakdown(
+                [rows[column][i] for i in scored], [greedy[i]["correct"] for i in scored]
+            )
     return metrics
 
 
@@ -71,22 +126,25 @@ def run_math(config: MathEvalConfig) -> dict:
     missing = [i for i, e in enumerate(examples, start=1) if e.answer is None]
     if missing:
         raise DataError(f"{data}: rows {missing[:10]} have no `answer`; fill them in or drop them")
+    ids = row_ids(rows, config, data)
+    golds, unverifiable = read_golds([e.answer for e in examples], ids)
+    print_unverifiable(unverifiable, len(golds))
     ks = parse_ks(config)
     engine = eval_engine(model, config)
     prompts = [tokenize_prompt(engine.tokenizer, e.prompt) for e in examples]
-    answers = [e.answer for e in examples]
-    greedy = answer_rows(engine, prompts, answers, SamplingParams(config.max_new_tokens, 0), -1)
+    greedy = answer_rows(engine, prompts, golds, SamplingParams(config.max_new_tokens, 0), -1)
     sampled: list[dict] = []
     for sample in range(config.samples):
         seed = config.seed + sample
         params = SamplingParams(config.max_new_tokens, config.temperature, config.top_p, seed=seed)
-        sampled += answer_rows(engine, prompts, answers, params, sample)
+        sampled += answer_rows(engine, prompts, golds, params, sample)
     metrics = math_metrics(greedy, sampled, rows, ks, config.samples)
-    context = {"prompt": rows["problem"]} | {
+    context = {"id": ids, "prompt": rows["problem"]} | {
         c: rows[c] for c in ("subject", "level") if c in rows.column_names
     }
     predictions = [
         r | {key: str(values[r["index"]]) for key, values in context.items()} for r in greedy + sampled
     ]
     write_parquet(Path(config.output_dir) / f"{TASK}_predictions.parquet", predictions)
-    return write_result(config.output_dir, TASK, metrics, config, {"model": engine.name}, data)
+    audit = {"unverifiable": unverifiable}
+    return write_result(config.output_dir, TASK, metrics, config, {"model": engine.name}, data, extra=audit)

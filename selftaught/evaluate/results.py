@@ -22,14 +22,17 @@ def write_result(
     models: dict[str, str],
     dataset: str,
     name: str | None = None,
+    extra: dict | None = None,
 ) -> dict:
-    """`<output_dir>/<name or task>.json`: metrics, the settings that produced them, the models' names."""
+    """`<output_dir>/<name or task>.json`: metrics, the settings that produced them, the models' names,
+    and any `extra` top-level entries a task records beside its metrics (math: the unverifiable rows)."""
     result = {
         "task": task,
         "dataset": dataset,
         "models": models,
         "metrics": metrics,
         "settings": {k: v for k, v in asdict(config).items() if k != "api_key"},  # a key is never recorded
+        **(extra or {}),
     }
     write_json(Path(output_dir) / f"{name or task}.json", result)
     return result
