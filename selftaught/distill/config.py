@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
 
 from selftaught.generation.policy import POLICY_ENGINES, VLLM_MODES
@@ -187,6 +188,9 @@ class DistillConfig(TrainingArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        # Pinned memory speeds host-to-device copies; with no accelerator there is nothing to copy to,
+        # and torch warns on every dataloader that asks for it.
+        self.dataloader_pin_memory = self.dataloader_pin_memory and torch.accelerator.is_available()
         for name in ("lmbda", "beta", "top_p"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

@@ -26,7 +26,11 @@ from selftaught.evaluate.distance import HeldOutEvaluation
 from selftaught.models import check_same_vocabulary, load_model, load_tokenizer, shared_vocab_size
 from selftaught.models.check import check_model_flags
 from selftaught.report import write_report
-from selftaught.training.callbacks import MetricsFileCallback, replace_progress_bar
+from selftaught.training.callbacks import (
+    MetricsFileCallback,
+    quiet_tied_weights_on_resume,
+    replace_progress_bar,
+)
 from selftaught.training.model_card import write_model_card
 from selftaught.training.sft import save_final_model
 
@@ -129,6 +133,7 @@ def run_distillation(config: DistillConfig) -> dict:
         callbacks=[MetricsFileCallback(out / "metrics.jsonl")],
     )
     replace_progress_bar(trainer)
+    quiet_tied_weights_on_resume(trainer)
     main = trainer.accelerator.is_main_process
 
     results: dict = {}

@@ -1,8 +1,12 @@
-"""Trainer callbacks shared by every recipe: a metrics.jsonl file and a progress bar that shows them."""
+"""Trainer callbacks shared by every recipe: a metrics.jsonl file and a progress bar that shows them,
+and a console without warnings a user cannot act on."""
 
 from __future__ import annotations
 
+import ast
 import json
+import logging
+import re
 from pathlib import Path
 
 from transformers import ProgressCallback, TrainerCallback
@@ -55,3 +59,43 @@ class MetricsProgressCallback(ProgressCallback):
 def replace_progress_bar(trainer) -> None:
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(MetricsProgressCallback())
+
+
+class TiedWeightsResumeFilter(logging.Filter):
+    """Drops transformers' "There were missing keys in the checkpoint model loaded: [...]" when every
+    missing key is a weight tied to another one (`lm_head.weight` of a model with tied embeddings).
+
+    Such a weight is one tensor with the embeddings: a checkpoint stores it once, and loading the
+    embeddings restores both. transformers 5 no longer lists tied weights in `_keys_to_ignore_on_save`,
+    which is what its Trainer checks before warning, so every resume of a tied model warned of a loss
+    that does not exist. Any other missing key is still reported.
+    """
+
+    MESSAGE = re.compile(r"There were missing keys in the checkpoint model loaded: (\[.*\])\.$", re.DOTALL)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tied: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        match = self.MESSAGE.match(record.getMessage())
+        return not (match and set(ast.literal_eval(match[1])) <= self.tied)
+
+
+_TIED_WEIGHTS_FILTER = TiedWeightsResumeFilter()
+
+
+def tied_parameter_names(model) -> set[str]:
+    """Names of parameters that are the same tensor as a parameter named before them."""
+    first: dict[int, str] = {}
+    return {
+        name
+        for name, parameter in model.named_parameters(remove_duplicate=False)
+        if first.setdefault(id(parameter), name) != name
+    }
+
+
+def quiet_tied_weights_on_resume(trainer) -> None:
+    """Resuming `trainer` from a checkpoint does not warn about its tied weights (see the filter)."""
+    _TIED_WEIGHTS_FILTER.tied |= tied_parameter_names(trainer.model)
+    logging.getLogger("transformers.trainer").addFilter(_TIED_WEIGHTS_FILTER)

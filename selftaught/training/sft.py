@@ -38,7 +38,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from trl import SFTConfig, SFTTrainer
 
 from selftaught.models import load_model, load_tokenizer
-from selftaught.training.callbacks import MetricsFileCallback, replace_progress_bar
+from selftaught.training.callbacks import (
+    MetricsFileCallback,
+    quiet_tied_weights_on_resume,
+    replace_progress_bar,
+)
 
 # Written into output_dir after the final model, so its presence means "this run is finished".
 COMPLETE_MARKER = "sft_complete.json"
@@ -240,6 +244,7 @@ def build_trainer(
         callbacks=[MetricsFileCallback(Path(output_dir) / "metrics.jsonl"), *(callbacks or [])],
     )
     replace_progress_bar(trainer)
+    quiet_tied_weights_on_resume(trainer)
     return trainer
 
 
