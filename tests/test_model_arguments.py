@@ -198,8 +198,10 @@ def test_a_missing_shard_is_named(tmp_path, tiny_student):
 def test_a_tokenizer_only_folder_serves_an_openai_engine_but_not_a_local_model(tmp_path, tokenizer_dir):
     folder = tmp_path / "tok"
     shutil.copytree(tokenizer_dir, folder)
-    (folder / "config.json").write_text("{}")
     assert check_model_argument(str(folder), "--model", weights=False) == "folder"
+    with pytest.raises(ModelArgumentError, match="not a model folder: expected config.json"):
+        check_model_argument(str(folder), "--model")
+    (folder / "config.json").write_text("{}")
     with pytest.raises(ModelArgumentError, match="no weights"):
         check_model_argument(str(folder), "--model")
 

@@ -10,6 +10,10 @@ math-verify notes (checked against math-verify 0.9):
   subprocesses included), where it guards against pathological sympy inputs, and pass `None` elsewhere.
 - With the timeout off, math-verify logs a one-time warning per module; that is expected.
 - It is lenient by design: `x=3` matches `3`, `50\\%` matches `50`, `\\text{(C)}` matches `C`.
+
+Gold answers are read once each (`parse_gold`), as LaTeX only, after `math_notation` rewrites what data
+writes for people; a gold whose reading is doubtful is `unverifiable` and scored apart, with its reason.
+Every verdict comes with both parses, so it can be audited from the predictions file.
 """
 
 from __future__ import annotations
@@ -93,10 +97,13 @@ def _read(text: str, fallback: bool) -> tuple:
     """math-verify's parse of `text` as LaTeX; with `fallback`, its plain-expression reader when LaTeX
     finds nothing. Gold answers get no fallback: that reader takes the first number it meets
     ("2^floor(n/2)" reads as 2), which is what made gold answers wrong in silence."""
-    latex = tuple(parse(_wrap(text), extraction_config=LATEX_ONLY, parsing_timeout=_timeout()))
-    if _has_expression(latex) or not fallback:
-        return latex
-    return tuple(parse(_wrap(text), parsing_timeout=_timeout()))
+    try:
+        latex = tuple(parse(_wrap(text), extraction_config=LATEX_ONLY, parsing_timeout=_timeout()))
+        if _has_expression(latex) or not fallback:
+            return latex
+        return tuple(parse(_wrap(text), parsing_timeout=_timeout()))
+    except Exception:  # a timeout or a sympy error on odd input reads as nothing, never a crash
+        return ()
 
 
 def _printed(parsed: tuple) -> str | None:

@@ -118,6 +118,8 @@ def _listing(folder: Path, show: int = 8) -> str:
 def _check_folder(folder: Path, flag: str, weights: bool) -> str:
     if (folder / ADAPTER_CONFIG).is_file() and not (folder / CONFIG).is_file():
         return _check_adapter(folder, flag, weights)
+    if not weights and has_tokenizer(folder):  # a server holds the model: the folder gives the tokenizer
+        return "folder"
     ggufs = sorted(folder.glob("*.gguf"))
     if not (folder / CONFIG).is_file():
         hint = f"; to load the GGUF inside, pass the file: {flag} {ggufs[0]}" if ggufs else ""
