@@ -204,11 +204,14 @@ def test_augment_and_curate_run_through_vllm_and_rate_as_hf_does(tmp_path, model
     assert {r["segment_id"] for r in rated} == {p["segment_id"] for p in pairs if p["instruction"]}
     assert all(r["scoring_model"] == "vllm:models/M0" and r["iteration"] == 1 for r in rated)
 
-    # The same pairs rated by the hf engine: the same digit distributions.
-    shutil.rmtree(run.curate(1).parent)
-    flags[flags.index("vllm")] = "hf"
+    # The same pairs rated by the hf engine, in a copy of the run: the same digit distributions.
+    copy = RunFolder(tmp_path / "copy")
+    shutil.copytree(
+        run.root, copy.root, symlinks=True, ignore=shutil.ignore_patterns("iteration1", "summary.json")
+    )
+    flags[flags.index(str(run.root))], flags[flags.index("vllm")] = str(copy.root), "hf"
     main(["backtranslate", "curate", "--iteration", "1", *flags])
-    by_hf = {r["segment_id"]: r for r in read_shards(run.curate(1)).to_list()}
+    by_hf = {r["segment_id"]: r for r in read_shards(copy.curate(1)).to_list()}
     for r in rated:
         ours, theirs = torch.tensor(by_hf[r["segment_id"]]["score_probs"]), torch.tensor(r["score_probs"])
         assert 0.5 * (ours - theirs).abs().sum() < MAX_TOTAL_VARIATION
