@@ -335,6 +335,26 @@ def cpu_colocated_generation() -> type:
         def sync_weights(self) -> None:
             weights = self._iter_named_params()  # every process walks it: gathering shards is collective
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+            self.llm.apply_model(refresh_tied_kernels)
             self.llm.reset_prefix_cache()
 
     return CPUColocatedGeneration
+
+
+def refresh_tied_kernels(model: torch.nn.Module) -> int:
+    """Re-derive the CPU kernel of every layer whose weight is another layer's (a tied lm_head); returns how
+    many. vLLM's CPU layers multiply with a packed copy of their weight, made after loading. Its in-place
+    reload (0.32) loads a tied weight once, through the embedding, and puts the head's old packed copy
+    back: the next samples would score tokens with the old output matrix (measured: 0.26 nats off after a
+    push that changed the embeddings, against 1e-4 with the refresh)."""
+    owners: dict[int, torch.nn.Module] = {}
+    refreshed = 0
+    for module in model.modules():
+        weight, method = getattr(module, "weight", None), getattr(module, "quant_method", None)
+        if method is None or not isinstance(weight, torch.Tensor) or weight.is_meta or not weight.numel():
+            continue
+        if weight.data_ptr() in owners:
+            method.process_weights_after_loading(module)
+            refreshed += 1
+        owners.setdefault(weight.data_ptr(), module)
+    return refreshed
