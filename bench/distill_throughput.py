@@ -33,6 +33,7 @@ What is measured, per trainer:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -48,7 +49,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "selftaught" / "data" / "builtin" / "math_prompts" / "train.jsonl"
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "distill_throughput.json"
 
-RUNNERS = ("selftaught", "gkd", "distillation")
+RUNNERS = ("selftaught", "selftaught-vllm", "gkd", "distillation", "distillation-vllm")
+VLLM_RUNNERS = {"selftaught-vllm": "selftaught", "distillation-vllm": "distillation"}  # and their hf twins
 PARTS = "parts"
 LMBDA, BETA, TEMPERATURE, LEARNING_RATE, SEED = 1.0, 0.5, 0.9, 1e-5, 42
 
@@ -108,7 +110,7 @@ def common_args(args: argparse.Namespace, output_dir: str) -> dict:
     return dict(
         output_dir=output_dir,
         per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=1,
+        gradient_accumulation_steps=args.grad_accum,
         max_steps=args.steps,
         learning_rate=LEARNING_RATE,
         seed=SEED,
@@ -202,8 +204,9 @@ def step_callback(name: str, probe: Probe, total: int):
 # --- the three trainers, built as each project documents --------------------------------------------
 
 
-def build_selftaught(args: argparse.Namespace, probe: Probe, output_dir: str):
-    """As selftaught/distill/recipe.py does: DistillConfig, tokenize_examples, GKDistillTrainer."""
+def build_selftaught(args: argparse.Namespace, probe: Probe, output_dir: str, engine: str = "hf"):
+    """As selftaught/distill/recipe.py does: DistillConfig, tokenize_examples, GKDistillTrainer; `engine`
+    vllm samples through a colocated vLLM (on CPU: in this process), weights pushed once per step."""
     from selftaught.data.formats import tokenize_examples
     from selftaught.distill.config import DistillConfig
     from selftaught.distill.trainer import GKDistillTrainer
@@ -222,9 +225,10 @@ def build_selftaught(args: argparse.Namespace, probe: Probe, output_dir: str):
         beta=BETA,
         temperature=TEMPERATURE,
         max_new_tokens=args.max_new_tokens,
+        engine=engine,
     )
     tokenizer, teacher, student = load_models()
-    examples = load_examples(args.steps * args.batch_size)
+    examples = load_examples(prompts_needed(args))
     dataset = tokenize_examples(tokenizer, examples, config.max_prompt_length, config.max_new_tokens)
     trainer = Probed(
         model=student, teacher=teacher, args=config, processing_class=tokenizer, train_dataset=dataset
@@ -252,7 +256,7 @@ def build_gkd(args: argparse.Namespace, probe: Probe, output_dir: str):
         max_new_tokens=args.max_new_tokens,
     )
     tokenizer, teacher, student = load_models()
-    examples = load_examples(args.steps * args.batch_size)
+    examples = load_examples(prompts_needed(args))
     # The collator needs a final assistant turn (the prompt is messages[:-1]); with lmbda = 1 it is only
     # ever replaced by the student's sample, but transformers counts its tokens for num_items_in_batch.
     rows = [{"messages": e.prompt + [{"role": "assistant", "content": e.completion or ""}]} for e in examples]
@@ -267,8 +271,9 @@ def build_gkd(args: argparse.Namespace, probe: Probe, output_dir: str):
     return trainer
 
 
-def build_distillation(args: argparse.Namespace, probe: Probe, output_dir: str):
-    """TRL's DistillationTrainer: conversational `prompt` rows, always on-policy."""
+def build_distillation(args: argparse.Namespace, probe: Probe, output_dir: str, use_vllm: bool = False):
+    """TRL's DistillationTrainer: conversational `prompt` rows, always on-policy; `use_vllm`: its own
+    colocated vLLM option (TRL builds the LLM and pushes with `load_weights`)."""
     from datasets import Dataset
     from trl import DistillationConfig, DistillationTrainer
 
@@ -286,9 +291,11 @@ def build_distillation(args: argparse.Namespace, probe: Probe, output_dir: str):
         temperature=TEMPERATURE,  # sampling and (unlike the others) the loss
         max_completion_length=args.max_new_tokens,
         shuffle_dataset=False,  # its own sampler ignores train_sampling_strategy
+        use_vllm=use_vllm,
+        vllm_mode="colocate",
     )
     tokenizer, teacher, student = load_models()
-    examples = load_examples(args.steps * args.batch_size)
+    examples = load_examples(prompts_needed(args))
     rows = [{"prompt": e.prompt} for e in examples]
     trainer = Probed(
         model=student,
@@ -301,7 +308,17 @@ def build_distillation(args: argparse.Namespace, probe: Probe, output_dir: str):
     return trainer
 
 
-BUILDERS = {"selftaught": build_selftaught, "gkd": build_gkd, "distillation": build_distillation}
+BUILDERS = {
+    "selftaught": build_selftaught,
+    "selftaught-vllm": functools.partial(build_selftaught, engine="vllm"),
+    "gkd": build_gkd,
+    "distillation": build_distillation,
+    "distillation-vllm": functools.partial(build_distillation, use_vllm=True),
+}
+
+
+def prompts_needed(args: argparse.Namespace) -> int:
+    return args.steps * args.batch_size * args.grad_accum
 
 
 def effective_settings(trainer) -> dict:
@@ -426,7 +443,12 @@ def measure_parts(args: argparse.Namespace) -> dict:
     student_s, student_all = timed(lambda: (student.zero_grad(set_to_none=True), student_forward_backward()))
     optimizer_s, optimizer_all = timed(optimizer.step)  # informational: not part of the floor
     floor = sample_s + teacher_s + student_s
-    return {
+    vllm = measure_vllm_parts(student_path(), student, prompts, args) if args.vllm_parts else {}
+    if vllm:
+        vllm["vllm_floor_seconds"] = (
+            vllm["vllm_sampling_seconds"] + teacher_s + student_s + vllm["push_seconds"]
+        )
+    return vllm | {
         "batch_size": args.batch_size,
         "completion_tokens": int(completion_mask.sum()),
         "prompt_tokens": int(prompt_mask.sum()),
@@ -442,6 +464,45 @@ def measure_parts(args: argparse.Namespace) -> dict:
             "student_forward_backward": student_all,
             "optimizer_step": optimizer_all,
         },
+    }
+
+
+def student_path() -> str:
+    return model_paths()[1]
+
+
+def measure_vllm_parts(path: str, student, prompts: list[list[int]], args: argparse.Namespace) -> dict:
+    """The vLLM floor's own parts: sampling the step's prompts (exactly max_new_tokens each) through the
+    colocated engine selftaught builds, and one weight push (in-place reload + tied head refresh)."""
+    import vllm
+    from vllm.inputs import TokensPrompt
+
+    from selftaught.generation.vllm_engine import cpu_serving_threads, load_llm, refresh_tied_kernels
+
+    llm = load_llm(path, dtype="float32", trust_remote_code=False, seed=SEED, kv_cache_gib=1.0)
+    inputs = [TokensPrompt(prompt_token_ids=p) for p in prompts * args.grad_accum]
+    params = vllm.SamplingParams(
+        max_tokens=args.max_new_tokens, min_tokens=args.max_new_tokens, temperature=TEMPERATURE, top_k=0
+    )
+
+    def sample() -> None:
+        with cpu_serving_threads():
+            llm.generate(inputs, params, use_tqdm=False)
+
+    def push() -> None:
+        weights = ((name, p.data) for name, p in student.named_parameters())
+        llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        llm.apply_model(refresh_tied_kernels)
+        llm.reset_prefix_cache()
+
+    sample()  # warm-up
+    sampling_s, sampling_all = timed(sample)
+    push_s, push_all = timed(push)
+    return {
+        "vllm_prompts": len(inputs),
+        "vllm_sampling_seconds": sampling_s,
+        "push_seconds": push_s,
+        "vllm_all_seconds": {"sampling": sampling_all, "push": push_all},
     }
 
 
@@ -472,7 +533,8 @@ def run_in_subprocess(name: str, args: argparse.Namespace) -> dict:
             sys.executable, str(Path(__file__).resolve()),
             "--worker", name, "--result-file", str(result_file),
             "--steps", str(args.steps), "--max-new-tokens", str(args.max_new_tokens),
-            "--batch-size", str(args.batch_size),
+            "--batch-size", str(args.batch_size), "--grad-accum", str(args.grad_accum),
+            *(["--vllm-parts"] if args.vllm_parts else []),
         ]  # fmt: skip
         env = {
             **os.environ,
@@ -509,6 +571,17 @@ def ratios(results: dict) -> dict:
     if PARTS in ok:
         out["seconds_per_step_vs_floor"] = ours["seconds_per_step"] / ok[PARTS]["floor_seconds"]
         out["tokens_per_second_vs_floor"] = ours["tokens_per_second"] / ok[PARTS]["floor_tokens_per_second"]
+    if "selftaught-vllm" in ok:
+        vllm = ok["selftaught-vllm"]
+        for other in ("distillation", "distillation-vllm", "selftaught"):
+            if other in ok:
+                out[f"vllm_tokens_per_second_vs_{other}"] = (
+                    vllm["tokens_per_second"] / ok[other]["tokens_per_second"]
+                )
+        if PARTS in ok and "vllm_floor_seconds" in ok[PARTS]:
+            out["vllm_seconds_per_step_vs_vllm_floor"] = (
+                vllm["seconds_per_step"] / ok[PARTS]["vllm_floor_seconds"]
+            )
     return out
 
 
@@ -556,6 +629,12 @@ def print_report(results: dict, summary: dict, args: argparse.Namespace) -> None
                 f"({p['floor_tokens_per_second']:.1f} tok/s)"
             )
             print(f"      (AdamW step, not in floor)  {p['optimizer_step_seconds']:8.2f} s")
+            if "vllm_floor_seconds" in p:
+                print(
+                    f"  (a') vLLM sampling, {p['vllm_prompts']} prompts {p['vllm_sampling_seconds']:8.2f} s"
+                )
+                print(f"  (d) weight push to vLLM        {p['push_seconds']:8.2f} s")
+                print(f"      vLLM floor = a' + b + c + d {p['vllm_floor_seconds']:8.2f} s")
         else:
             print(f"\nparts: FAILED: {p.get('error', '').strip().splitlines()[-1:]}")
     if summary:
@@ -575,7 +654,15 @@ def parse_args() -> argparse.Namespace:
         "--steps", type=int, default=4, help="optimizer steps per trainer (the first is warm-up)"
     )
     parser.add_argument("--max-new-tokens", type=int, default=128, help="longest sampled completion")
-    parser.add_argument("--batch-size", type=int, default=4, help="per-device train batch (prompts per step)")
+    parser.add_argument(
+        "--batch-size", type=int, default=4, help="per-device train batch (prompts per micro-batch)"
+    )
+    parser.add_argument(
+        "--grad-accum",
+        type=int,
+        default=1,
+        help="micro-batches per optimizer step (prompts per step = batch x this)",
+    )
     parser.add_argument(
         "--only",
         action="append",
@@ -583,10 +670,13 @@ def parse_args() -> argparse.Namespace:
         help="run only these (repeatable); default: all three trainers and the parts",
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="where to write the JSON results")
+    parser.add_argument(
+        "--vllm-parts", action="store_true", help="the parts also time vLLM sampling and one weight push"
+    )
     parser.add_argument("--worker", choices=[*RUNNERS, PARTS], help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.steps < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
+    if min(args.steps, args.max_new_tokens, args.batch_size, args.grad_accum) < 1:
         parser.error("--steps, --max-new-tokens and --batch-size must be at least 1")
     return args
 
@@ -616,9 +706,10 @@ def main() -> None:
     report = {
         "config": {
             "steps": args.steps, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-            "gradient_accumulation_steps": 1, "lmbda": LMBDA, "beta": BETA, "temperature": TEMPERATURE,
+            "gradient_accumulation_steps": args.grad_accum, "lmbda": LMBDA, "beta": BETA,
+            "temperature": TEMPERATURE,
             "learning_rate": LEARNING_RATE, "seed": SEED, "dtype": "float32", "device": "cpu",
-            "prompts": f"first {args.steps * args.batch_size} rows of {DATA.relative_to(ROOT)}",
+            "prompts": f"first {prompts_needed(args)} rows of {DATA.relative_to(ROOT)}",
         },
         "environment": {
             "python": sys.version.split()[0], "torch": torch.__version__,

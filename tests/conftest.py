@@ -37,9 +37,10 @@ def tokenizer(tokenizer_dir):
 
 
 def build_tiny_model(
-    folder: Path, tokenizer_dir: Path, vocab_size: int = 49152, layers: int = 2, seed: int = 0
+    folder: Path, tokenizer_dir: Path, vocab_size: int = 49152, layers: int = 2, seed: int = 0, **shape
 ) -> Path:
-    """A random Llama with `vocab_size` embedding rows (may exceed the tokenizer: padded rows)."""
+    """A random Llama with `vocab_size` embedding rows (may exceed the tokenizer: padded rows); `shape`
+    overrides TINY's sizes (vLLM's CPU attention wants a head_dim of 32 or more)."""
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(str(tokenizer_dir))
     config = LlamaConfig(
@@ -50,7 +51,7 @@ def build_tiny_model(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
-        **TINY,
+        **(TINY | shape),
     )
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -71,6 +72,7 @@ def test_config_parses_with_accelerates_own_launcher(name):
 
 # Records, per process, every file the Python side opens for writing, then runs the real CLI.
 AUDIT_LAUNCHER = """
+import json
 import os
 import sys
 
@@ -153,3 +155,139 @@ def test_train_seed_on_two_processes_saves_one_trained_model(tmp_path, seeded_ru
     assert {str(out / "config.json"), str(out / "README.md"), str(out / "sft_complete.json")} <= inside(
         written[0]
     )
+
+
+# --- FSDP on 2 CPU processes ----------------------------------------------------------------------------
+
+# accelerate (1.15) turns FSDP on only for accelerator devices: on CPU processes AcceleratorState keeps
+# MULTI_CPU and the run silently trains plain DDP. This launcher lifts that one check, so that everything
+# else runs as on GPUs: accelerate's fully_shard wrapping (FSDP 2, one unit per decoder layer), the Trainer's
+# sharded checkpoints and their resume, and our full-state-dict save, all over gloo. It also records the
+# full state dict gathered at the end, and can stop a run right after its first checkpoint (a crash).
+FSDP_LAUNCHER = """
+import json
+import os
+import sys
+from pathlib import Path
+
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import DistributedType
+from safetensors.torch import save_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from transformers import Trainer
+
+import selftaught.distill.recipe
+import selftaught.training.sft
+from selftaught.cli import main
+
+OUT = Path(os.environ["SELFTAUGHT_TEST_OUT"])
+accelerator_state_init = AcceleratorState.__init__
+
+
+def init(self, *args, fsdp_plugin=None, **kwargs):
+    accelerator_state_init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+    if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+        self.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        self.fsdp_plugin = fsdp_plugin
+
+
+AcceleratorState.__init__ = init
+
+if os.environ.get("SELFTAUGHT_TEST_CRASH_AFTER_CHECKPOINT"):
+    save_checkpoint = Trainer._save_checkpoint
+
+    def save_then_crash(self, *args, **kwargs):
+        save_checkpoint(self, *args, **kwargs)
+        raise SystemExit("crash after the first checkpoint")
+
+    Trainer._save_checkpoint = save_then_crash
+
+save_final_model = selftaught.training.sft.save_final_model
+
+
+def save_and_gather(trainer, out, merge_lora):
+    assert trainer.is_fsdp_enabled and type(trainer.model).__name__.startswith("FSDP")
+    save_final_model(trainer, out, merge_lora)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    full = get_model_state_dict(trainer.model, options=options)  # collective: every process gathers
+    if trainer.accelerator.is_main_process:
+        save_file({k: v.contiguous().clone() for k, v in full.items()}, OUT / "gathered.safetensors")
+
+
+selftaught.training.sft.save_final_model = selftaught.distill.recipe.save_final_model = save_and_gather
+main(sys.argv[1:])
+"""
+
+
+def launch_fsdp(tmp_path: Path, argv: list[str], crash: bool = False) -> subprocess.CompletedProcess:
+    script = tmp_path / "fsdp_cli.py"
+    script.write_text(textwrap.dedent(FSDP_LAUNCHER))
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(CONFIGS / "fsdp.yaml"),
+        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()),
+        str(script), *argv,
+    ]  # fmt: skip
+    env = os.environ | {
+        "SELFTAUGHT_TEST_OUT": str(tmp_path),
+        "HF_HUB_OFFLINE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "ACCELERATE_USE_CPU": "true",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    if crash:
+        env["SELFTAUGHT_TEST_CRASH_AFTER_CHECKPOINT"] = "1"
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+
+def assert_saved_model_is_the_gathered_one(folder: Path, gathered_file: Path, base: Path) -> None:
+    saved, gathered = load_file(folder / "model.safetensors"), load_file(gathered_file)
+    assert saved.keys() <= gathered.keys() and "model.embed_tokens.weight" in saved
+    assert set(gathered) - set(saved) <= {"lm_head.weight"}  # tied to the embeddings: saved once
+    for name, tensor in saved.items():
+        assert torch.equal(tensor, gathered[name]), name
+    initial = load_file(base / "model.safetensors")
+    assert any(not torch.equal(saved[k], initial[k]) for k in initial), "training did not change the weights"
+    AutoModelForCausalLM.from_pretrained(folder)  # one ordinary Hugging Face folder
+
+
+@pytest.mark.slow
+def test_fsdp_sft_resumes_its_sharded_checkpoint_and_saves_one_full_model(tmp_path, seeded_run, tiny_student):
+    """backtranslate train-seed under the shipped fsdp.yaml on 2 CPU processes: a run that dies after its
+    first (sharded) checkpoint resumes from it; M0 is one plain folder equal to the gathered state dict."""
+    argv = [
+        "backtranslate", "train-seed", "--run_dir", str(seeded_run), "--base_model", str(tiny_student),
+        "--max_steps", "2", "--save_steps", "1", "--per_device_train_batch_size", "2", "--max_length", "128",
+        "--learning_rate", "1e-3", "--final_learning_rate", "9e-4",
+    ]  # fmt: skip
+    crashed = launch_fsdp(tmp_path, argv, crash=True)
+    assert crashed.returncode != 0 and "crash after the first checkpoint" in crashed.stderr
+    out = (seeded_run / "models" / "M0").resolve()
+    shards = sorted(p.name for p in (out / "checkpoint-1" / "pytorch_model_fsdp_0").glob("*.distcp"))
+    assert shards == ["__0_0.distcp", "__1_0.distcp"]  # one shard per process, no full model
+    assert not (out / "model.safetensors").exists()
+
+    done = launch_fsdp(tmp_path, argv)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    record = json.loads((out / "sft_complete.json").read_text())
+    assert record["resumed_from"].endswith("checkpoint-1")
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert 2 in steps
+    assert_saved_model_is_the_gathered_one(out, tmp_path / "gathered.safetensors", tiny_student)
+
+
+@pytest.mark.slow
+def test_fsdp_distillation_saves_one_full_model(tmp_path, tiny_student, tiny_teacher, math_data):
+    """distill under fsdp.yaml on 2 CPU processes: student and teacher sharded, on-policy samples drawn from
+    the sharded student, and the output one plain folder equal to the gathered state dict."""
+    out = tmp_path / "out"
+    argv = [
+        "distill", "--student", str(tiny_student), "--teacher", str(tiny_teacher), "--data", str(math_data),
+        "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "2",
+        "--max_new_tokens", "8", "--eval_size", "0", "--lmbda", "1", "--save_strategy", "no",
+        "--learning_rate", "1e-3", "--report_to", "none",
+    ]  # fmt: skip
+    done = launch_fsdp(tmp_path, argv)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    assert_saved_model_is_the_gathered_one(out, tmp_path / "gathered.safetensors", tiny_student)

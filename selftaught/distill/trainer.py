@@ -11,8 +11,8 @@ Built on `Trainer` (not TRL's GKDTrainer) for three reasons the peers' bug repor
   communicating and a resumed run makes the same choices.
 Everything distributed (DDP, DeepSpeed, FSDP) comes from accelerate through `Trainer`; the teacher
 is wrapped with TRL's helpers for DeepSpeed and FSDP. Samples come from a policy engine
-(`selftaught.generation.policy`): the live student (`hf`) or TRL's vLLM backend (`vllm`), which gets
-the student's weights once per optimizer step.
+(`selftaught.generation.policy`): the live student (`hf`) or vLLM through TRL's backend (`vllm`), which
+gets the student's weights once per optimizer step.
 """
 
 from __future__ import annotations
@@ -129,6 +129,9 @@ class GKDistillTrainer(Trainer):
             * args.tensor_parallel_size,
             enable_sleep_mode=args.vllm_enable_sleep_mode,
             trust_remote_code=args.trust_remote_code,
+            dtype=args.student_dtype,  # on CPU vLLM samples the weights in the dtype they train in
+            kv_cache_gib=args.vllm_kv_cache_gib,
+            seed=args.seed,
         )
 
     # --- what each optimizer step trains on -----------------------------------------------------

