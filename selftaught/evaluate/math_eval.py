@@ -19,6 +19,8 @@ from selftaught.evaluate.math import breakdown, math_accuracy, pass_at_k, score_
 from selftaught.evaluate.results import write_result
 from selftaught.generation.engines import GenerationEngine
 from selftaught.generation.hf import SamplingParams
+from selftaught.models.naming import model_label
+from selftaught.scoring.degeneration import degeneration_metrics, ended_with_eos
 
 TASK = "math"
 
@@ -38,16 +40,26 @@ def answer_rows(
     ids = engine.generate(prompts, params, f"math ({sample=})")
     texts = engine.tokenizer.batch_decode(ids, skip_special_tokens=True)
     checked = score_math(texts, answers)
+    eos_ids = [engine.tokenizer.eos_token_id]  # each engine returns a stopped completion through its EOS
     return [
         {"index": i, "sample": sample, "generated": texts[i], "extracted": checked[i]["extracted"],
-         "gold": answers[i], "correct": checked[i]["correct"], "tokens": len(ids[i])}
+         "gold": answers[i], "correct": checked[i]["correct"], "tokens": len(ids[i]),
+         "ended_with_eos": ended_with_eos(ids[i], eos_ids)}
         for i in range(len(prompts))
     ]  # fmt: skip
 
 
 def math_metrics(greedy: list[dict], sampled: list[dict], rows, ks: list[int], samples: int) -> dict:
-    """Greedy accuracy, pass@k over the samples, and the greedy breakdown by subject and level."""
-    metrics = {"accuracy": math_accuracy(greedy), "problems": len(greedy)}
+    """Greedy accuracy and boxed share, pass@k over the samples, whether the greedy answers are still text
+    (degenerate share, distinct-2, mean tokens, EOS share), and the greedy breakdown by subject and level."""
+    metrics = {
+        "accuracy": math_accuracy(greedy),
+        "boxed_share": sum(r["extracted"] is not None for r in greedy) / len(greedy),
+        "problems": len(greedy),
+    }
+    metrics |= degeneration_metrics(
+        [r["generated"] for r in greedy], [r["tokens"] for r in greedy], [r["ended_with_eos"] for r in greedy]
+    )
     correct_counts = [0] * len(greedy)
     for row in sampled:
         correct_counts[row["index"]] += bool(row["correct"])
@@ -88,4 +100,7 @@ def run_math(config: MathEvalConfig) -> dict:
         r | {key: str(values[r["index"]]) for key, values in context.items()} for r in greedy + sampled
     ]
     write_parquet(Path(config.output_dir) / f"{TASK}_predictions.parquet", predictions)
-    return write_result(config.output_dir, TASK, metrics, config, {"model": engine.name}, data)
+    models = {"model": model_label(config.model)}
+    if config.engine == "openai":  # the served model answered; the local one gave only its tokenizer
+        models["served_by"] = engine.name
+    return write_result(config.output_dir, TASK, metrics, config, models, data)
