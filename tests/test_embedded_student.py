@@ -44,6 +44,11 @@ def test_the_healed_student_is_built_once_with_a_card_that_says_how(cache):
     assert story["healing"]["steps"] == 2 and story["healing"]["completion_tokens"] > 0
     assert "forward KL" in story["healing"]["method"]
     assert set(story["held_out"]) >= {"cut", "healed", "teacher"}
+    assert {p.name for p in (folder / "evaluation").iterdir()} == {
+        "cut.parquet",
+        "healed.parquet",
+        "teacher.parquet",
+    }
     assert {"forward_kl", "reverse_kl", "top1_agreement", "degenerate_share"} <= set(
         story["held_out"]["healed"]
     )
@@ -58,9 +63,9 @@ def test_the_healed_student_is_built_once_with_a_card_that_says_how(cache):
 
 def test_a_killed_build_leaves_no_half_model(cache, monkeypatch):
     def killed(*args, **kwargs):
-        raise KeyboardInterrupt  # the user pressed Ctrl-C while the student trained
+        raise KeyboardInterrupt  # Ctrl-C after training, while the card's numbers are computed
 
-    monkeypatch.setattr(student_module, "held_out_numbers", killed)
+    monkeypatch.setattr(student_module, "held_out_numbers", killed)  # the model is saved, not yet published
     with pytest.raises(KeyboardInterrupt):
         build_healed_student(TINY)
     assert not healed_folder(TINY).exists()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -57,12 +58,12 @@ class Healing:
     """How the embedded student is cut and healed; its values name the cached folder's card."""
 
     # Decoder layers of the 30-layer teacher the student keeps (its embeddings and final norm too).
-    layers: tuple[int, ...] = (0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 29)
+    layers: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 25, 26, 27, 28, 29)
     # Optimizer steps of forward-KL training, and the prompts per step.
-    steps: int = 120
+    steps: int = 60
     batch_size: int = 8
     # Peak learning rate (AdamW, cosine decay after a short warmup).
-    learning_rate: float = 2e-4
+    learning_rate: float = 3e-4
     # Completions (the shipped answers and solutions) are cut to this many tokens.
     max_completion_tokens: int = 256
     # The held-out numbers on the card: the first this many math test prompts, greedy, this long.
@@ -130,21 +131,23 @@ def heal(student_dir: Path, teacher_dir: Path, examples: list[Example], out: Pat
     }
 
 
-def held_out_numbers(models: dict[str, Path], teacher_dir: Path, healing: Healing) -> dict[str, dict]:
-    """Each model's held-out metrics against the teacher on the first math test prompts (never trained on)."""
+def held_out_numbers(
+    models: dict[str, Path], teacher_dir: Path, healing: Healing, answers: Path
+) -> dict[str, dict]:
+    """Each model's held-out metrics against the teacher on the first math test prompts (never trained on);
+    every answer is saved in `answers` (`<model>.parquet`) for a person to read."""
     tokenizer = load_tokenizer(str(teacher_dir))
     teacher = load_model(str(teacher_dir)).eval()
     examples = to_examples(load_rows(str(MATH_PROMPTS), "test"), str(MATH_PROMPTS))[: healing.eval_prompts]
     numbers = {}
-    with tempfile.TemporaryDirectory() as scratch:
-        for name, folder in models.items():
-            model = load_model(str(folder)).eval()
-            settings = HeldOutSettings(
-                healing.eval_max_new_tokens, 16, shared_vocab_size(tokenizer, model, teacher), 512
-            )
-            evaluation = HeldOutEvaluation(teacher, tokenizer, examples, Path(scratch), settings)
-            numbers[name] = evaluation.metrics(model, name)
-        numbers["teacher"] = evaluation.metrics(teacher, "teacher")
+    for name, folder in models.items():
+        model = load_model(str(folder)).eval()
+        settings = HeldOutSettings(
+            healing.eval_max_new_tokens, 16, shared_vocab_size(tokenizer, model, teacher), 512
+        )
+        evaluation = HeldOutEvaluation(teacher, tokenizer, examples, answers, settings)
+        numbers[name] = evaluation.metrics(model, name)
+    numbers["teacher"] = evaluation.metrics(teacher, "teacher")
     return numbers
 
 
@@ -191,23 +194,42 @@ def healed_card(healing: Healing, record: dict, numbers: dict[str, dict]) -> str
         "tokenizer exactly.\n\n"
         f"## Held-out numbers\n\nGreedy answers to the first {healing.eval_prompts} math test prompts (never "
         f"trained on), at most {healing.eval_max_new_tokens} tokens; distances per token on the teacher's "
-        "greedy answers; `cut` is the student before healing.\n\n" + "\n".join(rows) + "\n"
+        "greedy answers; `cut` is the student before healing. Every answer is in `evaluation/*.parquet`."
+        "\n\n" + "\n".join(rows) + "\n"
+    )
+
+
+def settings_of(healing: Healing) -> dict:
+    return json.loads(json.dumps(asdict(healing)))  # tuples as lists, as healing.json holds them
+
+
+def is_current(folder: Path, healing: Healing) -> bool:
+    """A complete healed student, built with these very settings (a changed recipe is rebuilt)."""
+    record = folder / "healing.json"
+    return (
+        is_complete(folder)
+        and record.is_file()
+        and json.loads(record.read_text()).get("settings") == settings_of(healing)
     )
 
 
 def build_healed_student(healing: Healing = HEALING) -> Path:
     """Cut, heal, evaluate and save the embedded student (in this process); returns its folder."""
     folder = healed_folder(healing)
-    if is_complete(folder):
+    if is_current(folder, healing):
         return folder
     teacher_dir = embedded_teacher()
     cut = embedded_student(list(healing.layers))
     with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=f".{folder.name}.") as scratch:
         healed = Path(scratch) / "model"
         record = heal(cut, teacher_dir, healing_examples(), healed, healing)
-        numbers = held_out_numbers({"cut": cut, "healed": healed}, teacher_dir, healing)
+        numbers = held_out_numbers(
+            {"cut": cut, "healed": healed}, teacher_dir, healing, healed / "evaluation"
+        )
         (healed / "README.md").write_text(healed_card(healing, record, numbers))
-        (healed / "healing.json").write_text(json.dumps(record | {"held_out": numbers}, indent=2) + "\n")
+        summary = {"settings": settings_of(healing)} | record | {"held_out": numbers}
+        (healed / "healing.json").write_text(json.dumps(summary, indent=2) + "\n")
+        shutil.rmtree(folder, ignore_errors=True)  # one built by another recipe
         publish(healed, folder)
     return folder
 
@@ -215,12 +237,15 @@ def build_healed_student(healing: Healing = HEALING) -> Path:
 def healed_student(healing: Healing = HEALING) -> Path:
     """Folder of the default student, built on first use in a child process (see the module docstring)."""
     folder = healed_folder(healing)
-    if is_complete(folder):
+    if is_current(folder, healing):
         return folder
     cache_dir().mkdir(parents=True, exist_ok=True)
     with open(cache_dir() / f".{folder.name}.lock", "a+") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # another process may be building it: wait for it
-        if not is_complete(folder):
+        if not is_current(folder, healing):
+            for stale in cache_dir().glob(f".{folder.name}.*"):  # what a killed build left; we hold the lock
+                if stale.is_dir():
+                    shutil.rmtree(stale)
             print(f"Building the embedded student once: {folder.name} (cut, then healed; a few minutes)")
             env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
             subprocess.run([sys.executable, "-m", "selftaught.distill.student"], env=env, check=True)

@@ -9,6 +9,8 @@ Built on `Trainer` (not TRL's GKDTrainer) for three reasons the peers' bug repor
   and asks both models for the completion positions' logits only.
 - Whether a step is on-policy is a pure function of (seed, step): every process agrees without
   communicating and a resumed run makes the same choices.
+When the data gives the teacher prompts of its own (privileged context, `distill.context`), the teacher
+reads [its prompt | the same completion tokens] and scores exactly the student's completion positions.
 Everything distributed (DDP, DeepSpeed, FSDP) comes from accelerate through `Trainer`; the teacher
 is wrapped with TRL's helpers for DeepSpeed and FSDP. Samples come from a policy engine
 (`selftaught.generation.policy`): the live student (`hf`) or TRL's vLLM backend (`vllm`), which gets
