@@ -107,10 +107,19 @@ def embedded_student(layers: Sequence[int] | None = None) -> Path:
 
 
 def cut_name(kept: list[int], total: int) -> str:
-    """`SmolLM2-135M-Instruct-10L` for every third layer; other choices name their layers."""
+    """`SmolLM2-135M-Instruct-10L` for every third layer; other choices name their layers by runs
+    (`SmolLM2-135M-Instruct-15L-0to9-25to29`)."""
     if kept == list(range(0, total, STUDENT_LAYER_STRIDE)):
         return f"{TEACHER_NAME}-{len(kept)}L"
-    return f"{TEACHER_NAME}-{len(kept)}L-" + "-".join(map(str, kept))
+    runs: list[list[int]] = []
+    for layer in kept:
+        if runs and layer == runs[-1][-1] + 1:
+            runs[-1].append(layer)
+        else:
+            runs.append([layer])
+    return f"{TEACHER_NAME}-{len(kept)}L-" + "-".join(
+        f"{run[0]}to{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs
+    )
 
 
 @torch.no_grad()
