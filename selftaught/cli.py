@@ -84,6 +84,8 @@ def print_summary(output_dir: str, results: dict) -> None:
             )
         Console().print(table)
     print(f"model, card, metrics: {output_dir}")
+    if results.get("warning"):  # the last thing said: training made the answers degenerate
+        Console().print(results["warning"], style="bold red", markup=False)
 
 
 BACKTRANSLATE_FLAGS = ("--config", "--base_model", "--base-model", "--seed_data", "--seed-data", "--corpus")

@@ -61,6 +61,54 @@ def build_tiny_model(
     return folder
 
 
+@torch.no_grad()
+def build_parrot_model(folder: Path, tokenizer_dir: Path, token: str, seed: int = 0) -> Path:
+    """A real tiny Llama whose greedy answer to anything is `token` over and over (a collapsed model).
+
+    Its layers write nothing to the residual stream (o_proj and down_proj are zero) and every token embeds
+    to the same vector, so the last hidden state is one fixed vector h; the untied lm_head scores only
+    `token`, with h itself, so that token always wins by a wide margin.
+    """
+    build_tiny_model(folder, tokenizer_dir, layers=1, seed=seed)
+    model = LlamaForCausalLM.from_pretrained(folder, tie_word_embeddings=False)
+    model.model.embed_tokens.weight.copy_(torch.linspace(0.5, 1.5, model.config.hidden_size))
+    for layer in model.model.layers:
+        layer.self_attn.o_proj.weight.zero_()
+        layer.mlp.down_proj.weight.zero_()
+    [token_id] = load_tokenizer(str(tokenizer_dir)).encode(token, add_special_tokens=False)
+    model.lm_head.weight.zero_()
+    model.lm_head.weight[token_id] = 10.0
+    model.save_pretrained(folder)
+    return folder
+
+
+@torch.no_grad()
+def build_counter_model(folder: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """A real tiny Llama whose greedy answer walks up the vocabulary: after token i it says token i + 1.
+
+    Degenerate by no definition (it never repeats a word), and easily trained away from that. As in
+    `build_parrot_model`, its layers write nothing; each token embeds to a random +-1 vector, which the
+    final norm leaves as it is, and the untied lm_head row of token i + 1 is token i's embedding.
+    """
+    build_tiny_model(folder, tokenizer_dir, layers=1, seed=seed)
+    model = LlamaForCausalLM.from_pretrained(folder, tie_word_embeddings=False)
+    generator = torch.Generator().manual_seed(seed)
+    signs = torch.randint(0, 2, model.model.embed_tokens.weight.shape, generator=generator) * 2.0 - 1.0
+    model.model.embed_tokens.weight.copy_(signs)
+    for layer in model.model.layers:
+        layer.self_attn.o_proj.weight.zero_()
+        layer.mlp.down_proj.weight.zero_()
+    model.lm_head.weight.copy_(signs.roll(1, dims=0))
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def whitespace_model(tmp_path_factory, tokenizer_dir) -> Path:
+    """Answers every prompt with spaces only."""
+    return build_parrot_model(tmp_path_factory.mktemp("whitespace"), tokenizer_dir, " ")
+
+
 @pytest.fixture(scope="session")
 def tiny_student(tmp_path_factory, tokenizer_dir) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("student"), tokenizer_dir, layers=1, seed=1)

@@ -20,6 +20,9 @@ SOLUTION = (
     "The sum of the roots is $\\boxed{5}$."
 )
 CODE = "def add(a, b):\n    return a + b\n\nprint(add(2, 3))  # 5"
+NESTED_CODE = (
+    "if x:\n    for y in z:\n        if y:\n            print(y)\n        else:\n            break\n"
+)
 
 
 @pytest.mark.parametrize(
@@ -32,13 +35,17 @@ CODE = "def add(a, b):\n    return a + b\n\nprint(add(2, 3))  # 5"
         "her her her she she she {}) {}) " * 8,
         "I am sorry. " * 12,
         "The answer is 5 5 5 5 5 5 5 5 5 5 5 5 5 5 5 5 5 5 5 5",
+        "To make a $10 \\times 10 = 10$ cents." + "\n" * 80,  # a few words, then padding to the cap
     ],
 )
 def test_collapse_modes_are_degenerate(text):
     assert is_degenerate(text)
 
 
-@pytest.mark.parametrize("text", [PROSE, SOLUTION, CODE, "42", "Yes.", "Paris is the capital of France."])
+@pytest.mark.parametrize(
+    "text",
+    [PROSE, SOLUTION, CODE, NESTED_CODE, "42", "Yes.", "Paris is the capital of France.", PROSE + "\n" * 20],
+)
 def test_real_answers_are_not(text):
     assert not is_degenerate(text)
 

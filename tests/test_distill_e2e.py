@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import html
 import io
 import json
 import os
@@ -17,12 +18,17 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import build_counter_model, build_parrot_model
+from datasets import Dataset
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from selftaught.cli import main
+from selftaught.distill.config import DistillConfig
+from selftaught.distill.recipe import load_teacher
 from selftaught.distill.trainer import GKDistillTrainer
+from selftaught.models import load_model
 
 pytestmark = pytest.mark.slow
 
@@ -138,6 +144,18 @@ def test_model_card(finished_run):
         assert f"| {name} |" in card.text, name
 
 
+def test_card_says_what_happened_and_names_no_path(finished_run, tiny_student, tiny_teacher):
+    out, _ = finished_run
+    text = (out / "README.md").read_text()
+    # 2 steps of 2 prompts reached 4 of the 12 training prompts, and max_steps overrode the epochs
+    assert "on 4 of the 12 training prompts of `data`" in text
+    assert "| num_train_epochs |" not in text and "| max_steps | 2 |" in text
+    assert f"| student | {tiny_student.name} |" in text and f"| teacher | {tiny_teacher.name} |" in text
+    assert str(out.parent) not in text and str(tiny_student.parent) not in text
+    for name in ("degenerate_share", "distinct_2", "mean_tokens", "eos_share"):
+        assert f"| {name} |" in text, name
+
+
 def test_metrics_file_has_one_line_per_step(finished_run):
     out, _ = finished_run
     logs = training_logs(out)
@@ -161,7 +179,8 @@ def test_eval_results(finished_run):
         for metric in ("forward_kl", "reverse_kl", "top1_agreement", "math_accuracy", "answer_agreement"):
             assert isinstance(results[key][metric], float), (key, metric)
         assert results[key]["forward_kl"] >= 0
-    assert "math_accuracy" in results["teacher"]
+        assert 0 <= results[key]["degenerate_share"] <= 1 and results[key]["mean_tokens"] > 0
+    assert "math_accuracy" in results["teacher"] and "eos_share" in results["teacher"]
     assert results["train"]["train_loss"] >= 0
     assert "held-out evaluation" in stdout and str(out) in stdout
 
@@ -341,3 +360,82 @@ def test_two_processes_end_with_the_same_weights(tmp_path, tiny_student, tiny_te
     assert all(r["on_policy"] == 1.0 for r in logs)
     # both processes' samples count: 2 processes x 2 prompts, at most 8 tokens each
     assert all(4 <= r["completion_tokens"] <= 2 * 2 * 8 for r in logs)
+
+
+# --- self-distillation with privileged context --------------------------------------------------------
+
+
+def test_self_distillation_with_the_reference_solution(tmp_path, tiny_student, math_data, capsys):
+    out = tmp_path / "out"
+    argv = distill_argv(tiny_student, Path("self"), math_data, out, "--save_strategy", "no")
+    distill(*argv, "--teacher_context", "Here is a reference solution:\n{solution}")
+    results = json.loads((out / "eval_results.json").read_text())
+    assert {"teacher", "student_before", "student_after"} <= set(results)
+    # the teacher (the frozen start, shown the solution) answered under its own prompt; the student without
+    teacher_rows = Dataset.from_parquet(str(out / "evaluation" / "teacher.parquet")).to_list()
+    student_rows = Dataset.from_parquet(str(out / "evaluation" / "student_before.parquet")).to_list()
+    assert all("Here is a reference solution:" in r["prompt"] for r in teacher_rows)
+    assert not any("reference solution" in r["prompt"] for r in student_rows)
+    card = ModelCard.load(out / "README.md")
+    assert {"self-distillation", "opsd"} <= set(card.data.to_dict()["tags"])
+    assert "2601.18734" in card.text and "| teacher | self (a frozen copy" in card.text
+    assert "| teacher_context |" in card.text
+
+
+def test_the_self_teacher_is_a_frozen_copy_of_the_start(tmp_path, tiny_student, math_data):
+    config = DistillConfig(
+        output_dir=str(tmp_path), student=str(tiny_student), teacher="self", teacher_context="solution",
+        data=str(math_data), use_cpu=True, report_to="none",
+    )  # fmt: skip
+    student = load_model(str(tiny_student))
+    teacher = load_teacher(config, student)
+    assert weights_hash(teacher) == weights_hash(student)
+    assert not {id(p) for p in teacher.parameters()} & {id(p) for p in student.parameters()}
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--teacher", "self"], "teacher=self without teacher_context would teach nothing"),
+        (["--seq_kd", "--lmbda", "1"], "lmbda=1 leaves none"),
+    ],
+)
+def test_combinations_that_make_no_sense_are_refused(tmp_path, tiny_student, math_data, extra, message):
+    argv = distill_argv(tiny_student, tiny_student, math_data, tmp_path / "out")
+    with pytest.raises(ValueError, match=message):
+        distill(*argv, *extra)
+
+
+def test_a_context_column_the_data_lacks_is_named_before_any_model_loads(tmp_path, math_data, capsys):
+    argv = distill_argv(Path("no/such/student"), Path("self"), math_data, tmp_path / "out")
+    with pytest.raises(SystemExit) as stopped:
+        main(["distill", *argv, "--teacher_context", "Hint: {hint}"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "['hint']" in err and "problem" in err and "teacher_context" in err
+
+
+# --- a collapse is never silent -----------------------------------------------------------------------
+
+
+def test_a_run_that_collapses_ends_with_the_warning_and_the_card_carries_it(
+    tmp_path, tokenizer_dir, math_data, capsys
+):
+    """Forward KL to a teacher that only ever says " the", at a high learning rate: the student, which
+    before training never repeated a word, learns to say " the" over and over."""
+    student = build_counter_model(tmp_path / "counter", tokenizer_dir)
+    teacher = build_parrot_model(tmp_path / "parrot", tokenizer_dir, " the")
+    out = tmp_path / "out"
+    argv = distill_argv(student, teacher, math_data, out, "--save_strategy", "no", "--eval_size", "4")
+    argv[argv.index("--max_steps") + 1] = "8"
+    argv[argv.index("--eval_max_new_tokens") + 1] = "12"
+    distill(*argv, "--lmbda", "0", "--beta", "0", "--learning_rate", "0.05")
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["student_before"]["degenerate_share"] == 0.0
+    assert results["student_after"]["degenerate_share"] == 1.0
+    warning = results["warning"]
+    assert warning.startswith("Warning: 100% of the trained model's held-out answers are degenerate")
+    assert "learning rate" in warning
+    assert capsys.readouterr().out.rstrip().endswith(warning.split()[-1])  # the run's last words
+    assert warning in (out / "README.md").read_text()
+    assert warning in html.unescape((out / "report" / "index.html").read_text())

@@ -16,6 +16,7 @@ import functools
 import json
 import random
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from transformers import PreTrainedModel, TrainerCallback
 from selftaught.data.formats import Example, tokenize_completion, tokenize_examples, tokenize_prompt
 from selftaught.data.loading import DataError
 from selftaught.distill.config import DistillConfig
+from selftaught.distill.context import with_context
 from selftaught.distill.recipe import check_completions
 from selftaught.distill.trainer import GKDistillTrainer
 from selftaught.generation.hf import eos_ids_of, generate_completions, mask_through_first_eos
@@ -719,3 +721,143 @@ def test_engine_samples_each_micro_batch_as_generate_does(tmp_path, tiny_student
         assert [c for _, c in rows_of(completed)] == [
             ids[m.bool()].tolist() for ids, m in zip(expected, mask, strict=True)
         ]
+
+
+# --------------------------------------------------------------------------------------------------------
+# 12. Privileged context: the teacher reads its own, longer prompt and scores the student's tokens
+# --------------------------------------------------------------------------------------------------------
+
+HINTS = ["The answer is 5.", "Four plus one is five: 5.", "", "Six and two make eight."]  # one empty
+
+
+def context_examples(hints: list[str], with_completions: bool = True) -> list[Example]:
+    """The QA examples, each teacher's prompt holding its hint (an empty hint: the student's prompt)."""
+    return [
+        replace(example, teacher_prompt=with_context(example.prompt, hint))
+        for example, hint in zip(examples(with_completions), hints, strict=True)
+    ]
+
+
+def teacher_rows_of(batch: dict[str, torch.Tensor]) -> list[tuple[list[int], list[int]]]:
+    """(teacher prompt ids, completion ids) of each row, unpadded, from the teacher's own inputs."""
+    return rows_of(
+        {k.removeprefix("teacher_"): v for k, v in batch.items() if k.startswith("teacher_")}
+        | {"completion_mask": batch["completion_mask"]}
+    )
+
+
+def context_reference_loss(student_dir, teacher_dir, rows, teacher_rows, beta: float) -> float:
+    """Each row alone, unpadded: the student on [prompt | completion], the teacher on [teacher prompt |
+    the same completion]; divergence summed over completion tokens / their number."""
+    student, teacher = load_model(str(student_dir)), load_model(str(teacher_dir))
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for (prompt, completion), (teacher_prompt, _) in zip(rows, teacher_rows, strict=True):
+            s = student(input_ids=torch.tensor([prompt + completion])).logits[0, len(prompt) - 1 : -1]
+            ids = torch.tensor([teacher_prompt + completion])
+            t = teacher(input_ids=ids).logits[0, len(teacher_prompt) - 1 : -1, :STUDENT_ROWS]
+            total += float(reference_divergence(s[:, :STUDENT_ROWS], t, beta).sum())
+            tokens += len(completion)
+    return total / tokens
+
+
+@pytest.mark.parametrize("lmbda", [0.0, 1.0], ids=["data-completions", "student-samples"])
+def test_teacher_scores_the_students_completion_tokens_under_its_own_prompt(
+    tmp_path, sharp_student, sharp_teacher, tokenizer, lmbda
+):
+    train_dataset = tokenize_examples(tokenizer, context_examples(HINTS), 64, 16)
+    trainer = make_trainer(
+        tmp_path, sharp_student, sharp_teacher, tokenizer, train_dataset,
+        per_device_train_batch_size=4, lmbda=lmbda, beta=0.3,
+    )  # fmt: skip
+    recorder = Recorder(trainer)
+    trainer.train()
+
+    [batch] = recorder.batches
+    rows, teacher_rows = rows_of(batch), teacher_rows_of(batch)
+    for row, ((prompt, completion), (teacher_prompt, teacher_completion)) in enumerate(
+        zip(rows, teacher_rows, strict=True)
+    ):
+        assert teacher_completion == completion  # the very same tokens, in the same places
+        assert prompt == train_dataset[row]["prompt_ids"]
+        assert teacher_prompt == train_dataset[row]["teacher_prompt_ids"]
+        assert (teacher_prompt == prompt) == (HINTS[row] == "")
+        if HINTS[row]:
+            assert HINTS[row] in tokenizer.decode(teacher_prompt) and HINTS[row] not in tokenizer.decode(
+                prompt
+            )
+    expected = context_reference_loss(sharp_student, sharp_teacher, rows, teacher_rows, beta=0.3)
+    assert recorder.losses == [pytest.approx(expected, rel=1e-4)]
+
+
+@pytest.mark.parametrize("lmbda", [0.0, 1.0], ids=["data-completions", "student-samples"])
+def test_an_empty_context_gives_the_plain_gkd_loss(tmp_path, sharp_student, sharp_teacher, tokenizer, lmbda):
+    losses = {}
+    for name, records in (
+        ("plain", examples()),
+        ("empty context", context_examples([""] * len(QA))),
+    ):
+        train_dataset = tokenize_examples(tokenizer, records, 64, 16)
+        assert ("teacher_prompt_ids" in train_dataset.column_names) == (name != "plain")
+        trainer = make_trainer(
+            tmp_path / name, sharp_student, sharp_teacher, tokenizer, train_dataset,
+            per_device_train_batch_size=4, lmbda=lmbda, max_steps=2, learning_rate=1e-3,
+        )  # fmt: skip
+        recorder = Recorder(trainer)
+        trainer.train()
+        losses[name] = recorder.losses
+    assert len(losses["plain"]) == 2 and losses["empty context"] == losses["plain"]
+
+
+def test_with_context_the_loss_is_normalised_over_the_whole_optimizer_step(
+    tmp_path, sharp_student, sharp_teacher, tokenizer
+):
+    beta = 0.3
+    train_dataset = tokenize_examples(tokenizer, context_examples(HINTS), 64, 16)
+    rows = [(r["prompt_ids"], r["completion_ids"]) for r in train_dataset]
+    teacher_rows = [(r["teacher_prompt_ids"], r["completion_ids"]) for r in train_dataset]
+    student, teacher = load_model(str(sharp_student)), load_model(str(sharp_teacher))
+    names, params = zip(*student.named_parameters(), strict=True)
+    divergences = []
+    for (prompt, completion), (teacher_prompt, _) in zip(rows, teacher_rows, strict=True):
+        s = student(input_ids=torch.tensor([prompt + completion])).logits[0, len(prompt) - 1 : -1]
+        with torch.no_grad():
+            ids = torch.tensor([teacher_prompt + completion])
+            t = teacher(input_ids=ids).logits[0, len(teacher_prompt) - 1 : -1, :STUDENT_ROWS]
+        divergences.append(reference_divergence(s[:, :STUDENT_ROWS], t, beta))
+    step_loss = sum(d.sum() for d in divergences) / sum(len(c) for _, c in rows)
+    expected = flat(dict(zip(names, torch.autograd.grad(step_loss, params), strict=True)))
+
+    for batch_size, accumulation in [(2, 2), (4, 1)]:
+        gradients = GradientRecorder()
+        trainer = make_trainer(
+            tmp_path / f"b{batch_size}", sharp_student, sharp_teacher, tokenizer, train_dataset,
+            callbacks=[gradients], per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation, max_grad_norm=0.0, beta=beta,
+        )  # fmt: skip
+        recorder = Recorder(trainer)
+        trainer.train()
+        assert sum(recorder.losses) == pytest.approx(float(step_loss.detach()), rel=1e-4)
+        assert relative_error(flat(gradients.grads), expected) < 1e-3
+
+
+def test_seq_kd_with_context_samples_the_teacher_from_its_own_prompt(
+    tmp_path, tiny_student, tiny_teacher, tokenizer
+):
+    train_dataset = tokenize_examples(tokenizer, context_examples(HINTS), 64, 16)
+    trainer = make_trainer(
+        tmp_path, tiny_student, tiny_teacher, tokenizer, train_dataset, lmbda=0.0, seq_kd=True,
+        per_device_train_batch_size=4,
+    )  # fmt: skip
+    asked: list[list[int]] = []
+    engine = trainer.samplers["teacher"]
+    generate = engine.generate
+
+    def recording_generate(prompts, params, desc=None):
+        asked.extend(prompts)
+        return generate(prompts, params, desc)
+
+    engine.generate = recording_generate
+    batches, _ = trainer.get_batch_samples(iter(trainer.get_train_dataloader()), 1, trainer.args.device)
+    assert asked == train_dataset["teacher_prompt_ids"]
+    assert [p for p, _ in rows_of(batches[0])] == train_dataset["prompt_ids"]  # the student: no context

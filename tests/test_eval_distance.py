@@ -8,6 +8,9 @@ import pytest
 from datasets import Dataset
 
 from selftaught.cli import main
+from selftaught.data.formats import Example
+from selftaught.evaluate.distance import HeldOutEvaluation, HeldOutSettings
+from selftaught.models import load_model, load_tokenizer
 
 
 def run(tmp_path, student, teacher, data, name: str) -> dict:
@@ -29,9 +32,46 @@ def test_distance_to_another_teacher_with_every_answer_saved(tmp_path, tiny_stud
     result = run(tmp_path, tiny_student, tiny_teacher, math_data, "pair")
     metrics = result["metrics"]
     assert metrics["forward_kl"] > 0 and metrics["reverse_kl"] > 0 and 0 <= metrics["top1_agreement"] <= 1
-    assert "math_accuracy" in metrics and "mean_answer_tokens" in metrics["teacher"]
-    assert result["models"] == {"student": str(tiny_student), "teacher": str(tiny_teacher)}
+    assert "math_accuracy" in metrics and "boxed_share" in metrics["teacher"]
+    for model in (metrics, metrics["teacher"]):
+        assert {"degenerate_share", "distinct_2", "mean_tokens", "eos_share"} <= set(model)
+    # models and runs by name, never by a path of this machine (the settings hold the paths given)
+    assert result["models"] == {"student": tiny_student.name, "teacher": tiny_teacher.name}
+    assert str(tmp_path) not in (tmp_path / "pair" / "distance.json").read_text()
+    assert result["settings"]["output_dir"] == "pair" and result["dataset"] == "data"
     for name in ("student", "teacher"):
         rows = Dataset.from_parquet(str(tmp_path / "pair" / "distance" / f"{name}.parquet")).to_list()
         assert len(rows) == 4  # math_data's test split
-        assert {"completion", "completion_ids", "gold_answer", "extracted", "correct"} <= set(rows[0])
+        assert {"prompt", "completion", "completion_ids", "gold_answer", "extracted", "correct"} <= set(
+            rows[0]
+        )
+        assert rows[0]["prompt"].startswith("What is 6 + 5?")
+
+
+def test_a_student_that_answers_with_whitespace_is_flagged(
+    tmp_path, whitespace_model, tiny_teacher, math_data
+):
+    result = run(tmp_path, whitespace_model, tiny_teacher, math_data, "collapsed")
+    student = result["metrics"]
+    assert student["degenerate_share"] == 1.0
+    assert student["eos_share"] == 0.0 and student["mean_tokens"] == 6  # every answer ran to the cap
+    assert student["distinct_2"] == 0.0  # no words at all
+    rows = Dataset.from_parquet(str(tmp_path / "collapsed" / "distance" / "student.parquet")).to_list()
+    assert all(r["completion"] and not r["completion"].strip() for r in rows)
+
+
+def test_real_answers_are_not_flagged(tmp_path):
+    """The embedded SmolLM2-135M-Instruct answering plain questions writes text, which is not degenerate."""
+    from selftaught.models.embedded import embedded_teacher
+
+    folder = embedded_teacher()
+    tokenizer, teacher = load_tokenizer(str(folder)), load_model(str(folder)).eval()
+    questions = ["What is the capital of France?", "Name three primary colours.", "What is 12 + 7?"]
+    examples = [Example([{"role": "user", "content": q}]) for q in questions]
+    settings = HeldOutSettings(
+        max_new_tokens=40, batch_size=4, vocab_size=len(tokenizer), max_prompt_length=512
+    )
+    evaluation = HeldOutEvaluation(teacher, tokenizer, examples, tmp_path / "answers", settings)
+    metrics = evaluation.metrics(teacher, "teacher")
+    assert metrics["degenerate_share"] == 0.0, [r["completion"] for r in evaluation.teacher_rows]
+    assert metrics["distinct_2"] > 0.5

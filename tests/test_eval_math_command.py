@@ -43,13 +43,19 @@ def test_breakdown_groups_accuracy_and_counts():
 
 
 def test_math_metrics_from_known_verdicts():
-    greedy = [{"index": i, "correct": ok} for i, ok in enumerate([True, False, False])]
+    answers = [("So $\\boxed{5}$.", "5", 9, True), ("It is 7.", None, 5, True), (" " * 12, None, 12, False)]
+    greedy = [
+        {"index": i, "correct": ok, "generated": text, "extracted": box, "tokens": n, "ended_with_eos": eos}
+        for i, ((text, box, n, eos), ok) in enumerate(zip(answers, [True, False, False], strict=True))
+    ]
     # 4 samples per problem: problem 0 right 4/4, problem 1 right 1/4, problem 2 never
     verdicts = {0: [1, 1, 1, 1], 1: [0, 1, 0, 0], 2: [0, 0, 0, 0]}
     sampled = [{"index": i, "correct": bool(v)} for i, vs in verdicts.items() for v in vs]
     rows = Dataset.from_list([{"subject": s, "level": lv} for s, lv in [("A", 1), ("B", 1), ("A", 2)]])
     metrics = math_metrics(greedy, sampled, rows, [1, 2], samples=4)
-    assert metrics["accuracy"] == pytest.approx(1 / 3)
+    assert metrics["accuracy"] == pytest.approx(1 / 3) and metrics["boxed_share"] == pytest.approx(1 / 3)
+    assert metrics["degenerate_share"] == pytest.approx(1 / 3)  # the whitespace answer
+    assert metrics["mean_tokens"] == pytest.approx(26 / 3) and metrics["eos_share"] == pytest.approx(2 / 3)
     assert metrics["pass@1"] == pytest.approx((1 + 0.25 + 0) / 3)
     assert metrics["pass@2"] == pytest.approx((1 + 0.5 + 0) / 3)
     assert metrics["by_subject"] == {
@@ -83,7 +89,8 @@ def test_eval_math_cli_writes_json_and_every_prediction(tmp_path, tiny_student, 
     assert "1 of 4 gold answers cannot be verified" in console and "test/prealgebra/9.json" in console
     assert console.index("cannot be verified") < console.index("math on")  # said before the results
     result = json.loads((out / "math.json").read_text())
-    assert result["models"] == {"model": str(tiny_student)} and result["settings"]["samples"] == 2
+    assert result["models"] == {"model": tiny_student.name} and result["settings"]["samples"] == 2
+    assert str(tmp_path) not in (out / "math.json").read_text()  # names, never paths of this machine
     [flagged] = result["unverifiable"]
     assert flagged["id"] == "test/prealgebra/9.json" and flagged["gold"] == "4 hours and 15 minutes"
     assert "words inside the expression" in flagged["reason"]
@@ -106,7 +113,8 @@ def test_eval_math_cli_writes_json_and_every_prediction(tmp_path, tiny_student, 
 
 
 def test_math_metrics_leave_unverifiable_problems_out_of_every_score():
-    greedy = [{"index": 0, "correct": True}, {"index": 1, "correct": None}, {"index": 2, "correct": False}]
+    text = {"generated": "So $\\boxed{5}$.", "extracted": "5", "tokens": 9, "ended_with_eos": True}
+    greedy = [{"index": i, "correct": ok} | text for i, ok in [(0, True), (1, None), (2, False)]]
     sampled = [{"index": i, "correct": ok} for i, ok in [(0, True), (1, None), (2, True)]]
     rows = Dataset.from_list([{"subject": s} for s in ("A", "A", "B")])
     metrics = math_metrics(greedy, sampled, rows, [1], samples=1)
@@ -133,3 +141,13 @@ def test_eval_math_names_a_missing_answer_column(tmp_path, tiny_student, capsys)
         main(["eval", "math", "--model", str(tiny_student), "--data", str(data)])
     err = capsys.readouterr().err
     assert "bad.jsonl" in err and "answer" in err
+
+
+def test_eval_math_flags_a_model_that_answers_with_whitespace(tmp_path, whitespace_model):
+    data = write_jsonl(tmp_path / "math500.jsonl", MATH500_ROWS)
+    out = tmp_path / "eval"
+    main(["eval", "math", "--model", str(whitespace_model), "--data", str(data), "--output_dir", str(out),
+          "--max_new_tokens", "5"])  # fmt: skip
+    metrics = json.loads((out / "math.json").read_text())["metrics"]
+    assert metrics["degenerate_share"] == 1.0 and metrics["boxed_share"] == 0.0
+    assert metrics["eos_share"] == 0.0 and metrics["mean_tokens"] == 5

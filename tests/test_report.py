@@ -14,6 +14,7 @@ from selftaught.backtranslate.config import BacktranslateConfig
 from selftaught.backtranslate.recipe import RunFolder, record
 from selftaught.cli import main
 from selftaught.data.loading import DataError
+from selftaught.data.shards import write_parquet
 from selftaught.distill.card import distillation_card
 from selftaught.distill.config import DistillConfig
 from selftaught.report import detect_kind, write_report
@@ -23,10 +24,20 @@ from selftaught.training.sft import SFTSettings
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DISTILL_RESULTS = {
-    "teacher": {"math_accuracy": 0.5, "mean_answer_tokens": 40.0},
-    "student_before": {"math_accuracy": 0.125, "forward_kl": 3.2, "jsd": 0.41, "top1_agreement": 0.2},
-    "student_after": {"math_accuracy": 0.25, "forward_kl": 1.7, "jsd": 0.22, "top1_agreement": 0.45},
+    "teacher": {"math_accuracy": 0.5, "mean_tokens": 40.0, "degenerate_share": 0.0},
+    "student_before": {"math_accuracy": 0.125, "forward_kl": 3.2, "jsd": 0.41, "top1_agreement": 0.2,
+                       "degenerate_share": 0.0},
+    "student_after": {"math_accuracy": 0.25, "forward_kl": 1.7, "jsd": 0.22, "top1_agreement": 0.45,
+                      "degenerate_share": 0.5},
+    "warning": "Warning: 50% of the trained model's held-out answers are degenerate (empty, whitespace or "
+    "looping), against 0% before training.",
     "train": {"train_runtime": 12.5, "train_loss": 0.31},
+}  # fmt: skip
+# Each model's greedy answers to two held-out prompts, as `HeldOutEvaluation` saves them.
+DISTILL_ANSWERS = {
+    "teacher": ["The sum is $\\boxed{5}$.", "<b>4</b> & more"],
+    "student_before": ["2 + 3 = 5, so $\\boxed{5}$.", "It is 4."],
+    "student_after": [" " * 128, "the the the " * 60],
 }
 BACKTRANSLATE_RESULTS = {
     "base": {"judge.win_rate": 0.5, "answers.mean_tokens": 120.0},
@@ -56,7 +67,13 @@ def distill_run(folder: Path) -> Path:
     ]
     write_jsonl_lines(folder / "metrics.jsonl", [*steps, {"step": 8, "train_loss": 0.4}])
     (folder / "eval_results.json").write_text(json.dumps(DISTILL_RESULTS))
-    write_model_card(folder, distillation_card(config, DISTILL_RESULTS, 16, 4))
+    for name, answers in DISTILL_ANSWERS.items():
+        rows = [
+            {"prompt": prompt, "completion": answer, "completion_ids": [1, 2], "gold_answer": None}
+            for prompt, answer in zip(["What is 2 + 3?", "What is 2 + 2?"], answers, strict=True)
+        ]
+        write_parquet(folder / "evaluation" / f"{name}.parquet", rows)
+    write_model_card(folder, distillation_card(config, DISTILL_RESULTS, (16, 16), 4))
     return folder
 
 
@@ -131,6 +148,28 @@ def test_distillation_report_opens_in_a_browser_with_every_figure(tmp_path, brow
     for expected in ("jsd", "forward_kl", "student_after", "teacher", "lmbda", "train_runtime"):
         assert expected in text
     assert "generalized JSD (beta=0.5)" in page.read_text()  # the loss is named from the run's beta
+    assert DISTILL_RESULTS["warning"] in text  # the collapse, said where the numbers are
+    assert str(tmp_path) not in page.read_text()  # the run by its folder's name, never a path
+
+
+def test_distillation_report_shows_the_answers_side_by_side_escaped_and_cut(tmp_path, browser):
+    page = write_report(distill_run(tmp_path / "distill"))
+    text = assert_self_contained(browser, page, {"loss", "evaluation", "throughput"})
+    assert "Held-out answers, side by side" in text
+    assert "What is 2 + 3?" in text and "The sum is $\\boxed{5}$." in text and "It is 4." in text
+    assert "<b>4</b> & more" in text and "<b>4</b>" not in page.read_text()  # shown as text, not markup
+    assert "[empty or whitespace only: 128 characters]" in text  # what a reader could not see
+    assert "[degenerate] the the the" in text and "more]" in text  # the loop, cut to its first characters
+
+
+def test_a_distillation_without_a_held_out_split_says_there_is_no_evaluation(tmp_path):
+    run = distill_run(tmp_path / "distill")
+    shutil.rmtree(run / "evaluation")
+    (run / "eval_results.json").write_text(json.dumps({"train": DISTILL_RESULTS["train"]}))
+    html = write_report(run).read_text()
+    assert "No held-out evaluation" in html and "--eval_size 0" in html
+    assert "eval_results.json is missing" not in html
+    assert "Held-out answers" not in html
 
 
 def test_on_policy_and_off_policy_steps_are_drawn_apart():
@@ -147,6 +186,7 @@ def test_backtranslation_report_shows_funnel_scores_evaluations_and_escapes_corp
     text = assert_self_contained(browser, page, {"funnel", "scores", "evaluation", "stages", "sft_loss"})
     for expected in ("M2", "base", "curation.auc", "judge.win_rate", "min_chars=600"):
         assert expected in text
+    assert str(tmp_path) not in page.read_text() and "run folder bt" in text  # never a path of this machine
     assert "<script>alert(1)</script>" in text  # shown as text, not run
     assert "<script" not in page.read_text().replace("&lt;script", "")
 

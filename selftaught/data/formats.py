@@ -25,6 +25,9 @@ class Example:
     prompt: list[dict[str, str]]
     completion: str | None = None
     answer: str | None = None
+    # The teacher's prompt when it differs from the student's: the same prompt with privileged context
+    # added (self-distillation; see selftaught.distill.context). None: the teacher reads `prompt`.
+    teacher_prompt: list[dict[str, str]] | None = None
 
 
 def detect_shape(columns: list[str], source: str) -> str:
@@ -134,7 +137,9 @@ def tokenize_examples(
     max_prompt_length: int,
     max_completion_length: int,
 ) -> Dataset:
-    """A dataset of `prompt_ids` (left-truncated) and `completion_ids` (right-truncated; [] if none)."""
+    """A dataset of `prompt_ids` (left-truncated) and `completion_ids` (right-truncated; [] if none), and
+    `teacher_prompt_ids` (left-truncated alike) when some example's teacher has a prompt of its own."""
+    with_teacher_prompts = any(e.teacher_prompt is not None for e in examples)
     records = []
     for example in examples:
         prompt_ids = tokenize_prompt(tokenizer, example.prompt)
@@ -143,10 +148,12 @@ def tokenize_examples(
             if example.completion is not None
             else []
         )
-        records.append(
-            {
-                "prompt_ids": prompt_ids[-max_prompt_length:],
-                "completion_ids": completion_ids[:max_completion_length],
-            }
-        )
+        record = {
+            "prompt_ids": prompt_ids[-max_prompt_length:],
+            "completion_ids": completion_ids[:max_completion_length],
+        }
+        if with_teacher_prompts:
+            teacher_prompt = tokenize_prompt(tokenizer, example.teacher_prompt or example.prompt)
+            record["teacher_prompt_ids"] = teacher_prompt[-max_prompt_length:]
+        records.append(record)
     return Dataset.from_list(records)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from selftaught.distill.config import DistillConfig
+from selftaught.distill.config import SELF_TEACHER, DistillConfig
+from selftaught.models.naming import model_label
 from selftaught.training.model_card import CardContent, EvalRow, declared_base_model
 
 GKD_CITATION = """@inproceedings{agarwal2024onpolicy,
@@ -29,6 +30,21 @@ METHOD = (
     "Trainer."
 )
 
+OPSD_CITATION = """@misc{zhao2026opsd,
+  title         = {Self-Distilled Reasoner: On-Policy Self-Distillation for Large Language Models},
+  author        = {Zhao and others},
+  year          = {2026},
+  eprint        = {2601.18734},
+  archivePrefix = {arXiv}
+}"""
+
+SELF_METHOD = (
+    " Here the teacher is the student itself: a frozen copy of its starting weights, whose prompt also "
+    "holds privileged context the student never sees (`teacher_context`, added to the user turn after the "
+    "problem), and which scores the student's own tokens under that longer prompt: on-policy "
+    "self-distillation (OPSD, Zhao et al. 2026)."
+)
+
 KNOBS = (
     "lmbda",
     "beta",
@@ -36,6 +52,7 @@ KNOBS = (
     "top_p",
     "max_new_tokens",
     "seq_kd",
+    "teacher_context",
     "engine",
     "learning_rate",
     "lr_scheduler_type",
@@ -70,37 +87,77 @@ def eval_rows(results: dict, dataset: str) -> list[EvalRow]:
 
 
 def data_name(data: str) -> str:
-    """How the card names the data: the shipped set by its name, not by this machine's path."""
+    """How the card names the data: the shipped set by its place in the package, a local file or folder by
+    its name, a Hub dataset by its id; never a path of this machine."""
     package = Path(__file__).resolve().parent.parent
-    path = Path(data).resolve()
-    return f"selftaught/{path.relative_to(package)}" if path.is_relative_to(package) else data
+    path = Path(data).expanduser().resolve()
+    if path.is_relative_to(package):
+        return f"selftaught/{path.relative_to(package).as_posix()}"
+    return path.name if Path(data).expanduser().exists() else data
 
 
-def distillation_card(config: DistillConfig, results: dict, n_train: int, n_eval: int) -> CardContent:
+def teacher_label(config: DistillConfig) -> str:
+    if config.teacher == SELF_TEACHER:
+        return "self (a frozen copy of the student's starting weights)"
+    return model_label(config.teacher)
+
+
+def hyperparameters(config: DistillConfig) -> dict[str, object]:
+    """The knobs that shaped the run; num_train_epochs only when max_steps did not override it."""
+    knobs = {k: getattr(config, k) for k in KNOBS}
+    if config.max_steps > 0:
+        del knobs["num_train_epochs"]
+    if not config.teacher_context:
+        del knobs["teacher_context"]
+    return knobs | {"student": model_label(config.student), "teacher": teacher_label(config)}
+
+
+def trained_on(prompts: tuple[int, int], data: str) -> str:
+    trained, available = prompts
+    if trained < available:
+        return f"on {trained} of the {available} training prompts of `{data}`"
+    return f"on the {available} training prompts of `{data}`"
+
+
+def distillation_card(
+    config: DistillConfig, results: dict, prompts: tuple[int, int], n_eval: int
+) -> CardContent:
+    """`prompts`: (distinct training prompts the steps reached, training prompts available)."""
     student_name = Path(config.student).name
     data = data_name(config.data)
-    teacher_name = Path(config.teacher).name
+    self_taught = config.teacher == SELF_TEACHER
+    how = (
+        "self-distilled on-policy with privileged context"
+        if self_taught
+        else f"distilled on-policy from the teacher {teacher_label(config)}"
+    )
+    warning = results.get("warning")
     return CardContent(
-        model_name=f"{student_name}-gkd-{teacher_name}",
-        base_model=declared_base_model(config.student),
+        model_name=f"{student_name}-opsd"
+        if self_taught
+        else f"{student_name}-gkd-{Path(config.teacher).name}",
+        base_model=model_label(declared_base_model(config.student)),  # a Hub id, else a name, never a path
         summary=(
-            f"{student_name} distilled on-policy from the teacher {teacher_name} with selftaught's "
-            f"`selftaught distill`, on {n_train} prompts from `{data}`. " + student_origin(config.student)
+            (f"**{warning}**\n\n" if warning else "")
+            + f"{model_label(config.student)} {how} with selftaught's `selftaught distill`, "
+            f"{trained_on(prompts, data)}. " + student_origin(config.student)
         ),
-        method=METHOD,
-        citations=[GKD_CITATION],
-        hyperparameters={k: getattr(config, k) for k in KNOBS}
-        | {"student": config.student, "teacher": config.teacher},
+        method=METHOD + (SELF_METHOD if self_taught else ""),
+        citations=[GKD_CITATION] + ([OPSD_CITATION] if self_taught else []),
+        hyperparameters=hyperparameters(config),
         data={
             "source": data,
             "split": config.data_split,
-            "training prompts": n_train,
+            "training prompts available": prompts[1],
+            "training prompts reached by the optimizer steps": prompts[0],
             "held-out prompts": n_eval,
             "held-out split": config.eval_split or "held-out rows",
         },
         results=eval_rows(results, data),
-        tags=["selftaught", "distillation", "gkd", "on-policy-distillation"],
-        datasets=[config.data] if not Path(config.data).exists() else [],
+        tags=["selftaught", "distillation", "gkd", "on-policy-distillation"]
+        + (["self-distillation", "opsd"] if self_taught else []),
+        datasets=[config.data] if not Path(config.data).expanduser().exists() else [],
+        extra_sections={"Warning": warning} if warning else {},
     )
 
 

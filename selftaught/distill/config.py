@@ -15,6 +15,8 @@ from transformers import TrainingArguments
 from selftaught.generation.policy import POLICY_ENGINES, VLLM_MODES
 from selftaught.generation.vllm_engine import require_vllm
 
+SELF_TEACHER = "self"  # --teacher self: a frozen copy of the student's starting weights
+
 
 @dataclass
 class DistillConfig(TrainingArguments):
@@ -30,7 +32,17 @@ class DistillConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "Frozen teacher sharing the student's tokenizer: Hub id, local folder or .gguf "
-            "file. Default: the embedded SmolLM2-135M-Instruct."
+            "file; or `self`: a frozen copy of the student's starting weights (self-distillation, which "
+            "needs --teacher_context). Default: the embedded SmolLM2-135M-Instruct."
+        },
+    )
+    teacher_context: str | None = field(
+        default=None,
+        metadata={
+            "help": "Privileged text added to the teacher's prompt only (OPSD, Zhao et al. 2026): a column "
+            "name (`solution`) or a template with {column} fields ('Here is a reference solution:\\n"
+            "{solution}'). It is appended to the prompt's last user turn, after the problem, following a "
+            "blank line; the student samples and is scored without it."
         },
     )
     student_dtype: str = field(
@@ -218,4 +230,16 @@ class DistillConfig(TrainingArguments):
             raise ValueError(f"vllm_mode must be one of {VLLM_MODES}, got {self.vllm_mode!r}")
         if self.engine == "vllm":
             require_vllm()
+        if self.teacher == SELF_TEACHER and not self.teacher_context:
+            raise ValueError(
+                "teacher=self without teacher_context would teach nothing: the frozen copy of the student's "
+                "starting weights, reading the same prompt, gives a loss of exactly 0 at the start and only "
+                "pulls the student back to where it began. Add --teacher_context (e.g. the reference "
+                "solution's column), or name another --teacher."
+            )
+        if self.seq_kd and self.lmbda == 1.0:
+            raise ValueError(
+                "seq_kd changes only the off-policy steps (teacher samples instead of the data's "
+                "completions), and lmbda=1 leaves none. Lower --lmbda, or drop --seq_kd."
+            )
         self.remove_unused_columns = False

@@ -5,27 +5,36 @@ The whole run, top to bottom:
   2. read the data, turn rows into chat prompts (+ completions), hold out an evaluation split;
   3. evaluate the teacher once and the student before training, on the held-out prompts;
   4. train with `GKDistillTrainer` (resumable from the last checkpoint);
-  5. save the student in Hugging Face format, evaluate it again, write metrics and the model card.
+  5. save the student in Hugging Face format, evaluate it again, write metrics and the model card, and
+     end with a warning when training made the student's answers degenerate.
+
+`--teacher self` makes the teacher a frozen copy of the student's starting weights, which reads the
+privileged `--teacher_context` that the student never sees (self-distillation, `distill.context`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
 
+import torch
 from peft import LoraConfig, get_peft_model
 from transformers.trainer_utils import get_last_checkpoint
 
-from selftaught.data.formats import Example, rename_columns, to_examples, tokenize_examples, tokenize_prompt
+from selftaught.data.formats import Example, rename_columns, to_examples, tokenize_examples
 from selftaught.data.loading import DataError, available_splits, load_rows
 from selftaught.distill.card import distillation_card
-from selftaught.distill.config import DistillConfig
+from selftaught.distill.config import SELF_TEACHER, DistillConfig
+from selftaught.distill.context import add_teacher_context
 from selftaught.distill.trainer import GKDistillTrainer
-from selftaught.evaluate.distance import HeldOutEvaluation
+from selftaught.evaluate.distance import HeldOutEvaluation, HeldOutSettings
 from selftaught.models import check_same_vocabulary, load_model, load_tokenizer, shared_vocab_size
 from selftaught.models.check import check_model_flags
+from selftaught.models.loading import resolve_dtype
 from selftaught.report import write_report
+from selftaught.scoring.degeneration import collapse_warning
 from selftaught.training.callbacks import (
     MetricsFileCallback,
     quiet_tied_weights_on_resume,
@@ -38,24 +47,30 @@ BUILTIN_DATA = Path(__file__).resolve().parent.parent / "data" / "builtin" / "ma
 
 
 def resolve_defaults(config: DistillConfig) -> DistillConfig:
-    """Fill unset models and data with the embedded default (built and cached on first use)."""
+    """Fill unset models and data with the embedded default (built, healed and cached on first use)."""
     if config.teacher is None or config.student is None:
-        from selftaught.models.embedded import embedded_student, embedded_teacher
+        from selftaught.distill.student import healed_student
+        from selftaught.models.embedded import embedded_teacher
 
         config.teacher = config.teacher or str(embedded_teacher())
-        config.student = config.student or str(embedded_student())
+        config.student = config.student or str(healed_student())
     config.data = config.data or str(BUILTIN_DATA)
     return config
 
 
 def read_split(config: DistillConfig, split: str) -> list[Example]:
+    """The split's examples, with the teacher's own prompts when it reads privileged context."""
     rows = load_rows(config.data, split, config.data_config)
     renames = {
         "prompt": config.prompt_column,
         "completion": config.completion_column,
         "answer": config.answer_column,
     }
-    return to_examples(rename_columns(rows, renames, config.data), config.data)
+    rows = rename_columns(rows, renames, config.data)
+    examples = to_examples(rows, config.data)
+    if config.teacher_context:
+        examples = add_teacher_context(examples, rows, config.teacher_context, config.data)
+    return examples
 
 
 def load_examples(config: DistillConfig) -> tuple[list[Example], list[Example]]:
@@ -92,6 +107,22 @@ def resume_checkpoint(config: DistillConfig) -> str | bool | None:
     return value
 
 
+def load_teacher(config: DistillConfig, student) -> object:
+    """The frozen teacher: the named model, or for `--teacher self` a copy of the student's starting weights
+    (taken before any LoRA adapter is added, so it is exactly the start)."""
+    dtype = config.teacher_dtype or ("bfloat16" if config.bf16 else config.student_dtype)
+    if config.teacher == SELF_TEACHER:
+        teacher = copy.deepcopy(student)
+        return teacher.to(resolved) if isinstance(resolved := resolve_dtype(dtype), torch.dtype) else teacher
+    return load_model(config.teacher, dtype, config.trust_remote_code)
+
+
+def prompts_trained_on(config: DistillConfig, global_step: int, available: int) -> int:
+    """How many distinct training prompts the optimizer steps reached (each step takes a whole batch)."""
+    per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps * config.world_size
+    return min(available, global_step * per_step)
+
+
 def run_distillation(config: DistillConfig) -> dict:
     """Train, save and evaluate; returns the evaluation results written to eval_results.json."""
     check_model_flags({"--student": config.student, "--teacher": config.teacher})  # before the defaults build
@@ -100,11 +131,11 @@ def run_distillation(config: DistillConfig) -> dict:
     train_examples, eval_examples = load_examples(config)  # data first: it fails fast and cheap
     check_completions(train_examples, config)
     tokenizer = load_tokenizer(config.student, config.trust_remote_code)
-    check_same_vocabulary(tokenizer, load_tokenizer(config.teacher, config.trust_remote_code))
+    if config.teacher != SELF_TEACHER:
+        check_same_vocabulary(tokenizer, load_tokenizer(config.teacher, config.trust_remote_code))
 
     student = load_model(config.student, config.student_dtype, config.trust_remote_code)
-    teacher_dtype = config.teacher_dtype or ("bfloat16" if config.bf16 else config.student_dtype)
-    teacher = load_model(config.teacher, teacher_dtype, config.trust_remote_code)
+    teacher = load_teacher(config, student)
     vocab_size = shared_vocab_size(tokenizer, student, teacher)
     if config.use_peft:
         student = get_peft_model(
@@ -143,13 +174,14 @@ def run_distillation(config: DistillConfig) -> dict:
         shutil.rmtree(out / "evaluation", ignore_errors=True)
     if eval_examples and main:
         unwrapped_teacher = trainer.accelerator.unwrap_model(trainer.teacher)
+        settings = HeldOutSettings(
+            config.eval_max_new_tokens,
+            config.per_device_eval_batch_size,
+            vocab_size,
+            config.max_prompt_length,
+        )
         evaluation = HeldOutEvaluation(
-            unwrapped_teacher,
-            tokenizer,
-            [tokenize_prompt(tokenizer, e.prompt)[-config.max_prompt_length :] for e in eval_examples],
-            [e.answer for e in eval_examples],
-            out / "evaluation",
-            (config.eval_max_new_tokens, config.per_device_eval_batch_size, vocab_size),
+            unwrapped_teacher, tokenizer, eval_examples, out / "evaluation", settings
         )
         results["teacher"] = evaluation.metrics(evaluation.teacher, "teacher")
         results["student_before"] = evaluation.metrics(trainer.model, "student_before")
@@ -162,9 +194,13 @@ def run_distillation(config: DistillConfig) -> dict:
         if evaluation is not None:
             evaluation.path("student_after").unlink(missing_ok=True)
             results["student_after"] = evaluation.metrics(trainer.model, "student_after")
+            if warning := collapse_warning(results["student_before"], results["student_after"]):
+                results["warning"] = warning
         results["train"] = {k: v for k, v in train_output.metrics.items() if isinstance(v, (int, float))}
         (out / "eval_results.json").write_text(json.dumps(results, indent=2))
-        write_model_card(out, distillation_card(config, results, len(train_examples), len(eval_examples)))
+        trained = prompts_trained_on(config, train_output.global_step, len(train_examples))
+        card = distillation_card(config, results, (trained, len(train_examples)), len(eval_examples))
+        write_model_card(out, card)
         write_report(out)
     trainer.accelerator.wait_for_everyone()
     return results

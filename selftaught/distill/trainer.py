@@ -9,6 +9,8 @@ Built on `Trainer` (not TRL's GKDTrainer) for three reasons the peers' bug repor
   and asks both models for the completion positions' logits only.
 - Whether a step is on-policy is a pure function of (seed, step): every process agrees without
   communicating and a resumed run makes the same choices.
+When the data gives the teacher prompts of its own (privileged context, `distill.context`), the teacher
+reads [its prompt | the same completion tokens] and scores exactly the student's completion positions.
 Everything distributed (DDP, DeepSpeed, FSDP) comes from accelerate through `Trainer`; the teacher
 is wrapped with TRL's helpers for DeepSpeed and FSDP. Samples come from a policy engine
 (`selftaught.generation.policy`): the live student (`hf`) or vLLM through TRL's backend (`vllm`), which
@@ -34,10 +36,13 @@ from selftaught.models.vocab import shared_vocab_size
 from selftaught.scoring.logits import completion_logits, join_prompt_completion
 from selftaught.training.losses import generalized_jsd
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
+
 
 @dataclass
 class PromptCompletionCollator:
-    """Left-padded prompts and right-padded reference completions (possibly all empty)."""
+    """Left-padded prompts and right-padded reference completions (possibly all empty), and the teacher's
+    own left-padded prompts when the data has them (privileged context)."""
 
     pad_token_id: int
 
@@ -46,12 +51,16 @@ class PromptCompletionCollator:
         completion_ids, completion_mask = right_pad(
             [f["completion_ids"] for f in features], self.pad_token_id
         )
-        return {
+        batch = {
             "prompt_ids": prompt_ids,
             "prompt_mask": prompt_mask,
             "completion_ids": completion_ids,
             "completion_mask": completion_mask,
         }
+        if "teacher_prompt_ids" in features[0]:
+            ids, mask = left_pad([f["teacher_prompt_ids"] for f in features], self.pad_token_id)
+            batch |= {"teacher_prompt_ids": ids, "teacher_prompt_mask": mask}
+        return batch
 
 
 class GKDistillTrainer(Trainer):
@@ -143,17 +152,21 @@ class GKDistillTrainer(Trainer):
     def complete(self, batches: list[dict[str, torch.Tensor]], source: str) -> list[dict[str, torch.Tensor]]:
         """Attach completions from `source` ("student", "teacher" or "data") and build model inputs.
 
-        Sampled completions come from one engine call for all the micro-batches of the step.
+        Sampled completions come from one engine call for all the micro-batches of the step; the teacher
+        samples from its own prompts. When the teacher has its own prompts, it gets its own inputs
+        (`teacher_*`): its prompt block, then the very same completion block as the student's.
         """
         device = self.args.device
         batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+        own_prompts = "teacher_prompt_ids" in batches[0]
         if source == "data":
             completions = [(b["completion_ids"], b["completion_mask"]) for b in batches]
         else:
+            prefix = "teacher_prompt" if source == "teacher" and own_prompts else "prompt"
             prompts = [
                 ids[mask.bool()].tolist()
                 for b in batches
-                for ids, mask in zip(b["prompt_ids"], b["prompt_mask"], strict=True)
+                for ids, mask in zip(b[f"{prefix}_ids"], b[f"{prefix}_mask"], strict=True)
             ]
             sampled = iter(self.sample(source, prompts))
             pad_id = self.processing_class.pad_token_id
@@ -164,6 +177,11 @@ class GKDistillTrainer(Trainer):
             joined = join_prompt_completion(
                 batch["prompt_ids"], batch["prompt_mask"], completion_ids, completion_mask
             )
+            if own_prompts:
+                teacher_joined = join_prompt_completion(
+                    batch["teacher_prompt_ids"], batch["teacher_prompt_mask"], completion_ids, completion_mask
+                )
+                joined |= {f"teacher_{k}": v for k, v in teacher_joined.items()}
             inputs.append(joined | {"completion_mask": completion_mask})
         return inputs
 
@@ -225,9 +243,11 @@ class GKDistillTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Sum of per-token JSD over completion tokens / completion tokens in the whole step."""
         mask = inputs["completion_mask"].bool()
-        model_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids")}
+        model_inputs = {k: inputs[k] for k in MODEL_INPUTS}
+        # the teacher's own prompt (privileged context), if it has one, before the same completion tokens
+        teacher_inputs = {k: inputs.get(f"teacher_{k}", inputs[k]) for k in MODEL_INPUTS}
         with torch.no_grad():
-            teacher_logits = completion_logits(self.teacher, model_inputs, mask, self.vocab_size)
+            teacher_logits = completion_logits(self.teacher, teacher_inputs, mask, self.vocab_size)
         student_logits = completion_logits(model, model_inputs, mask, self.vocab_size)
         per_token = generalized_jsd(student_logits, teacher_logits, self.args.beta)
         if num_items_in_batch is None:  # evaluation: this batch alone

@@ -9,6 +9,7 @@ from selftaught.data.loading import DataError, load_rows
 from selftaught.evaluate.config import EngineEvalConfig, EvalConfig
 from selftaught.generation.engines import GenerationEngine, make_engine
 from selftaught.models.check import check_model_argument
+from selftaught.scoring.degeneration import degeneration_metrics, ended_with_eos
 
 
 def required(value: str | None, flag: str, task: str) -> str:
@@ -41,3 +42,11 @@ def eval_engine(name: str, config: EngineEvalConfig) -> GenerationEngine:
     """The engine `config.engine` names for model `name` (hf: loaded in `config.dtype`); it carries the
     tokenizer of `name`."""
     return make_engine(config, name, config.batch_size, config.trust_remote_code, config.dtype)
+
+
+def answer_degeneration(texts: list[str], completion_ids: list[list[int]], eos_ids: list[int]) -> dict:
+    """Degenerate share, distinct-2, mean tokens and EOS share of one model's answers (texts decoded
+    without special tokens; ids as generated, through the EOS when there is one)."""
+    return degeneration_metrics(
+        texts, [len(ids) for ids in completion_ids], [ended_with_eos(ids, eos_ids) for ids in completion_ids]
+    )

@@ -5,29 +5,47 @@
 - top-1 agreement: how often the student's most likely next token is the teacher's;
 - answer agreement: the share of prompts where the student's greedy answer matches the teacher's
   (the final \\boxed{} answer by math-verify for math rows, the whole text otherwise);
-- for rows with a gold answer, greedy accuracy by \\boxed{} extraction and math-verify.
+- for rows with a gold answer, greedy accuracy by \\boxed{} extraction and math-verify, and the share of
+  answers that box an answer at all;
+- whether each model still writes text (`scoring.degeneration`): degenerate share, distinct-2, mean
+  length in tokens and EOS share, for the teacher as for the student, so a collapse is never silent.
+
+When the teacher sees privileged context (`Example.teacher_prompt`, see `distill.context`), it answers and
+scores under its own prompt, as in training: the student's distance is to that teacher.
 """
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from selftaught.data.formats import to_examples, tokenize_prompt
+from selftaught.data.formats import Example, to_examples, tokenize_prompt
 from selftaught.data.shards import read_parquet, write_parquet
-from selftaught.evaluate.common import load_eval_rows, required, required_model
+from selftaught.evaluate.common import answer_degeneration, load_eval_rows, required, required_model
 from selftaught.evaluate.config import DistanceEvalConfig
 from selftaught.evaluate.math import answers_match, last_boxed, math_accuracy, score_math
 from selftaught.evaluate.results import write_result
-from selftaught.generation.hf import SamplingParams, generate_all, left_pad, right_pad
+from selftaught.generation.hf import SamplingParams, eos_ids_of, generate_all, left_pad, right_pad
 from selftaught.models import check_same_vocabulary, load_model, load_tokenizer, shared_vocab_size
+from selftaught.models.naming import model_label
 from selftaught.scoring.logits import completion_logits, join_prompt_completion
 from selftaught.training.losses import generalized_jsd
 
 TASK = "distance"
+
+
+def _completion_inputs(
+    prompts, completions, pad_id: int, device
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Model inputs for [left-padded prompts | right-padded completions] and the completion mask."""
+    prompt_ids, prompt_mask = left_pad(prompts, pad_id)
+    completion_ids, completion_mask = right_pad(completions, pad_id)
+    inputs = join_prompt_completion(prompt_ids, prompt_mask, completion_ids, completion_mask)
+    return {k: v.to(device) for k, v in inputs.items()}, completion_mask.to(device)
 
 
 @torch.no_grad()
@@ -39,24 +57,21 @@ def teacher_distance(
     vocab_size: int,
     pad_id: int,
     batch_size: int = 8,
+    teacher_prompts: list[list[int]] | None = None,
 ) -> dict[str, float]:
     """Mean per-token forward KL, reverse KL, Jensen-Shannon divergence (beta 0.5, at most ln 2) and
-    top-1 agreement over the given completions."""
+    top-1 agreement over the given completions; the teacher reads them after `teacher_prompts` (default:
+    the student's `prompts`)."""
     device = next(student.parameters()).device
+    teacher_prompts = teacher_prompts or prompts
     totals = {"forward_kl": 0.0, "reverse_kl": 0.0, "jsd": 0.0, "top1_agreement": 0.0}
     tokens = 0
     for start in range(0, len(prompts), batch_size):
-        prompt_ids, prompt_mask = left_pad(prompts[start : start + batch_size], pad_id)
-        completion_ids, completion_mask = right_pad(completions[start : start + batch_size], pad_id)
-        inputs = {
-            k: v.to(device)
-            for k, v in join_prompt_completion(
-                prompt_ids, prompt_mask, completion_ids, completion_mask
-            ).items()
-        }
-        mask = completion_mask.to(device)
+        batch = slice(start, start + batch_size)
+        inputs, mask = _completion_inputs(prompts[batch], completions[batch], pad_id, device)
+        teacher_inputs, _ = _completion_inputs(teacher_prompts[batch], completions[batch], pad_id, device)
         s = completion_logits(student, inputs, mask, vocab_size).float()
-        t = completion_logits(teacher, inputs, mask, vocab_size).float()
+        t = completion_logits(teacher, teacher_inputs, mask, vocab_size).float()
         totals["forward_kl"] += generalized_jsd(s, t, beta=0.0).sum().item()
         totals["reverse_kl"] += generalized_jsd(s, t, beta=1.0).sum().item()
         totals["jsd"] += generalized_jsd(s, t, beta=0.5).sum().item()
@@ -74,36 +89,55 @@ def answers_agree(reference: str, candidate: str) -> bool:
 
 
 def answer_metrics(rows: list[dict]) -> dict[str, float]:
-    """Greedy accuracy on the rows whose gold answer can be verified, and how many cannot (scored apart;
-    none with a gold answer: empty dict)."""
+    """Greedy accuracy on the rows whose gold answer can be verified, how many cannot (scored apart), and
+    the share of answers with a \\boxed{} answer (no row with a gold answer: empty dict)."""
     graded = [r for r in rows if r["gold_answer"] is not None]
-    unverifiable = sum(r.get("verdict") == "unverifiable" for r in graded)
-    return {"math_accuracy": math_accuracy(graded), "math_unverifiable": unverifiable} if graded else {}
+    if not graded:
+        return {}
+    return {
+        "math_accuracy": math_accuracy(graded),
+        "math_unverifiable": sum(r.get("verdict") == "unverifiable" for r in graded),
+        "boxed_share": sum(r["extracted"] is not None for r in graded) / len(graded),
+    }
+
+
+@dataclass(frozen=True)
+class HeldOutSettings:
+    """How the held-out answers are made and scored."""
+
+    max_new_tokens: int  # longest greedy answer
+    batch_size: int  # prompts per generation / scoring batch
+    vocab_size: int  # the vocabulary student and teacher share (padded embedding rows excluded)
+    max_prompt_length: int  # prompts keep their last this many tokens
 
 
 class HeldOutEvaluation:
     """Greedy answers and distance to the teacher on held-out prompts: `selftaught distill` before and
     after training, and `selftaught eval distance`, share this one implementation.
 
-    Every model's answers are saved (`<folder>/<name>.parquet`: text, ids, gold answer, extracted answer,
-    verdict) for a person to audit; they are read back from there when present, so the teacher's are
-    generated once, also across a resumed run.
+    Every model's answers are saved (`<folder>/<name>.parquet`: the prompt's last user turn as that model
+    saw it, text, ids, gold answer, extracted answer, verdict) for a person to audit; they are read back
+    from there when present, so the teacher's are generated once, also across a resumed run.
     """
 
     def __init__(
         self,
         teacher: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
-        prompts: list[list[int]],
-        answers: list[str | None],
+        examples: list[Example],
         folder: Path,
-        settings: tuple[int, int, int],
+        settings: HeldOutSettings,
     ) -> None:
-        """`settings`: (max_new_tokens, batch_size, vocab_size shared by student and teacher)."""
-        self.teacher, self.tokenizer, self.folder = teacher, tokenizer, Path(folder)
-        self.prompts, self.answers = prompts, answers
-        self.max_new_tokens, self.batch_size, self.vocab_size = settings
+        self.teacher, self.tokenizer, self.folder, self.settings = teacher, tokenizer, Path(folder), settings
+        self.answers = [e.answer for e in examples]
+        self.prompts = [self._ids(e.prompt) for e in examples]
+        self.teacher_prompts = [self._ids(e.teacher_prompt or e.prompt) for e in examples]
+        self.questions = [e.prompt[-1]["content"] for e in examples]
+        self.teacher_questions = [(e.teacher_prompt or e.prompt)[-1]["content"] for e in examples]
         self.teacher_ids, self.teacher_rows = self.greedy_answers(teacher, "teacher")
+
+    def _ids(self, prompt: list[dict[str, str]]) -> list[int]:
+        return tokenize_prompt(self.tokenizer, prompt)[-self.settings.max_prompt_length :]
 
     def path(self, name: str) -> Path:
         return self.folder / f"{name}.parquet"
@@ -113,31 +147,50 @@ class HeldOutEvaluation:
         if self.path(name).exists():
             rows = read_parquet(self.path(name))
             return [r["completion_ids"] for r in rows], rows
-        params = SamplingParams(self.max_new_tokens, temperature=0.0)
-        ids = generate_all(model, self.tokenizer, self.prompts, params, self.batch_size, f"{name} answers")
+        is_teacher = model is self.teacher
+        prompts = self.teacher_prompts if is_teacher else self.prompts
+        questions = self.teacher_questions if is_teacher else self.questions
+        params = SamplingParams(self.settings.max_new_tokens, temperature=0.0)
+        ids = generate_all(
+            model, self.tokenizer, prompts, params, self.settings.batch_size, f"{name} answers"
+        )
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         rows = []
-        for completion_ids, text, answer in zip(ids, texts, self.answers, strict=True):
+        for question, completion_ids, text, answer in zip(questions, ids, texts, self.answers, strict=True):
             checked = score_math([text], [answer])[0]  # verdict None without a gold answer
             rows.append(
-                {"completion": text, "completion_ids": completion_ids, "gold_answer": answer} | checked
+                {
+                    "prompt": question,
+                    "completion": text,
+                    "completion_ids": completion_ids,
+                    "gold_answer": answer,
+                }
+                | checked
             )
         write_parquet(self.path(name), rows)
         return ids, rows
 
     def metrics(self, model: PreTrainedModel, name: str) -> dict[str, float]:
+        """Accuracy, boxed share, degeneration measures and (for a student) distance to the teacher."""
         is_teacher = model is self.teacher
         ids, rows = (self.teacher_ids, self.teacher_rows) if is_teacher else self.greedy_answers(model, name)
-        results = answer_metrics(rows) | {"mean_answer_tokens": sum(map(len, ids)) / len(ids)}
+        texts = [r["completion"] for r in rows]
+        results = answer_metrics(rows) | answer_degeneration(texts, ids, eos_ids_of(model, self.tokenizer))
         if is_teacher:
             return results
         agreeing = sum(
             answers_agree(t["completion"], s["completion"])
             for t, s in zip(self.teacher_rows, rows, strict=True)
         )
-        pad_id = self.tokenizer.pad_token_id
         distance = teacher_distance(
-            model, self.teacher, self.prompts, self.teacher_ids, self.vocab_size, pad_id, self.batch_size
+            model,
+            self.teacher,
+            self.prompts,
+            self.teacher_ids,
+            self.settings.vocab_size,
+            self.tokenizer.pad_token_id,
+            self.settings.batch_size,
+            self.teacher_prompts,
         )
         return results | distance | {"answer_agreement": agreeing / len(rows)}
 
@@ -153,14 +206,14 @@ def run_distance(config: DistanceEvalConfig) -> dict:
     student, teacher = (load_model(names[r], config.dtype, config.trust_remote_code).eval() for r in names)
     folder = Path(config.output_dir) / TASK
     shutil.rmtree(folder, ignore_errors=True)  # answers saved by an earlier run are not these models'
-    evaluation = HeldOutEvaluation(
-        teacher,
-        tokenizer,
-        [tokenize_prompt(tokenizer, e.prompt)[-config.max_prompt_length :] for e in examples],
-        [e.answer for e in examples],
-        folder,
-        (config.max_new_tokens, config.batch_size, shared_vocab_size(tokenizer, student, teacher)),
+    settings = HeldOutSettings(
+        config.max_new_tokens,
+        config.batch_size,
+        shared_vocab_size(tokenizer, student, teacher),
+        config.max_prompt_length,
     )
+    evaluation = HeldOutEvaluation(teacher, tokenizer, examples, folder, settings)
     metrics = evaluation.metrics(student, "student")
     metrics["teacher"] = evaluation.metrics(teacher, "teacher")
-    return write_result(config.output_dir, TASK, metrics, config, names, data)
+    labels = {role: model_label(name) for role, name in names.items()}
+    return write_result(config.output_dir, TASK, metrics, config, labels, data)

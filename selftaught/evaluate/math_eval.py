@@ -23,6 +23,8 @@ from selftaught.evaluate.math import GoldAnswer, breakdown, math_accuracy, parse
 from selftaught.evaluate.results import write_result
 from selftaught.generation.engines import GenerationEngine
 from selftaught.generation.hf import SamplingParams
+from selftaught.models.naming import model_label
+from selftaught.scoring.degeneration import degeneration_metrics, ended_with_eos
 
 TASK = "math"
 
@@ -81,23 +83,31 @@ def answer_rows(
     ids = engine.generate(prompts, params, f"math ({sample=})")
     texts = engine.tokenizer.batch_decode(ids, skip_special_tokens=True)
     checked = score_math(texts, golds)
+    eos_ids = [engine.tokenizer.eos_token_id]  # each engine returns a stopped completion through its EOS
     return [
-        {"index": i, "sample": sample, "generated": texts[i], "gold": golds[i].text, "tokens": len(ids[i])}
+        {"index": i, "sample": sample, "generated": texts[i], "gold": golds[i].text, "tokens": len(ids[i]),
+         "ended_with_eos": ended_with_eos(ids[i], eos_ids)}
         | checked[i]
         for i in range(len(prompts))
-    ]
+    ]  # fmt: skip
 
 
 def math_metrics(greedy: list[dict], sampled: list[dict], rows, ks: list[int], samples: int) -> dict:
-    """Greedy accuracy, pass@k over the samples, and the greedy breakdown by subject and level, all over
-    the problems whose gold answer can be verified; the others are counted as `unverifiable`."""
+    """Greedy accuracy and boxed share, pass@k over the samples, and the greedy breakdown by subject and
+    level, all over the problems whose gold answer can be verified (the others are counted as
+    `unverifiable`); and whether the greedy answers are still text (degenerate share, distinct-2, mean
+    tokens, EOS share), over all of them."""
     scored = [r["index"] for r in greedy if r["correct"] is not None]
     metrics = {
         "accuracy": math_accuracy(greedy),
+        "boxed_share": sum(r["extracted"] is not None for r in greedy) / len(greedy),
         "problems": len(greedy),
         "scored": len(scored),
         "unverifiable": len(greedy) - len(scored),
     }
+    metrics |= degeneration_metrics(
+        [r["generated"] for r in greedy], [r["tokens"] for r in greedy], [r["ended_with_eos"] for r in greedy]
+    )
     correct_counts = dict.fromkeys(scored, 0)
     for row in sampled:
         if row["index"] in correct_counts:
@@ -146,5 +156,8 @@ def run_math(config: MathEvalConfig) -> dict:
         r | {key: str(values[r["index"]]) for key, values in context.items()} for r in greedy + sampled
     ]
     write_parquet(Path(config.output_dir) / f"{TASK}_predictions.parquet", predictions)
+    models = {"model": model_label(config.model)}
+    if config.engine == "openai":  # the served model answered; the local one gave only its tokenizer
+        models["served_by"] = engine.name
     audit = {"unverifiable": unverifiable}
-    return write_result(config.output_dir, TASK, metrics, config, {"model": engine.name}, data, extra=audit)
+    return write_result(config.output_dir, TASK, metrics, config, models, data, extra=audit)

@@ -11,7 +11,25 @@ from dataclasses import asdict
 from pathlib import Path
 
 from selftaught.data.shards import write_json
+from selftaught.models.naming import is_local, model_label
 from selftaught.training.model_card import EvalRow
+
+
+def recorded_settings(config) -> dict:
+    """The config as a result records it: a local path (model, data, output folder) by its name as
+    `model_label` gives it, never a path of this machine; an API key never."""
+    return {key: _recorded(value) for key, value in asdict(config).items() if key != "api_key"}
+
+
+def _recorded(value: object) -> object:
+    """A path (it has a separator or a ~) to something on this machine by its label; anything else as is."""
+    if (
+        isinstance(value, str)
+        and ("/" in value or "\\" in value or value.startswith("~"))
+        and is_local(value)
+    ):
+        return model_label(value)
+    return value
 
 
 def write_result(
@@ -28,10 +46,10 @@ def write_result(
     and any `extra` top-level entries a task records beside its metrics (math: the unverifiable rows)."""
     result = {
         "task": task,
-        "dataset": dataset,
+        "dataset": _recorded(dataset),
         "models": models,
         "metrics": metrics,
-        "settings": {k: v for k, v in asdict(config).items() if k != "api_key"},  # a key is never recorded
+        "settings": recorded_settings(config),
         **(extra or {}),
     }
     write_json(Path(output_dir) / f"{name or task}.json", result)

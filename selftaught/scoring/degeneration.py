@@ -7,7 +7,8 @@ these numbers next to its own, so a collapse is never silent:
 - degenerate_share: the share of answers that are degenerate, defined as
     (a) empty or whitespace only (after the tokenizer's special tokens are dropped), or
     (b) looping: at least `REPEAT_SHARE` (half) of the answer's word 4-grams repeat an earlier 4-gram of
-        the same answer, where words are runs of letters/digits and single punctuation marks. A short
+        the same answer, where words are runs of letters/digits, single punctuation marks and line
+        breaks (so a few words padded with dozens of newlines up to the token cap loop too). A short
         pattern ("the the the", "her her she she {}) {})") or a sentence said over and over makes
         nearly every later 4-gram a repeat; ordinary prose, code and worked solutions stay far below.
         This is seq-rep-4 of Welleck et al. (2019, "Neural Text Generation with Unlikelihood
@@ -23,7 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-WORDS = re.compile(r"\w+|[^\w\s]")
+WORDS = re.compile(r"\w+|[^\w\s]|\n")
 REPEAT_N = 4
 REPEAT_SHARE = 0.5
 WARN_MARGIN = 0.10  # a trained model this much more degenerate than its start gets a warning

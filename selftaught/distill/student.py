@@ -1,0 +1,256 @@
+"""The embedded default student: a layer cut of SmolLM2-135M-Instruct, healed once by supervised KD.
+
+A cut of the teacher's decoder layers (`models.embedded.embedded_student`) shares its tokenizer but is not
+a language model: its greedy answers are word salad. On-policy distillation from such a student
+collapses (reverse-KL-leaning objectives find text the teacher predicts easily, such as whitespace after
+whitespace), and the GKD paper's students start from a checkpoint fine-tuned on the task. So the cut is
+healed once, by selftaught's own `GKDistillTrainer` with lmbda 0 and beta 0: the forward KL from the
+teacher's next-token distributions on shipped chat text (the first-turn answers of the oasst1-format seed
+set and the solutions of the math training split; never the held-out test split). The healed student is
+cached beside the dequantised teacher, written atomically, with a card saying how it was cut and healed,
+on what, for how many tokens, and how close it came to the teacher on the held-out math prompts.
+
+The build runs in a child process (`python -m selftaught.distill.student`), under a file lock: the
+calling run's accelerate state (mixed precision, a distributed launch) stays its own, and of several
+processes started at once (`accelerate launch`), one builds while the others wait for it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from selftaught.backtranslate.seed import BUILTIN_OASST_SEED, load_seed_pairs
+from selftaught.data.formats import Example, to_examples, tokenize_examples
+from selftaught.data.loading import load_rows
+from selftaught.distill.config import DistillConfig
+from selftaught.distill.trainer import GKDistillTrainer
+from selftaught.evaluate.distance import HeldOutEvaluation, HeldOutSettings
+from selftaught.models import load_model, load_tokenizer, shared_vocab_size
+from selftaught.models.embedded import (
+    TEACHER_HUB_ID,
+    TEACHER_NAME,
+    cache_dir,
+    embedded_student,
+    embedded_teacher,
+    is_complete,
+    publish,
+)
+from selftaught.training.callbacks import replace_progress_bar
+
+MATH_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "builtin" / "math_prompts"
+# Distributed-launch variables the child must not inherit: it trains alone, as one process.
+LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class Healing:
+    """How the embedded student is cut and healed; its values name the cached folder's card."""
+
+    # Decoder layers of the 30-layer teacher the student keeps (its embeddings and final norm too).
+    layers: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 25, 26, 27, 28, 29)
+    # Optimizer steps of forward-KL training, and the prompts per step.
+    steps: int = 60
+    batch_size: int = 8
+    # Peak learning rate (AdamW, cosine decay after a short warmup).
+    learning_rate: float = 3e-4
+    # Completions (the shipped answers and solutions) are cut to this many tokens.
+    max_completion_tokens: int = 256
+    # The held-out numbers on the card: the first this many math test prompts, greedy, this long.
+    eval_prompts: int = 16
+    eval_max_new_tokens: int = 96
+    seed: int = 0
+
+
+HEALING = Healing()
+
+
+def healed_folder(healing: Healing = HEALING) -> Path:
+    return cache_dir() / f"{TEACHER_NAME}-{len(healing.layers)}L-healed"
+
+
+def healing_examples() -> list[Example]:
+    """The shipped chat text: the seed set's first-turn answers and the math training solutions."""
+    pairs, _ = load_seed_pairs(str(BUILTIN_OASST_SEED), size=None)
+    chat = [Example([{"role": "user", "content": p["instruction"]}], p["response"]) for p in pairs]
+    math = to_examples(load_rows(str(MATH_PROMPTS), "train"), str(MATH_PROMPTS))
+    return chat + math
+
+
+def heal(student_dir: Path, teacher_dir: Path, examples: list[Example], out: Path, healing: Healing) -> dict:
+    """Train the student by forward KL to the teacher on `examples` and save it (with its tokenizer) to
+    `out`; returns what the card reports: steps, completion tokens trained on, seconds, final loss."""
+    tokenizer = load_tokenizer(str(student_dir))
+    student, teacher = load_model(str(student_dir)), load_model(str(teacher_dir))
+    with tempfile.TemporaryDirectory() as scratch:
+        config = DistillConfig(
+            output_dir=scratch,
+            lmbda=0.0,
+            beta=0.0,
+            max_steps=healing.steps,
+            per_device_train_batch_size=healing.batch_size,
+            learning_rate=healing.learning_rate,
+            lr_scheduler_type="cosine",
+            warmup_steps=max(1, healing.steps // 20),
+            max_new_tokens=healing.max_completion_tokens,
+            logging_steps=1,  # each log line counts its step's completion tokens
+            save_strategy="no",
+            eval_strategy="no",
+            report_to="none",
+            seed=healing.seed,
+        )
+        trainer = GKDistillTrainer(
+            model=student,
+            teacher=teacher,
+            args=config,
+            processing_class=tokenizer,
+            train_dataset=tokenize_examples(tokenizer, examples, 512, healing.max_completion_tokens),
+        )
+        replace_progress_bar(trainer)
+        started = time.perf_counter()
+        output = trainer.train()
+        seconds = time.perf_counter() - started
+    tokens = sum(int(log.get("completion_tokens", 0)) for log in trainer.state.log_history)
+    trainer.model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return {
+        "steps": output.global_step,
+        "completion_tokens": tokens,
+        "seconds": round(seconds, 1),
+        "final_loss": output.metrics.get("train_loss"),
+    }
+
+
+def held_out_numbers(
+    models: dict[str, Path], teacher_dir: Path, healing: Healing, answers: Path
+) -> dict[str, dict]:
+    """Each model's held-out metrics against the teacher on the first math test prompts (never trained on);
+    every answer is saved in `answers` (`<model>.parquet`) for a person to read."""
+    tokenizer = load_tokenizer(str(teacher_dir))
+    teacher = load_model(str(teacher_dir)).eval()
+    examples = to_examples(load_rows(str(MATH_PROMPTS), "test"), str(MATH_PROMPTS))[: healing.eval_prompts]
+    numbers = {}
+    for name, folder in models.items():
+        model = load_model(str(folder)).eval()
+        settings = HeldOutSettings(
+            healing.eval_max_new_tokens, 16, shared_vocab_size(tokenizer, model, teacher), 512
+        )
+        evaluation = HeldOutEvaluation(teacher, tokenizer, examples, answers, settings)
+        numbers[name] = evaluation.metrics(model, name)
+    numbers["teacher"] = evaluation.metrics(teacher, "teacher")
+    return numbers
+
+
+def healed_card(healing: Healing, record: dict, numbers: dict[str, dict]) -> str:
+    """The healed student's README.md: YAML front matter (base model, how it was made) and its story."""
+    kept = list(healing.layers)
+    front = {
+        "base_model": TEACHER_HUB_ID,
+        "library_name": "transformers",
+        "tags": ["selftaught", "distillation", "layer-pruning"],
+        "selftaught": {
+            "cut": {"teacher_layers": 30, "kept_layers": kept},
+            "healing": {
+                "method": "supervised KD: forward KL(teacher || student), GKDistillTrainer, lmbda 0, beta 0",
+                "data": [
+                    "selftaught/backtranslate/builtin/oasst_seed.jsonl (first-turn answers)",
+                    "selftaught/data/builtin/math_prompts/train.jsonl (solutions)",
+                ],
+                **asdict(healing) | {"layers": kept},
+                **record,
+            },
+            "held_out": {
+                "data": "selftaught/data/builtin/math_prompts/test.jsonl",
+                "prompts": healing.eval_prompts,
+                "max_new_tokens": healing.eval_max_new_tokens,
+                **{name: {k: round(float(v), 4) for k, v in m.items()} for name, m in numbers.items()},
+            },
+        },
+    }
+    rows = ["| metric | " + " | ".join(numbers) + " |", "|---" * (len(numbers) + 1) + "|"]
+    metrics = dict.fromkeys(m for values in numbers.values() for m in values if m != "tokens")
+    for metric in metrics:
+        cells = [f"{numbers[n][metric]:.4g}" if metric in numbers[n] else "-" for n in numbers]
+        rows.append(f"| {metric} | " + " | ".join(cells) + " |")
+    name = healed_folder(healing).name
+    return (
+        f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n# {name}\n\n"
+        f"A student derived from {TEACHER_NAME}: its embeddings, final norm and decoder layers {kept} (of "
+        f"30), then healed by supervised knowledge distillation from {TEACHER_NAME}: the forward KL from the "
+        f"teacher's next-token distributions, over {record['completion_tokens']} completion tokens in "
+        f"{record['steps']} optimizer steps of {healing.batch_size} prompts (learning rate "
+        f"{healing.learning_rate:g}, cosine), on the shipped chat text: the first-turn answers of the "
+        "oasst1-format seed set and the solutions of the math training prompts. It shares the teacher's "
+        "tokenizer exactly.\n\n"
+        f"## Held-out numbers\n\nGreedy answers to the first {healing.eval_prompts} math test prompts (never "
+        f"trained on), at most {healing.eval_max_new_tokens} tokens; distances per token on the teacher's "
+        "greedy answers; `cut` is the student before healing. Every answer is in `evaluation/*.parquet`."
+        "\n\n" + "\n".join(rows) + "\n"
+    )
+
+
+def settings_of(healing: Healing) -> dict:
+    return json.loads(json.dumps(asdict(healing)))  # tuples as lists, as healing.json holds them
+
+
+def is_current(folder: Path, healing: Healing) -> bool:
+    """A complete healed student, built with these very settings (a changed recipe is rebuilt)."""
+    record = folder / "healing.json"
+    return (
+        is_complete(folder)
+        and record.is_file()
+        and json.loads(record.read_text()).get("settings") == settings_of(healing)
+    )
+
+
+def build_healed_student(healing: Healing = HEALING) -> Path:
+    """Cut, heal, evaluate and save the embedded student (in this process); returns its folder."""
+    folder = healed_folder(healing)
+    if is_current(folder, healing):
+        return folder
+    teacher_dir = embedded_teacher()
+    cut = embedded_student(list(healing.layers))
+    with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=f".{folder.name}.") as scratch:
+        healed = Path(scratch) / "model"
+        record = heal(cut, teacher_dir, healing_examples(), healed, healing)
+        numbers = held_out_numbers(
+            {"cut": cut, "healed": healed}, teacher_dir, healing, healed / "evaluation"
+        )
+        (healed / "README.md").write_text(healed_card(healing, record, numbers))
+        summary = {"settings": settings_of(healing)} | record | {"held_out": numbers}
+        (healed / "healing.json").write_text(json.dumps(summary, indent=2) + "\n")
+        shutil.rmtree(folder, ignore_errors=True)  # one built by another recipe
+        publish(healed, folder)
+    return folder
+
+
+def healed_student(healing: Healing = HEALING) -> Path:
+    """Folder of the default student, built on first use in a child process (see the module docstring)."""
+    folder = healed_folder(healing)
+    if is_current(folder, healing):
+        return folder
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / f".{folder.name}.lock", "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # another process may be building it: wait for it
+        if not is_current(folder, healing):
+            for stale in cache_dir().glob(f".{folder.name}.*"):  # what a killed build left; we hold the lock
+                if stale.is_dir():
+                    shutil.rmtree(stale)
+            print(f"Building the embedded student once: {folder.name} (cut, then healed; a few minutes)")
+            env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
+            subprocess.run([sys.executable, "-m", "selftaught.distill.student"], env=env, check=True)
+    return folder
+
+
+if __name__ == "__main__":
+    build_healed_student()

@@ -1,0 +1,72 @@
+"""The embedded default student: cut from the embedded teacher, healed by forward KL, cached atomically."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+import selftaught.distill.student as student_module
+from selftaught.distill.student import Healing, build_healed_student, healed_folder, healing_examples
+from selftaught.models import load_model
+from selftaught.models.embedded import TEACHER_NAME, embedded_teacher
+
+TINY = Healing(layers=(0, 29), steps=2, batch_size=2, eval_prompts=2, eval_max_new_tokens=4)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A fresh cache holding only the dequantised teacher (linked from the shared cache: no rebuild)."""
+    teacher = embedded_teacher()
+    monkeypatch.setenv("SELFTAUGHT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / TEACHER_NAME).symlink_to(teacher)
+    return tmp_path / "cache"
+
+
+def test_healing_data_is_the_shipped_chat_text_and_never_the_held_out_split():
+    examples = healing_examples()
+    completions = [e.completion for e in examples]
+    assert len(examples) == 85 + 160 and all(completions)  # seed answers + math training solutions
+    test_problems = (student_module.MATH_PROMPTS / "test.jsonl").read_text()
+    assert not any(e.prompt[-1]["content"].split("\n")[0] in test_problems for e in examples[85:])
+
+
+def test_the_healed_student_is_built_once_with_a_card_that_says_how(cache):
+    folder = build_healed_student(TINY)
+    assert folder == healed_folder(TINY) == cache / f"{TEACHER_NAME}-2L-healed"
+    model = load_model(str(folder))
+    assert model.config.num_hidden_layers == 2
+    card = (folder / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    story = front["selftaught"]
+    assert story["cut"]["kept_layers"] == [0, 29]
+    assert story["healing"]["steps"] == 2 and story["healing"]["completion_tokens"] > 0
+    assert "forward KL" in story["healing"]["method"]
+    assert set(story["held_out"]) >= {"cut", "healed", "teacher"}
+    assert {p.name for p in (folder / "evaluation").iterdir()} == {
+        "cut.parquet",
+        "healed.parquet",
+        "teacher.parquet",
+    }
+    assert {"forward_kl", "reverse_kl", "top1_agreement", "degenerate_share"} <= set(
+        story["held_out"]["healed"]
+    )
+    assert "## Held-out numbers" in card and str(cache) not in card
+    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == sorted(
+        [TEACHER_NAME, f"{TEACHER_NAME}-2L-0-29", folder.name]
+    )
+    assert not [p for p in cache.iterdir() if p.is_dir() and p.name.startswith(".")]  # no half build left
+    built = (folder / "model.safetensors").stat().st_mtime_ns
+    assert build_healed_student(TINY) == folder and (folder / "model.safetensors").stat().st_mtime_ns == built
+
+
+def test_a_killed_build_leaves_no_half_model(cache, monkeypatch):
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C after training, while the card's numbers are computed
+
+    monkeypatch.setattr(student_module, "held_out_numbers", killed)  # the model is saved, not yet published
+    with pytest.raises(KeyboardInterrupt):
+        build_healed_student(TINY)
+    assert not healed_folder(TINY).exists()
+    assert not [p for p in cache.iterdir() if p.name.startswith(f".{healed_folder(TINY).name}")]
