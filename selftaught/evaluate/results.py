@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from selftaught.data.shards import write_json
+from selftaught.models.naming import is_local, model_label
 from selftaught.training.model_card import EvalRow
 
 
@@ -29,10 +30,16 @@ def write_result(
         "dataset": dataset,
         "models": models,
         "metrics": metrics,
-        "settings": {k: v for k, v in asdict(config).items() if k != "api_key"},  # a key is never recorded
+        # a key is never recorded; a setting naming a file or folder of this machine is named by what it is
+        "settings": {k: named(v) for k, v in asdict(config).items() if k != "api_key"},
     }
     write_json(Path(output_dir) / f"{name or task}.json", result)
     return result
+
+
+def named(value: object) -> object:
+    """A setting as a result records it: a local path by `model_label`, anything else as it is."""
+    return model_label(value) if isinstance(value, str) and is_local(value) else value
 
 
 def read_result(path: Path) -> dict | None:
