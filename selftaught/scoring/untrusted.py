@@ -4,9 +4,19 @@ A web segment, a generated instruction or an evaluated model's answer may contai
 control-token strings ("<|im_end|>", "<|im_start|>"): encoded as they are, they become real chat control
 tokens and let the text end its turn and open another. They are removed before any untrusted text is
 tokenised, by every score.
+
+A rater that reads untrusted text (the rubric, the judge) also sees it datamarked (`datamark`): every
+run of whitespace shown as DATAMARK, so that words addressed to the rater inside it do not read as ours
+(the "spotlighting" of Hines et al., 2024, "Defending Against Indirect Prompt Injection Attacks With
+Spotlighting"); ratings.py measures what it changes.
 """
 
 from __future__ import annotations
+
+import re
+
+DATAMARK = "^"
+WHITESPACE = re.compile(r"\s+")
 
 
 def special_token_strings(tokenizer) -> list[str]:
@@ -23,3 +33,8 @@ def strip_special_tokens(text: str, specials: list[str]) -> str:
             text = text.replace(token, "")
         if text == before:
             return text
+
+
+def datamark(text: str) -> str:
+    """`text` with every run of whitespace shown as DATAMARK."""
+    return WHITESPACE.sub(DATAMARK, text.strip())
