@@ -145,18 +145,9 @@ def test_a_settings_mismatch_names_only_what_differs_before_any_model_loads(
     last.unlink()  # an interrupted curation...
     weights = run / "models" / "M0" / "model.safetensors"
     weights.rename(tmp_path / "weights")  # ...whose rater could not even be loaded now
+    as_pmi = ["backtranslate", "curate", "--iteration", "1", "--curation_mode", "pmi"]
     with pytest.raises(SystemExit) as exit_info:
-        main(
-            [
-                "backtranslate",
-                "curate",
-                "--iteration",
-                "1",
-                "--curation_mode",
-                "pmi",
-                *flags(run, tiny_student, corpus),
-            ]
-        )
+        main([*as_pmi, *flags(run, tiny_student, corpus)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "params.curation_mode: 'rubric' there, 'pmi' now" in err
@@ -164,18 +155,7 @@ def test_a_settings_mismatch_names_only_what_differs_before_any_model_loads(
     assert "rerun `selftaught backtranslate curate --iteration 1` with --overwrite" in err
     # the flag the error advises exists: it redoes the stage (here with the rater restored)
     (tmp_path / "weights").rename(weights)
-    main(
-        [
-            "backtranslate",
-            "curate",
-            "--iteration",
-            "1",
-            "--curation_mode",
-            "pmi",
-            "--overwrite",
-            *flags(run, tiny_student, corpus),
-        ]
-    )
+    main([*as_pmi, "--overwrite", *flags(run, tiny_student, corpus)])
     rows = read_shards(run / "iteration1" / "curate").to_list()
     assert rows and all(r["curation_mode"] == "pmi" and "pmi" in r for r in rows)
 

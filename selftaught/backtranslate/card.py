@@ -120,19 +120,20 @@ def comparison_section(comparisons: list[dict], name: str) -> str:
     if not rows:
         return ""
     table = [
-        "| metric | against | this model | the other | difference | 95% interval |",
-        "|---|---|---|---|---|---|",
+        "| metric | against | this model | the other | difference | 95% interval | items |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in rows:
-        low, high = c["ci95"] if c["ci95"] else (None, None)
-        interval = "n/a" if low is None else f"[{low:+.3f}, {high:+.3f}]"
+        low, high = c["ci95"] or (None, None)
+        interval = "n/a" if low is None else f"[{low:+.3g}, {high:+.3g}]"
         table.append(
             f"| {c['metric']} | {c['against']} | {c['value']:.4g} | {c['against_value']:.4g} | "
-            f"{c['difference']:+.4g} | {interval} |"
+            f"{c['difference']:+.3g} | {interval} | {c['items']} |"
         )
     note = (
-        "An interval that contains 0 means this evaluation cannot tell the two models apart; "
-        f"{rows[0]['items']} items per comparison."
+        "Paired bootstrap over the same held-out items. An interval that contains 0 means this evaluation "
+        "cannot tell the two models apart. Lower is better for heldout_nll and degenerate_share; higher "
+        "for relevance.pmi and judge.win_rate."
     )
     return "\n".join([*table, "", note])
 

@@ -190,8 +190,10 @@ def stage_select(config: BacktranslateConfig, settings: SFTSettings, k: int) -> 
         return read_parquet(run.selected(k))
     started = time.perf_counter()
     rated = read_shards(run.require(run.curate(k), f"curate --iteration {k}")).to_list()
-    if rated:
-        rule.check(rated[0].get("curation_mode", "rubric").split(","))  # what was curated, not what is asked
+    try:  # against what was curated (rows curated before modes existed were rated on the rubric)
+        rule.check(rated[0].get("curation_mode", "rubric").split(",") if rated else config.curation_modes)
+    except ValueError as err:
+        raise DataError(f"{run.curate(k)}: {err}") from None
     keep = rule.keep(rated)
     selected = [r for r, kept in zip(rated, keep, strict=True) if kept]
     write_parquet(run.selected(k), selected)

@@ -164,7 +164,9 @@ def finished(run: RunFolder, stage: str, settings: dict) -> bool:
             f"({run.outputs(stage)[0].relative_to(run.root)}) is missing or incomplete: running it again"
         )
         return False
-    before = line.get("settings", {})
+    before = line.get("settings")
+    if before is None:  # recorded before stages recorded their settings: nothing to compare with
+        return True
     differ = [k for k in sorted(before.keys() | settings.keys()) if before.get(k) != settings.get(k)]
     if differ:
         changes = "; ".join(f"{k}: {before.get(k)!r} then, {settings.get(k)!r} now" for k in differ)

@@ -20,7 +20,14 @@ from selftaught.evaluate.common import eval_engine, load_eval_rows, required
 from selftaught.evaluate.config import CurationEvalConfig, EvalConfig
 from selftaught.evaluate.intervals import bootstrap_interval
 from selftaught.evaluate.results import write_result
-from selftaught.scoring.curation import RANKED_BY, RUBRIC_MODES, SelectionRule, score_pairs, score_value
+from selftaught.scoring.curation import (
+    RANKED_BY,
+    RUBRIC_MODES,
+    SelectionRule,
+    average_ranks,
+    score_pairs,
+    score_value,
+)
 
 TASK = "curation"
 KEEP_AT = 4  # the paper's threshold: a pair whose score is 4 or 5 is kept
@@ -36,16 +43,7 @@ def roc_auc(scores: list[float], labels: list[int]) -> float | None:
     negatives = len(labels) - positives
     if positives == 0 or negatives == 0:
         return None
-    order = sorted(range(len(scores)), key=lambda i: scores[i])
-    ranks = [0.0] * len(scores)
-    start = 0
-    while start < len(order):
-        end = start
-        while end + 1 < len(order) and scores[order[end + 1]] == scores[order[start]]:
-            end += 1
-        for k in range(start, end + 1):  # a tie group shares the mean of ranks start+1 .. end+1
-            ranks[order[k]] = (start + end) / 2 + 1
-        start = end + 1
+    ranks = average_ranks(scores)
     positive_rank_sum = sum(rank for rank, label in zip(ranks, labels, strict=True) if label == 1)
     return (positive_rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 

@@ -96,10 +96,8 @@ def score_value(row: dict, score: str) -> float:
     return float(value)
 
 
-def percentile_ranks(values: list[float]) -> list[float]:
-    """Each value's rank among `values` scaled to [0, 1] (ties share their mean rank; one value: 0.5)."""
-    if len(values) == 1:
-        return [0.5]
+def average_ranks(values: list[float]) -> list[float]:
+    """Each value's rank, 1 for the lowest; a tie group shares the mean of its ranks."""
     order = sorted(range(len(values)), key=values.__getitem__)
     ranks = [0.0] * len(values)
     start = 0
@@ -107,10 +105,17 @@ def percentile_ranks(values: list[float]) -> list[float]:
         end = start
         while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
             end += 1
-        for k in range(start, end + 1):
-            ranks[order[k]] = (start + end) / 2 / (len(values) - 1)
+        for k in range(start, end + 1):  # ranks start+1 .. end+1, shared
+            ranks[order[k]] = (start + end) / 2 + 1
         start = end + 1
     return ranks
+
+
+def percentile_ranks(values: list[float]) -> list[float]:
+    """Each value's rank among `values` scaled to [0, 1] (ties share their mean rank; one value: 0.5)."""
+    if len(values) == 1:
+        return [0.5]
+    return [(rank - 1) / (len(values) - 1) for rank in average_ranks(values)]
 
 
 @dataclass(frozen=True)

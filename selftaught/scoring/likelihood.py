@@ -65,50 +65,56 @@ def mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def response_means(
+    engine: GenerationEngine,
+    tokenizer,
+    pairs: list[tuple[str, str]],
+    without: list[int],
+    max_tokens: int,
+    desc: str,
+) -> list[tuple[float | None, float | None, int]]:
+    """Per pair: the mean log-prob of the response's first `max_tokens` tokens given its instruction (a
+    user turn of the chat template) and given the `without` prompt instead, and how many tokens."""
+    specials = special_token_strings(tokenizer)
+    responses = [text_ids(tokenizer, r, specials, max_tokens) for _, r in pairs]
+    given = [user_prompt(tokenizer, strip_special_tokens(i, specials)) for i, _ in pairs]
+    logprobs = engine.completion_logprobs(given + [without] * len(pairs), responses + responses, desc)
+    return [
+        (mean(a), mean(b), len(r))
+        for a, b, r in zip(logprobs[: len(pairs)], logprobs[len(pairs) :], responses, strict=True)
+    ]
+
+
 def pmi_scores(
     engine: GenerationEngine, tokenizer, pairs: list[tuple[str, str]], max_tokens: int = MAX_SCORED_TOKENS
 ) -> list[dict]:
     """Per pair: `pmi` and its two terms (mean log-probs of the response with and without the instruction)."""
-    specials = special_token_strings(tokenizer)
-    responses = [text_ids(tokenizer, r, specials, max_tokens) for _, r in pairs]
-    given = [user_prompt(tokenizer, strip_special_tokens(i, specials)) for i, _ in pairs]
-    without = [user_prompt(tokenizer, "")] * len(pairs)
-    logprobs = engine.completion_logprobs(given + without, responses + responses, "pmi")
-    rows = []
-    for n, (with_x, without_x) in enumerate(zip(logprobs[: len(pairs)], logprobs[len(pairs) :], strict=True)):
-        a, b = mean(with_x), mean(without_x)
-        rows.append(
-            {
-                "pmi": None if a is None else a - b,
-                "logprob_given_instruction": a,
-                "logprob_without_instruction": b,
-                "scored_tokens": len(responses[n]),
-            }
-        )
-    return rows
+    means = response_means(engine, tokenizer, pairs, user_prompt(tokenizer, ""), max_tokens, "pmi")
+    return [
+        {
+            "pmi": None if a is None else a - b,
+            "logprob_given_instruction": a,
+            "logprob_without_instruction": b,
+            "scored_tokens": n,
+        }
+        for a, b, n in means
+    ]
 
 
 def ifd_scores(
     engine: GenerationEngine, tokenizer, pairs: list[tuple[str, str]], max_tokens: int = MAX_SCORED_TOKENS
 ) -> list[dict]:
     """Per pair: `ifd` = perplexity of the response given the instruction / its perplexity alone."""
-    specials = special_token_strings(tokenizer)
-    responses = [text_ids(tokenizer, r, specials, max_tokens) for _, r in pairs]
-    given = [user_prompt(tokenizer, strip_special_tokens(i, specials)) for i, _ in pairs]
-    alone = [document_start(tokenizer)] * len(pairs)
-    logprobs = engine.completion_logprobs(given + alone, responses + responses, "ifd")
-    rows = []
-    for n, (with_x, by_itself) in enumerate(zip(logprobs[: len(pairs)], logprobs[len(pairs) :], strict=True)):
-        a, b = mean(with_x), mean(by_itself)
-        rows.append(
-            {
-                "ifd": None if a is None else math.exp(b - a),
-                "ppl_given_instruction": None if a is None else math.exp(-a),
-                "ppl_alone": None if b is None else math.exp(-b),
-                "scored_tokens": len(responses[n]),
-            }
-        )
-    return rows
+    means = response_means(engine, tokenizer, pairs, document_start(tokenizer), max_tokens, "ifd")
+    return [
+        {
+            "ifd": None if a is None else math.exp(b - a),
+            "ppl_given_instruction": None if a is None else math.exp(-a),
+            "ppl_alone": None if b is None else math.exp(-b),
+            "scored_tokens": n,
+        }
+        for a, b, n in means
+    ]
 
 
 def backward_scores(
