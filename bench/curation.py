@@ -1,66 +1,60 @@
-"""Self-curation, speed and quality: selftaught's one-pass digit read against generate-then-parse.
+"""Self-curation, every mode: speed and agreement with the labels on the project's labelled dev set.
 
-Humpback's curation step rates every (instruction, response) pair on a 5-point rubric. The paper, and
-the public re-implementations, let the model write brief reasoning and then "Score: <d>", and parse that
-with a regex; peers found the regex failing on up to 45% of outputs and free generation the cost centre.
-This benchmark rates the same labelled pairs (bench/data/curation_dev.jsonl, written by
-scripts/make_curation_dev.py: real seed answers = 1, mismatched and promotional answers = 0) three ways,
-with the same model, batch size and rubric:
+Humpback's curation step scores every (instruction, response) pair. The paper lets the model write brief
+reasoning and then "Score: <d>", parsed with a regex (peers found the regex failing on up to 45% of
+outputs, and free generation the cost centre). A small rater cannot apply the rubric at all; likelihood
+scores need only next-token predictions. This benchmark scores the same labelled pairs
+(bench/data/curation_dev.jsonl, written by scripts/make_curation_dev.py) with the same model and batch
+size in every mode:
 
-  (a) probs        selftaught's default, `rate_pairs(mode="probs")`: one batched forward pass reads the
-                   next-token distribution over "1".."5" after our own "Score: "; score = its expectation.
-  (b) free+regex   the paper's and the peers' way: greedy free generation of the reasoning-then-score
-                   reply (at most --max-reasoning-tokens new tokens) on the same "generate" prompts that
-                   `rate_pairs(mode="generate")` uses, with selftaught's batched `generate_all`, then
-                   `parse_generated_score` (the last "Score: d") on the text. A reply without one is
-                   unparsed: no score, never kept, and ranked below every parsed reply for the AUC.
-  (c) constrained  optional (--with-constrained), `rate_pairs(mode="generate")`: the same free reasoning,
-                   cut before any rating line it wrote, then our "Score: " and the digit read as in (a).
+  free+regex   the paper's and the peers' way: greedy reasoning-then-score reply (at most
+               --max-reasoning-tokens new tokens) on the prompts `score_pairs(mode="generate")` uses,
+               parsed with `parse_generated_score`; an unparsed reply ranks lowest and is never kept
+  generate     (--with-generate) selftaught's generate mode: the same reasoning, then our "Score: " read
+  rubric       selftaught's rubric mode: P("1".."5") after our "Score: ", one forward pass
+  pmi@K        mean log P(y_t | x, y_<t) - log P(y_t | y_<t) over the first K response tokens
+  ifd@K        Superfiltering's IFD over the first K response tokens, ranked as Superfiltering ranks it
+  backward@K   mean log P(instruction | response), the response cut to K tokens; the backward model is
+               the base model prompted with Myx's prompt (zero-shot), or --backward-model (a trained Myx)
 
 Measured per mode:
-- pairs/s: rows / wall seconds of the scoring call alone (prompt building, tokenisation, generation or
-  forward passes, decoding, parsing); the model is loaded and warmed up (one small untimed call per
-  mode) beforehand.
-- parsed: share of rows with a usable score. (a) and (c): a finite distribution over the five digits
-  with an argmax in 1..5 (always, by construction; measured anyway); (b): the regex found a score.
-- ROC AUC against the labels, Mann-Whitney with ties counted as half: (a) and (c) rank by the expected
-  score, (b) by the parsed digit with unparsed rows at the bottom (tied with each other).
-- precision and recall of "keep" at the paper's threshold, score >= 4: (a) and (c) use the argmax digit;
-  (a) also keeps expectation >= its median over the rows as a second operating point (keeps about half).
-- a paired bootstrap (1,000 resamples of the rows) of AUC(a) - AUC(b), to tell a difference from noise.
+- pairs/s: rows / wall seconds of the scoring call alone; the model is loaded and warmed up (one small
+  untimed call per code path) beforehand; the same batch size everywhere;
+- ROC AUC of the mode's ranking score (`scoring.curation.RANKED_BY`) against the labels, with a 95%
+  bootstrap interval (1,000 resamples of the rows);
+- the AUC of the real pairs against each kind of negative on its own, and against all the adversarial
+  kinds together (restated, paraphrased, non_answer, keyword_stuffed): what each mode can be gamed by;
+- precision and recall at the demo's rule (selftaught/backtranslate/default.yaml) for the mode the demo
+  selects with, and at each mode's natural rule (rubric: argmax >= 4; pmi >= 0; ifd < 1).
+Targets: pmi with the embedded base model at AUC >= 0.9 and >= 20x the pairs/s of free+regex.
 
 Usage:
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/curation.py                       # all rows (210), CPU
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/curation.py --limit 24            # smoke
-    ... --with-constrained --max-reasoning-tokens 128 --batch-size 16 --device cuda
+    HF_HUB_OFFLINE=1 flock /tmp/selftaught-heavy.lock .venv/bin/python bench/curation.py
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/curation.py --limit 40 --modes rubric,pmi      # smoke
+    ... --tokens 32,256 (likelihood modes at several K) --with-generate --device cuda --dtype bfloat16
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import random
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before selftaught's imports load huggingface_hub
-from selftaught.evaluate.curation import KEEP_AT, precision_recall, roc_auc  # noqa: E402
+from selftaught.evaluate.curation import KEEP_AT, auc_with_interval, curation_metrics, precision_recall  # noqa: E402
+from selftaught.scoring.curation import SelectionRule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench" / "data" / "curation_dev.jsonl"
+DEMO = ROOT / "selftaught" / "backtranslate" / "default.yaml"
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "curation.json"
-
-MODES = ("probs", "free+regex", "constrained")
-BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED = 1000, 0
-TARGET_SPEEDUP = 20.0
-
-
-# --- data and model ----------------------------------------------------------------------------------
+ADVERSARIAL = ("restated", "paraphrased", "non_answer", "keyword_stuffed")
+TARGET_SPEEDUP, TARGET_AUC = 20.0, 0.9
 
 
 def load_dev_rows(path: Path, limit: int | None) -> list[dict]:
@@ -74,183 +68,85 @@ def load_dev_rows(path: Path, limit: int | None) -> list[dict]:
     return rows
 
 
-def load_rater(device: str, dtype: str = "float32"):
-    """(model, tokenizer, path) of the default rater, the embedded SmolLM2-135M-Instruct, in `dtype`."""
-    from selftaught.models import load_model, load_tokenizer
-    from selftaught.models.embedded import embedded_teacher
+def demo_rule() -> tuple[str, SelectionRule]:
+    """(the demo's curation mode, its selection rule), as `backtranslate run` reads default.yaml."""
+    from selftaught.backtranslate.config import BacktranslateConfig
 
-    path = embedded_teacher()
-    model = load_model(str(path), dtype).to(device).eval()
-    return model, load_tokenizer(str(path)), path
-
-
-# --- the three ways to score -------------------------------------------------------------------------
+    values = yaml.safe_load(DEMO.read_text())
+    keys = ("curation_mode", "select_by", "min_score", "select_top")
+    config = BacktranslateConfig(**{k: values[k] for k in keys if k in values})
+    return config.curation_modes[0], config.selection_rule()
 
 
-def valid_distribution(rating: dict) -> bool:
-    """A digit read that can be used: five finite probabilities summing to 1 and an argmax in 1..5."""
-    probs = rating["score_probs"]
-    return (
-        len(probs) == 5
-        and all(math.isfinite(p) for p in probs)
-        and abs(sum(probs) - 1) < 1e-6
-        and 1 <= rating["score_argmax"] <= 5
-    )
+# --- the ways to score -------------------------------------------------------------------------------
 
 
-def score_probs(model, tokenizer, pairs: list[tuple[str, str]], args: argparse.Namespace) -> list[dict]:
-    """(a) selftaught's default: one forward pass per batch, the digit distribution after "Score: "."""
-    from selftaught.scoring.ratings import rate_pairs
+def free_generation(engine, pairs: list[tuple[str, str]], args: argparse.Namespace) -> list[dict]:
+    """The peers' way: greedy reasoning-then-score reply, the last "Score: d" taken from the text."""
+    from selftaught.generation.hf import SamplingParams
+    from selftaught.scoring.ratings import parse_generated_score, rating_prompt_ids
 
-    ratings = rate_pairs(model, tokenizer, pairs, batch_size=args.batch_size, mode="probs")
-    return [
-        {"score": r["score_expectation"], "argmax": r["score_argmax"], "parsed": valid_distribution(r)}
-        for r in ratings
-    ]
-
-
-def score_free_generation(
-    model, tokenizer, pairs: list[tuple[str, str]], args: argparse.Namespace
-) -> list[dict]:
-    """(b) the peers' way: greedy reasoning-then-score reply, the last "Score: d" taken from the text."""
-    from selftaught.generation.hf import SamplingParams, generate_all
-    from selftaught.scoring.ratings import parse_generated_score, rating_chat_text
-
-    # The prompt rate_pairs(mode="generate") writes, encoded as it does (the template wrote BOS already).
-    chats = [rating_chat_text(tokenizer, i, r, "generate") for i, r in pairs]
-    prompts = [tokenizer.encode(chat, add_special_tokens=False) for chat in chats]
+    prompts = [rating_prompt_ids(engine.tokenizer, i, r, "generate") for i, r in pairs]
     greedy = SamplingParams(max_new_tokens=args.max_reasoning_tokens, temperature=0)
-    completions = generate_all(model, tokenizer, prompts, greedy, args.batch_size, desc="free generation")
+    completions = engine.generate(prompts, greedy, "free generation")
     results = []
     for ids in completions:
-        text = tokenizer.decode(ids, skip_special_tokens=True)
+        text = engine.tokenizer.decode(ids, skip_special_tokens=True)
         score = parse_generated_score(text)
-        results.append(
-            {"score": score, "parsed": score is not None, "new_tokens": len(ids), "generated": text}
-        )
+        # ranked by the parsed digit; an unparsed reply below every parsed one (as a digit of 0)
+        results.append({"score_expectation": score or 0, "score_argmax": score or 0, "generated": text})
     return results
 
 
-def score_constrained(model, tokenizer, pairs: list[tuple[str, str]], args: argparse.Namespace) -> list[dict]:
-    """(c) selftaught's generate mode: the same free reasoning, then our "Score: " and the digit read."""
-    from selftaught.scoring.ratings import rate_pairs
+def scorer(mode: str, args: argparse.Namespace):
+    """(selftaught mode, K) and the call that scores pairs in `mode` (e.g. "pmi@32")."""
+    from selftaught.scoring.curation import score_pairs
 
-    ratings = rate_pairs(
-        model,
-        tokenizer,
-        pairs,
-        batch_size=args.batch_size,
-        mode="generate",
-        max_reasoning_tokens=args.max_reasoning_tokens,
+    name, _, tokens = mode.partition("@")
+    if name == "free+regex":
+        return lambda engine, pairs: free_generation(engine, pairs, args)
+    return lambda engine, pairs: score_pairs(
+        engine, engine.tokenizer, pairs, name, args.max_reasoning_tokens, int(tokens or 256), args.batch_size
     )
-    return [
-        {"score": r["score_expectation"], "argmax": r["score_argmax"], "parsed": valid_distribution(r),
-         "regex_score": r["regex_score"], "generated": r["generated"]}
-        for r in ratings
-    ]  # fmt: skip
 
 
-SCORERS: dict[str, Callable] = {
-    "probs": score_probs,
-    "free+regex": score_free_generation,
-    "constrained": score_constrained,
-}
-
-
-def mean_prompt_tokens(tokenizer, pairs: list[tuple[str, str]]) -> float:
-    """Mean length in tokens of the "generate" rating prompts (the "probs" ones differ by a few tokens)."""
-    from selftaught.scoring.ratings import rating_chat_text
-
-    chats = (rating_chat_text(tokenizer, i, r, "generate") for i, r in pairs)
-    return statistics.fmean(len(tokenizer.encode(chat, add_special_tokens=False)) for chat in chats)
-
-
-def warm_up(model, tokenizer, pairs: list[tuple[str, str]], args: argparse.Namespace) -> None:
-    """One small untimed call of each code path, so no mode pays for first-call setup in its timing."""
-    few = argparse.Namespace(**{**vars(args), "max_reasoning_tokens": 4})
-    score_probs(model, tokenizer, pairs, few)
-    score_free_generation(model, tokenizer, pairs, few)
-
-
-def timed(fn: Callable[[], list[dict]]) -> tuple[list[dict], float]:
+def timed(fn, *fn_args) -> tuple[list[dict], float]:
     started = time.perf_counter()
-    result = fn()
+    result = fn(*fn_args)
     return result, time.perf_counter() - started
 
 
 # --- agreement with the labels -----------------------------------------------------------------------
 
 
-def ranking_scores(results: list[dict]) -> list[float]:
-    """The score each row is ranked by: unparsed rows get 0, below the lowest possible score (1)."""
-    return [r["score"] if r["parsed"] else 0.0 for r in results]
+def summarise(mode: str, scored: list[dict], seconds: float, rows: list[dict], demo) -> dict:
+    name = mode.partition("@")[0]
+    ranked = "rubric" if name == "free+regex" else name  # the parsed digit sits in the rubric's fields
+    labels, kinds = [r["label"] for r in rows], [r["kind"] for r in rows]
+    demo_mode, rule = demo
+    rules = [rule] if name == demo_mode else []
+    metrics = curation_metrics(scored, labels, ranked, rules, kinds)
+    if name in ("rubric", "generate", "free+regex"):
+        keep = [s["score_argmax"] >= KEEP_AT for s in scored]
+        metrics[f"argmax >= {KEEP_AT}"] = precision_recall(keep, labels)
+    elif name in ("pmi", "ifd"):
+        natural = SelectionRule(name)
+        metrics[natural.describe()] = precision_recall(natural.keep(scored), labels)
+    values = [metrics_value(s, ranked) for s in scored]
+    adversarial = [i for i, k in enumerate(kinds) if k == "real" or k in ADVERSARIAL]
+    metrics["adversarial"] = auc_with_interval(
+        [values[i] for i in adversarial], [labels[i] for i in adversarial]
+    )
+    metrics |= {"seconds": seconds, "pairs_per_second": len(scored) / seconds}
+    if name == "free+regex":
+        metrics["parsed"] = sum(s["score_argmax"] > 0 for s in scored) / len(scored)
+    return metrics
 
 
-def operating_points(mode: str, results: list[dict], labels: list[int]) -> dict[str, dict]:
-    """Precision/recall at the paper's threshold, and for (a) at expectation >= median as well."""
-    if mode == "free+regex":
-        keep = [r["parsed"] and r["score"] >= KEEP_AT for r in results]
-        return {f"score>={KEEP_AT}": precision_recall(keep, labels)}
-    points = {f"argmax>={KEEP_AT}": precision_recall([r["argmax"] >= KEEP_AT for r in results], labels)}
-    if mode == "probs":
-        median = statistics.median(r["score"] for r in results)
-        point = precision_recall([r["score"] >= median for r in results], labels)
-        points["expectation>=median"] = {**point, "threshold": median}
-    return points
+def metrics_value(row: dict, mode: str) -> float:
+    from selftaught.scoring.curation import RANKED_BY, score_value
 
-
-def by_kind(results: list[dict], rows: list[dict]) -> dict[str, dict]:
-    """Mean ranking score and share parsed for each kind of row (real, mismatched, promotional)."""
-    out = {}
-    for kind in sorted({row["kind"] for row in rows}):
-        picked = [r for r, row in zip(results, rows, strict=True) if row["kind"] == kind]
-        out[kind] = {
-            "rows": len(picked),
-            "mean_score": statistics.fmean(ranking_scores(picked)),
-            "parsed": sum(r["parsed"] for r in picked) / len(picked),
-        }
-    return out
-
-
-def summarise(mode: str, results: list[dict], seconds: float, rows: list[dict]) -> dict:
-    labels = [row["label"] for row in rows]
-    summary = {
-        "seconds": seconds,
-        "pairs_per_second": len(results) / seconds,
-        "parsed": sum(r["parsed"] for r in results) / len(results),
-        "auc": roc_auc(ranking_scores(results), labels),
-        "auc_ranked_by": "parsed digit; unparsed rows lowest (tied)"
-        if mode == "free+regex"
-        else "expectation",
-        "operating_points": operating_points(mode, results, labels),
-        "by_kind": by_kind(results, rows),
-    }
-    if mode == "free+regex":
-        parsed = [(r["score"], label) for r, label in zip(results, labels, strict=True) if r["parsed"]]
-        summary["auc_parsed_rows_only"] = roc_auc([s for s, _ in parsed], [y for _, y in parsed])
-        summary["score_counts"] = {str(d): sum(r["score"] == d for r in results) for d in range(1, 6)}
-        summary["mean_new_tokens"] = statistics.fmean(r["new_tokens"] for r in results)
-    if mode == "constrained":
-        # the peers' regex on the very same reasoning text, for comparison with (b)
-        regex_parsed = sum(r["regex_score"] is not None for r in results)
-        summary["regex_parsed_on_its_reasoning"] = regex_parsed / len(results)
-    return summary
-
-
-def bootstrap_auc_difference(first: list[float], second: list[float], labels: list[int]) -> dict:
-    """Paired bootstrap over rows of AUC(first) - AUC(second): mean and 95% percentile interval."""
-    rng = random.Random(BOOTSTRAP_SEED)
-    n, differences = len(labels), []
-    for _ in range(BOOTSTRAP_RESAMPLES):
-        picks = [rng.randrange(n) for _ in range(n)]
-        sample = [labels[i] for i in picks]
-        a = roc_auc([first[i] for i in picks], sample)
-        b = roc_auc([second[i] for i in picks], sample)
-        if a is not None and b is not None:
-            differences.append(a - b)
-    differences.sort()
-    low, high = differences[int(0.025 * len(differences))], differences[int(0.975 * len(differences)) - 1]
-    return {"mean": statistics.fmean(differences), "ci95": [low, high], "resamples": len(differences)}
+    return score_value(row, RANKED_BY[mode])
 
 
 # --- the report --------------------------------------------------------------------------------------
@@ -260,79 +156,68 @@ def fmt(value: float | None, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def interval(metrics: dict) -> str:
+    low, high = metrics.get("auc_ci95") or (None, None)
+    return f"{fmt(metrics['auc'])} [{fmt(low)}, {fmt(high)}]"
+
+
 def print_report(summaries: dict[str, dict], comparison: dict, args: argparse.Namespace, n: int) -> None:
-    print(
-        f"\nCuration on {n} labelled pairs ({args.data.name}), "
-        f"prompts of {comparison['mean_prompt_tokens']:.0f} tokens on average, batch {args.batch_size}, "
-        f"max {args.max_reasoning_tokens} reasoning tokens, {args.device}, "
-        f"{comparison['torch_threads']} torch threads\n"
-    )
-    header = (
-        f"{'mode':<13}{'pairs/s':>9}{'seconds':>9}{'parsed':>8}{'AUC':>7}  {'keep rule':<21}"
-        f"{'kept':>5}{'prec':>7}{'recall':>8}"
-    )
-    print(header)
-    print("-" * len(header))
+    where = f"batch {args.batch_size}, {args.device}, {args.dtype}"
+    print(f"\nCuration on {n} labelled pairs ({args.data.name}), {where}\n")
+    header = f"{'mode':<14}{'pairs/s':>9}{'AUC [95% CI]':>26}{'adversarial AUC':>26}"
+    print(header + "\n" + "-" * len(header))
     for mode, s in summaries.items():
-        speed = f"{s['pairs_per_second']:>9.2f}{s['seconds']:>9.1f}"
-        first = f"{mode:<13}{speed}{s['parsed']:>8.0%}{fmt(s['auc']):>7}"
-        for number, (rule, point) in enumerate(s["operating_points"].items()):
-            lead = first if number == 0 else " " * len(first)
-            print(
-                f"{lead}  {rule:<21}{point['kept']:>5}{fmt(point['precision']):>7}{fmt(point['recall']):>8}"
-            )
-    print("\nmean score by kind (free+regex: unparsed = 0):")
+        print(f"{mode:<14}{s['pairs_per_second']:>9.2f}{interval(s):>26}{interval(s['adversarial']):>26}")
     kinds = sorted({k for s in summaries.values() for k in s["by_kind"]})
-    print(f"  {'mode':<13}" + "".join(f"{k:>13}" for k in kinds))
+    print("\nAUC of the real pairs against each kind of negative:")
+    print(f"  {'mode':<14}" + "".join(f"{k:>17}" for k in kinds))
     for mode, s in summaries.items():
-        print(f"  {mode:<13}" + "".join(f"{s['by_kind'][k]['mean_score']:>13.2f}" for k in kinds))
-    free = summaries["free+regex"]
-    print(
-        f"\nfree+regex: {free['mean_new_tokens']:.1f} new tokens per reply on average; parsed digits "
-        f"{free['score_counts']}; AUC on its parsed rows only {fmt(free['auc_parsed_rows_only'])}"
-    )
-    if "constrained" in summaries:
-        share = summaries["constrained"]["regex_parsed_on_its_reasoning"]
-        print(f"constrained: the peers' regex would have parsed {share:.0%} of its own reasoning texts")
-    print(
-        '(free+regex: a reply without "Score: d" is unparsed, never kept, and ranked below all parsed ones,'
-        "\n tied; at 0% parsed every row ties and its AUC is 0.5 by construction)"
-    )
+        print(f"  {mode:<14}" + "".join(f"{fmt(s['by_kind'][k]['auc']):>17}" for k in kinds))
+    print("\nprecision / recall of the kept pairs:")
+    for mode, s in summaries.items():
+        for rule, point in s.items():
+            if isinstance(point, dict) and "kept" in point:
+                precision, recall = fmt(point["precision"]), fmt(point["recall"])
+                print(
+                    f"  {mode:<14}{rule:<34}kept {point['kept']:>4}  precision {precision}  recall {recall}"
+                )
     print("\nratios and targets:")
     for key, value in comparison["ratios"].items():
-        print(f"  {key:<40}{value:8.2f}")
-    d = comparison["auc_difference_probs_minus_free"]
-    print(
-        f"  AUC(probs) - AUC(free+regex): {fmt(d['point'])}, bootstrap mean {fmt(d['mean'])}, "
-        f"95% CI [{fmt(d['ci95'][0])}, {fmt(d['ci95'][1])}] ({d['resamples']} resamples)"
-    )
+        print(f"  {key:<44}{value:8.2f}")
     for target, met in comparison["targets"].items():
-        print(f"  {target:<40}{'met' if met else 'NOT met'}")
+        print(f"  {target:<44}{'met' if met else 'NOT met'}")
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DATA, help="the labelled dev set (JSONL)")
     parser.add_argument("--limit", type=int, help="score only the first N rows (default: all)")
+    parser.add_argument(
+        "--modes", default="free+regex,rubric,pmi,ifd,backward", help="comma-separated modes to run"
+    )
+    parser.add_argument("--tokens", default="256", help="K for the likelihood modes, comma-separated")
+    parser.add_argument("--with-generate", action="store_true", help="also time selftaught's generate mode")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass / generate call")
-    parser.add_argument(
-        "--max-reasoning-tokens", type=int, default=64, help="new tokens allowed for the free reply"
-    )
-    parser.add_argument(
-        "--with-constrained", action="store_true", help="also time rate_pairs(mode='generate')"
-    )
+    parser.add_argument("--max-reasoning-tokens", type=int, default=64, help="new tokens of a free reply")
+    parser.add_argument("--backward-model", help="a trained backward model (default: the base, zero-shot)")
     parser.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda, ...)")
-    parser.add_argument(
-        "--dtype", default="float32", help="weights dtype for every mode (bfloat16 uses AMX on recent CPUs)"
-    )
+    parser.add_argument("--dtype", default="float32", help="weights dtype for every mode")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="where to write the JSON results")
     args = parser.parse_args()
     if args.limit is not None and args.limit < 2:
         parser.error("--limit must be at least 2 (one pair of each label)")
-    if args.batch_size < 1 or args.max_reasoning_tokens < 1:
-        parser.error("--batch-size and --max-reasoning-tokens must be at least 1")
     return args
+
+
+def expand_modes(args: argparse.Namespace) -> list[str]:
+    modes = []
+    for mode in args.modes.split(","):
+        if mode in ("pmi", "ifd", "backward"):
+            modes += [f"{mode}@{k}" for k in args.tokens.split(",")]
+        else:
+            modes.append(mode)
+    return modes + (["generate"] if args.with_generate else [])
 
 
 def main() -> None:
@@ -340,63 +225,71 @@ def main() -> None:
     import torch
     import transformers
 
+    from selftaught.generation.engines import HFEngine
+    from selftaught.models import load_model, load_tokenizer
+    from selftaught.models.embedded import embedded_teacher
+
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = load_dev_rows(args.data, args.limit)
     pairs = [(row["instruction"], row["response"]) for row in rows]
-    labels = [row["label"] for row in rows]
     print(f"loading the rater and warming up ({len(rows)} rows to score) ...", flush=True)
-    model, tokenizer, model_path = load_rater(args.device, args.dtype)
-    warm_up(model, tokenizer, pairs[: args.batch_size], args)
-    prompt_tokens = mean_prompt_tokens(tokenizer, pairs)
+    path = embedded_teacher()
+    engine = HFEngine(
+        load_model(str(path), args.dtype).to(args.device), load_tokenizer(str(path)), args.batch_size
+    )
+    backward = engine
+    if args.backward_model:
+        backward = HFEngine(
+            load_model(args.backward_model, args.dtype).to(args.device), engine.tokenizer, args.batch_size
+        )
+    modes, demo = expand_modes(args), demo_rule()
+    few = argparse.Namespace(**{**vars(args), "max_reasoning_tokens": 4})
+    for mode in dict.fromkeys(m.partition("@")[0] for m in modes):  # first-call setup of each code path
+        scorer(mode, few)(backward if mode == "backward" else engine, pairs[: args.batch_size])
 
-    modes = [m for m in MODES if m != "constrained" or args.with_constrained]
-    results: dict[str, list[dict]] = {}
-    summaries: dict[str, dict] = {}
+    summaries, results = {}, {}
     for mode in modes:
         print(f"scoring: {mode} ...", flush=True)
-        results[mode], seconds = timed(lambda m=mode: SCORERS[m](model, tokenizer, pairs, args))
-        summaries[mode] = summarise(mode, results[mode], seconds, rows)
-        print(f"  {seconds:.1f} s, {summaries[mode]['pairs_per_second']:.2f} pairs/s", flush=True)
+        which = backward if mode.startswith("backward") else engine
+        results[mode], seconds = timed(scorer(mode, args), which, pairs)
+        summaries[mode] = summarise(mode, results[mode], seconds, rows, demo)
+        speed = summaries[mode]["pairs_per_second"]
+        print(f"  {seconds:.1f} s, {speed:.2f} pairs/s, AUC {interval(summaries[mode])}", flush=True)
 
-    probs, free = summaries["probs"], summaries["free+regex"]
-    ratios = {"pairs/s probs / free+regex": probs["pairs_per_second"] / free["pairs_per_second"]}
-    if "constrained" in summaries:
-        ratios["pairs/s probs / constrained"] = (
-            probs["pairs_per_second"] / summaries["constrained"]["pairs_per_second"]
-        )
-    difference = bootstrap_auc_difference(
-        ranking_scores(results["probs"]), ranking_scores(results["free+regex"]), labels
-    )
-    auc_point = None if probs["auc"] is None or free["auc"] is None else probs["auc"] - free["auc"]
-    comparison = {
-        "ratios": ratios,
-        "auc_difference_probs_minus_free": {"point": auc_point, **difference},
-        "targets": {
-            f"pairs/s >= {TARGET_SPEEDUP:g}x free+regex": ratios["pairs/s probs / free+regex"]
-            >= TARGET_SPEEDUP,
-            "probs parsed 100%": probs["parsed"] == 1.0,
-            "probs AUC >= free+regex AUC (point)": auc_point is not None and auc_point >= 0,
-        },
-        "torch_threads": torch.get_num_threads(),
-        "mean_prompt_tokens": prompt_tokens,
-    }
+    pmi = next((m for m in reversed(modes) if m.startswith("pmi@")), None)
+    ratios, targets = {}, {}
+    if pmi and "free+regex" in summaries:
+        ratio = summaries[pmi]["pairs_per_second"] / summaries["free+regex"]["pairs_per_second"]
+        ratios[f"pairs/s {pmi} / free+regex"] = ratio
+        targets[f"{pmi}: pairs/s >= {TARGET_SPEEDUP:g}x free+regex"] = ratio >= TARGET_SPEEDUP
+    for mode in modes:
+        if mode != "free+regex" and "free+regex" in summaries:
+            ratios.setdefault(
+                f"pairs/s {mode} / free+regex",
+                summaries[mode]["pairs_per_second"] / summaries["free+regex"]["pairs_per_second"],
+            )
+    if pmi:
+        targets[f"{pmi}: AUC >= {TARGET_AUC}"] = (summaries[pmi]["auc"] or 0) >= TARGET_AUC
+    comparison = {"ratios": ratios, "targets": targets, "demo": {"mode": demo[0], "rule": demo[1].describe()}}
     print_report(summaries, comparison, args, len(rows))
 
-    per_row = []
-    for index, row in enumerate(rows):
-        entry = {"id": row["id"], "kind": row["kind"], "label": row["label"]}
-        for mode in modes:
-            r = results[mode][index]
-            entry[mode] = {k: r[k] for k in ("score", "argmax", "parsed", "generated") if k in r}
-        per_row.append(entry)
+    per_row = [
+        {"id": row["id"], "kind": row["kind"], "label": row["label"]}
+        | {
+            mode: {k: v for k, v in results[mode][i].items() if isinstance(v, (int, float)) or v is None}
+            for mode in modes
+        }
+        for i, row in enumerate(rows)
+    ]
     report = {
         "config": {
             "data": str(args.data.relative_to(ROOT) if args.data.is_relative_to(ROOT) else args.data),
             "rows": len(rows), "limit": args.limit, "batch_size": args.batch_size,
-            "max_reasoning_tokens": args.max_reasoning_tokens, "keep_at": KEEP_AT, "device": args.device,
-            "dtype": args.dtype, "model": f"{model_path.name} (selftaught.models.embedded.embedded_teacher)",
-            "modes": modes, "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
+            "max_reasoning_tokens": args.max_reasoning_tokens, "device": args.device, "dtype": args.dtype,
+            "model": f"{path.name} (selftaught.models.embedded.embedded_teacher)",
+            "backward_model": Path(args.backward_model).name if args.backward_model else "base, zero-shot",
+            "modes": modes,
         },
         "environment": {
             "python": sys.version.split()[0], "torch": torch.__version__,

@@ -11,6 +11,13 @@ This file measures how well a rater does that (bench/curation.py reads it). Ever
   on the topic of the seed instruction it is paired with, i.e. "promotional, or written like a blog or
   forum post", a 1. Being on topic makes them the harder negatives: word overlap alone cannot reject them.
 
+Adversarial negatives (label 0), what a likelihood score could fall for, because each is easy to predict
+given its instruction:
+- "restated": the instruction repeated as its answer (three templates);
+- "paraphrased": the request restated in other words, written here, answering nothing;
+- "non_answer": a reply written here on the instruction's topic that never answers it;
+- "keyword_stuffed": the topic words of the instruction and its real answer, shuffled and repeated.
+
 The rows are shuffled with a fixed seed, so any prefix (`bench/curation.py --limit N`) mixes all three
 kinds. Rerunning the script writes the same file byte for byte.
 
@@ -298,6 +305,151 @@ PROMOTIONAL: list[tuple[str, str]] = [
 ]
 
 
+# --- adversarial negatives: texts a likelihood score could fall for (all written here) ---------------------
+
+# (start of the seed instruction, a restatement of the request in other words: no answer at all)
+PARAPHRASED: list[tuple[str, str]] = [
+    (
+        "How long should I rest a steak",
+        "You would like to know how many minutes a steak ought to sit and rest once it has finished cooking.",
+    ),
+    (
+        "What is photosynthesis?",
+        "The question is what photosynthesis is, that is, what the process called photosynthesis means.",
+    ),
+    (
+        "How do vaccines work?",
+        "You are asking how vaccines work: in what way a vaccine does its job inside the body.",
+    ),
+    (
+        "Why does ice float on water?",
+        "So the question is why ice floats on water instead of sinking to the bottom of it.",
+    ),
+    (
+        "How do I centre a div in CSS?",
+        "You want to centre a div with CSS, in other words put a div element in the middle using CSS.",
+    ),
+    ("What is inflation?", "What you would like explained is inflation: what the word inflation refers to."),
+    (
+        "How can I avoid jet lag?",
+        "You are looking for ways to avoid getting jet lag, meaning how to not suffer from jet lag.",
+    ),
+    ("Why is the ocean salty?", "Your question asks why the water of the ocean is salty rather than fresh."),
+    (
+        "How do I reverse a string in Python?",
+        "You need to know how to reverse a string in Python, that is, how to turn a Python string backwards.",
+    ),
+    ("What is a black hole?", "The thing you want to know about is a black hole, and what a black hole is."),
+    ("Who was Ada Lovelace?", "You are asking who Ada Lovelace was, the person named Ada Lovelace."),
+    (
+        "How much water should I drink a day?",
+        "The question here is how much water a person should drink every day, the daily amount of water.",
+    ),
+    ("What is DNA?", "You would like to find out what DNA is, what the thing called DNA actually is."),
+    (
+        "Why do we have seasons?",
+        "You are wondering why there are seasons, why we have seasons at all during the year.",
+    ),
+    (
+        "How do I politely decline an invitation?",
+        "You want a polite way of declining an invitation, how to say no to an invitation politely.",
+    ),
+]
+
+# (start of the seed instruction, a reply on its topic that never answers it)
+NON_ANSWERS: list[tuple[str, str]] = [
+    (
+        "How long should I rest a steak",
+        "Steak is one of the most popular dishes in the world, and people have cooked beef over fire for thousands of years. Cuts such as ribeye, sirloin and fillet each have their fans, and every family seems to have its own traditions around cooking meat.",
+    ),
+    (
+        "How do vaccines work?",
+        "Vaccines are a big topic in medicine and public health. They have a long history, are discussed often in the news, and many people have strong opinions about them. Scientists continue to study vaccines every year.",
+    ),
+    (
+        "Why does ice float on water?",
+        "Ice and water are two forms of the same substance, and both are very common on Earth. Ice appears in winter, in glaciers and in drinks, while water covers most of the planet's surface.",
+    ),
+    (
+        "What is the tallest mountain in the world?",
+        "Mountains are found on every continent, and climbing them has fascinated people for centuries. Some of the world's mountain ranges are very old, others are still rising, and many are popular with hikers and photographers.",
+    ),
+    (
+        "How do I centre a div in CSS?",
+        "CSS is the language that styles web pages, and divs are among the most common HTML elements. Layout in CSS has changed a lot over the years, and web developers often discuss the best practices for it.",
+    ),
+    (
+        "What caused the fall of the Berlin Wall?",
+        "The Berlin Wall is one of the best-known structures of the twentieth century. Pieces of it are now displayed in museums around the world, and many tourists visit the remaining sections in Berlin every year.",
+    ),
+    (
+        "How can I save money on groceries?",
+        "Groceries are a regular part of every household budget. Supermarkets, local markets and online shops all sell food, and prices vary from place to place and from season to season.",
+    ),
+    (
+        "What is the greenhouse effect?",
+        "The greenhouse effect is a subject that comes up in science classes, newspapers and political debates. It is connected to many discussions about the planet and its future, and it is often mentioned in documentaries.",
+    ),
+    (
+        "How do I read a text file line by line in Python?",
+        "Python is a popular programming language, and text files are one of the most common kinds of files. Many Python programs work with files of some kind, and there is a lot written about Python online.",
+    ),
+    (
+        "Why do heavy and light objects fall",
+        "Falling objects have interested thinkers since ancient times. Aristotle, Galileo and Newton all wrote about motion, and the history of physics is full of famous experiments with things that fall.",
+    ),
+    (
+        "How can I tell if an egg is still fresh?",
+        "Eggs are used in cooking all over the world, in breakfasts, cakes, sauces and many other dishes. Chickens, ducks and quails all lay eggs, and egg sizes and shell colours differ between breeds.",
+    ),
+    (
+        "What does the `yield` keyword do in Python?",
+        "Python has many keywords, and `yield` is one of them. Keywords are reserved words of the language, and every Python programmer meets them sooner or later while reading or writing code.",
+    ),
+    (
+        "How do I get a red wine stain out of a carpet?",
+        "Red wine is enjoyed at dinners and parties everywhere, and carpets are found in many homes. Both come in many varieties, and spills are a common part of life in any household.",
+    ),
+    (
+        "What was the Silk Road?",
+        "The Silk Road is a famous name from history that still appears in books, films and travel brochures today. Many places along it have become popular destinations for travellers interested in the past.",
+    ),
+    (
+        "How early should I arrive at the airport",
+        "Airports are busy places with shops, restaurants and long corridors. International flights connect cities all over the world, and millions of passengers travel through airports every day.",
+    ),
+    (
+        "Why is the Magna Carta important?",
+        "The Magna Carta is a document from medieval England that many people have heard of. Copies of it are kept in several places, and it is often mentioned in discussions about history and law.",
+    ),
+    (
+        "What is a placebo?",
+        "Placebos come up often in conversations about medicine and research. The word itself is old, and people are frequently curious about it when they read about medical studies.",
+    ),
+    (
+        "How do I write a strong thesis statement?",
+        "Thesis statements are part of academic writing, and students write them in many subjects. Teachers, textbooks and writing centres all talk about thesis statements in their own way.",
+    ),
+    (
+        "What is an algorithm?",
+        "Algorithms are mentioned everywhere today, from news articles about social media to computer science classes. The word has become very common, and many people use it in everyday conversation.",
+    ),
+    (
+        "Is it bad to crack your knuckles?",
+        "Knuckle cracking is a habit that many people have, and it is something people notice and talk about. Some do it often, others never, and it can be heard in classrooms and offices alike.",
+    ),
+]
+
+# Ways to restate a request as if it were the answer (the instruction's own words, repeated).
+RESTATEMENTS = (
+    "{instruction}\n\n{instruction}",
+    "You asked: {instruction} That is the question: {instruction}",
+    "{instruction} This is a question that many people ask. {instruction}",
+)
+RESTATED_COUNT = 15
+KEYWORD_STUFFED_COUNT = 20
+
+
 def content_words(text: str) -> set[str]:
     """Lowercased words of four letters or more that are not stopwords: what a text is about."""
     return {w for w in WORD.findall(text.lower()) if len(w) >= 4 and w not in STOPWORDS}
@@ -336,18 +488,39 @@ def mismatched_answers(pairs: list[dict], rng: random.Random) -> list[int]:
     return target
 
 
-def promotional_rows(pairs: list[dict]) -> list[dict]:
-    """One row per PROMOTIONAL answer, paired with the seed instruction it names."""
+def written_rows(pairs: list[dict], texts: list[tuple[str, str]], kind: str) -> list[dict]:
+    """One row per written answer of `kind`, paired with the seed instruction it names (label 0)."""
     rows = []
-    for number, (start, answer) in enumerate(PROMOTIONAL, start=1):
+    for number, (start, answer) in enumerate(texts, start=1):
         matches = [p for p in pairs if p["instruction"].startswith(start)]
         if len(matches) != 1:
-            raise SystemExit(f"promotional answer {number}: {len(matches)} seed instructions start {start!r}")
+            raise SystemExit(f"{kind} answer {number}: {len(matches)} seed instructions start {start!r}")
         rows.append(
-            {"id": f"promotional-{number:02d}", "instruction": matches[0]["instruction"], "response": answer,
-             "label": 0, "kind": "promotional"}
+            {"id": f"{kind}-{number:02d}", "instruction": matches[0]["instruction"], "response": answer,
+             "label": 0, "kind": kind}
         )  # fmt: skip
     return rows
+
+
+def restated_rows(pairs: list[dict], rng: random.Random) -> list[dict]:
+    """The instruction repeated as its own answer (RESTATEMENTS in turn), for a seeded sample of pairs."""
+    picked = rng.sample(pairs, RESTATED_COUNT)
+    texts = [
+        (p["instruction"], RESTATEMENTS[n % len(RESTATEMENTS)].format(instruction=p["instruction"]))
+        for n, p in enumerate(picked)
+    ]
+    return written_rows(pairs, texts, "restated")
+
+
+def keyword_stuffed_rows(pairs: list[dict], rng: random.Random) -> list[dict]:
+    """The topic words of the instruction and its real answer, shuffled and repeated: all keywords, no
+    answer (what an SEO page or a spammer writes), for a seeded sample of pairs."""
+    texts = []
+    for p in rng.sample(pairs, KEYWORD_STUFFED_COUNT):
+        words = sorted(content_words(p["instruction"]) | content_words(p["response"]))
+        stuffed = [w for _ in range(3) for w in rng.sample(words, min(len(words), 10))]
+        texts.append((p["instruction"], " ".join(stuffed).capitalize() + "."))
+    return written_rows(pairs, texts, "keyword_stuffed")
 
 
 def build_rows(pairs: list[dict], seed: int) -> list[dict]:
@@ -364,7 +537,10 @@ def build_rows(pairs: list[dict], seed: int) -> list[dict]:
          "label": 0, "kind": "mismatched"}
         for p, j in zip(pairs, target, strict=True)
     ]  # fmt: skip
-    rows = real + mismatched + promotional_rows(pairs)
+    rows = real + mismatched + written_rows(pairs, PROMOTIONAL, "promotional")
+    # Drawn after the rows above, so adding the adversarial kinds left the earlier rows as they were.
+    rows += restated_rows(pairs, rng) + written_rows(pairs, PARAPHRASED, "paraphrased")
+    rows += written_rows(pairs, NON_ANSWERS, "non_answer") + keyword_stuffed_rows(pairs, rng)
     rng.shuffle(rows)
     return rows
 

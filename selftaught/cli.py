@@ -13,13 +13,18 @@ import yaml
 from transformers import HfArgumentParser
 
 
-def parse_configs(config_classes: tuple, argv: list[str], prog: str) -> tuple:
-    """One instance per class from `--config FILE` (YAML) and flags, the flags winning."""
+def parse_configs(
+    config_classes: tuple, argv: list[str], prog: str, preset: tuple[Path, tuple[str, ...]] | None = None
+) -> tuple:
+    """One instance per class from `--config FILE` (YAML) and flags, the flags winning. `preset`: the
+    embedded default's YAML and the flags that turn it off, for `--help` to show (see `describe_preset`)."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", type=Path)
     known, rest = pre.parse_known_args(argv)
     parser = HfArgumentParser(config_classes, prog=prog)
     parser.add_argument("--config", type=Path, help="YAML file whose keys are this command's flags.")
+    if preset is not None:
+        describe_preset(parser, *preset)
     if known.config is not None:
         values = yaml.safe_load(known.config.read_text()) or {}
         fields = {a.dest for a in parser._actions}
@@ -43,18 +48,37 @@ def unknown_flags_message(config_classes: tuple, unknown: list[str], prog: str) 
     return " ".join([f"unknown flags {flags}: `{prog} --help` lists every flag.", *reasons])
 
 
-def parse_config(config_class, argv: list[str], prog: str):
+def parse_config(
+    config_class, argv: list[str], prog: str, preset: tuple[Path, tuple[str, ...]] | None = None
+):
     """A `config_class` from `--config FILE` (YAML) and flags, the flags winning."""
-    return parse_configs((config_class,), argv, prog)[0]
+    return parse_configs((config_class,), argv, prog, preset)[0]
 
 
 EMBEDDED_FLAGS = ("--config", "--student", "--teacher", "--data")
+HELP_FLAGS = ("-h", "--help")
 
 
 def with_preset(argv: list[str], preset: Path, flags: tuple[str, ...] = EMBEDDED_FLAGS) -> list[str]:
-    """No model, data or config named: run the embedded default, whose settings `preset` holds."""
-    named = any(arg.split("=")[0] in flags for arg in argv)
+    """No model, data or config named: run the embedded default, whose settings `preset` holds. `--help`
+    is left as it is, so that it shows the defaults a named model or data gets (and the preset beside
+    them, `describe_preset`)."""
+    named = any(arg.split("=")[0] in flags + HELP_FLAGS for arg in argv)
     return argv if named else ["--config", str(preset), *argv]
+
+
+def describe_preset(parser: argparse.ArgumentParser, preset: Path, flags: tuple[str, ...]) -> None:
+    """Show, in `--help`, both defaults that can apply: each flag's own (a named model, data or corpus)
+    and, in brackets, the embedded demo preset's (none of `flags` given)."""
+    values = yaml.safe_load(preset.read_text()) or {}
+    for action in parser._actions:
+        if action.dest in values:
+            action.help = f"{action.help or ''} [embedded demo: {values[action.dest]}]"
+    named = ", ".join(f for f in flags if "-" not in f[2:])  # each flag once, in its underscore form
+    parser.epilog = (
+        f"Defaults: with one of {named} given, each flag's default below applies. With none of them, "
+        f"the command runs the embedded demo ({preset.name}), whose values are shown in brackets."
+    )
 
 
 def distill(argv: list[str]) -> None:
@@ -62,7 +86,9 @@ def distill(argv: list[str]) -> None:
     from selftaught.distill.recipe import run_distillation
 
     preset = Path(__file__).parent / "distill" / "default.yaml"
-    config = parse_config(DistillConfig, with_preset(argv, preset), "selftaught distill")
+    config = parse_config(
+        DistillConfig, with_preset(argv, preset), "selftaught distill", (preset, EMBEDDED_FLAGS)
+    )
     results = run_distillation(config)
     print_summary(config.output_dir, results)
 
@@ -114,7 +140,10 @@ def backtranslate(argv: list[str]) -> None:
     preset = Path(__file__).parent / "backtranslate" / "default.yaml"
     prog = f"selftaught backtranslate {argv[0]}"
     config, settings = parse_configs(
-        (BacktranslateConfig, SFTSettings), with_preset(argv[1:], preset, BACKTRANSLATE_FLAGS), prog
+        (BacktranslateConfig, SFTSettings),
+        with_preset(argv[1:], preset, BACKTRANSLATE_FLAGS),
+        prog,
+        (preset, BACKTRANSLATE_FLAGS),
     )
     stages[argv[0]](config, settings)
     print(f"run folder: {config.run_dir}")
@@ -153,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
     from selftaught.data.loading import DataError
     from selftaught.data.shards import StageMismatchError
+    from selftaught.generation.openai_engine import EchoUnsupportedError
     from selftaught.models.check import ModelArgumentError
     from selftaught.models.vocab import TokenizerMismatchError
 
@@ -164,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         TokenizerMismatchError,
         StageMismatchError,
         FileNotFoundError,
+        EchoUnsupportedError,
     ) as err:
         print(f"selftaught {argv[0]}: error: {err}", file=sys.stderr)  # the message says what to do
         sys.exit(2)

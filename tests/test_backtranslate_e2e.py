@@ -122,6 +122,7 @@ def test_rows_carry_provenance_and_load_with_datasets(finished_run):
     for row in rated:
         assert row["segment_id"] and row["source"] and row["generating_model"].endswith("Myx")
         assert row["scoring_model"].endswith("M1") and row["iteration"] == 2
+        assert row["curation_mode"] == "rubric"  # every score with its model and mode
         assert abs(sum(row["score_probs"]) - 1) < 1e-4
         assert row["score_argmax"] in range(1, 6)
     first = load_dataset("parquet", data_files=str(finished_run / "iteration1" / "curate" / "*.parquet"))[
@@ -189,7 +190,8 @@ def test_an_empty_selection_trains_on_the_seed_alone(finished_run, tiny_student,
     (run / "summary.json").write_text(json.dumps(summary))
     strict = [*flags(run, tiny_student, corpus), "--min_score", "5", "--select_by", "expectation"]
     main(["backtranslate", "select", *strict])
-    assert "no pair has score_expectation >= 5.0" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "no pair passes expectation >= 5: M1 will learn from the seed pairs only" in said
     assert pq.read_table(run / "iteration1" / "selected.parquet").num_rows == 0
     main(["backtranslate", "train", *strict])
     summary = json.loads((run / "summary.json").read_text())
@@ -232,4 +234,5 @@ def test_a_retrained_model_is_not_mixed_with_the_old_ones_output(
     with pytest.raises(SystemExit) as exit_info:
         main(["backtranslate", "augment", *flags(run, tiny_student, corpus)])
     assert exit_info.value.code == 2
-    assert "different settings (params:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "different settings (params.model: 'models/Myx@" in err and "--overwrite" in err

@@ -128,7 +128,7 @@ def test_exact_and_near_duplicates_are_dropped_keeping_the_first():
     segments, stats = segment_corpus(docs)
     assert [s["source"] for s in segments] == ["a", "d"]
     assert (stats["exact_duplicates"], stats["near_duplicates"]) == (1, 1)
-    assert stats["settings"]["near_threshold"] == 0.8 and stats["settings"]["num_perm"] == 64
+    assert stats["segmenter"]["near_threshold"] == 0.8 and stats["segmenter"]["num_perm"] == 64
 
 
 def test_segment_ids_are_stable_and_depend_only_on_the_text():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from selftaught.cli import main as cli_main
 from selftaught.data.shards import read_shards, write_parquet
 from selftaught.generation.engines import EngineSettings, make_engine
 from selftaught.generation.hf import SamplingParams
+from selftaught.generation.openai_engine import EchoUnsupportedError, echoed_logprobs
 from selftaught.models import load_tokenizer
 from selftaught.models.embedded import embedded_teacher
 from selftaught.scoring.ratings import build_rating_prompt, rate_pairs, rating_digit_ids
@@ -228,3 +230,24 @@ def test_augment_and_curate_run_through_the_server(tmp_path, server_url, tokeniz
     for r in rated:
         assert r["scoring_model"] == name and r["iteration"] == 1
         assert sum(r["score_probs"]) == pytest.approx(1.0) and 1 <= r["score_argmax"] <= 5
+
+
+# --- completion log-probs (likelihood scores) ----------------------------------------------------------
+
+
+def test_llama_cpp_ignores_echo_so_likelihood_scores_name_what_works(hf, served):
+    """llama.cpp's server answers `echo` with the generated token's log-prob only (checked here against the
+    real server): the engine says so and names the engines and server that do return prompt log-probs."""
+    (prompt,) = chat_prompts(hf.tokenizer, QUESTIONS[:1])
+    completion = hf.tokenizer.encode("The capital of France is Paris.", add_special_tokens=False)
+    assert len(hf.completion_logprobs([prompt], [completion])[0]) == len(completion)
+    with pytest.raises(EchoUnsupportedError, match=r"--engine hf or --engine vllm.*vllm serve"):
+        served.completion_logprobs([prompt], [completion])
+
+
+def test_echoed_log_probs_are_read_at_the_completion_positions():
+    """The completions API's shape, as vLLM's server answers `echo` with `logprobs` (the prompt's tokens, the
+    first without a log-prob, then 1 new token); the openai client passes it on unvalidated, None and all."""
+    logprobs = SimpleNamespace(tokens=list("abcde"), token_logprobs=[None, -1.0, -2.0, -3.0, -4.0])
+    choice = SimpleNamespace(text="abcde", logprobs=logprobs)
+    assert echoed_logprobs(choice, 2, 2, "http://server/v1") == [-2.0, -3.0]

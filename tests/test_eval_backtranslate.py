@@ -13,7 +13,8 @@ from test_backtranslate_e2e import corpus, flags  # noqa: F401  (corpus is a fix
 from selftaught.cli import main
 
 pytestmark = pytest.mark.slow
-EVAL_FLAGS = ["--eval_prompt_count", "4", "--eval_curation_pairs", "6", "--eval_max_new_tokens", "6"]
+EVAL_FLAGS = ["--eval_prompt_count", "4", "--eval_curation_pairs", "6", "--eval_max_new_tokens", "6",
+              "--eval_heldout_pairs", "5", "--curation_mode", "rubric,pmi"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -23,25 +24,47 @@ def evaluated_run(tmp_path_factory, tiny_student, corpus) -> Path:  # noqa: F811
     return run_dir
 
 
-def test_eval_results_hold_every_model(evaluated_run):
+def test_eval_results_hold_every_model_with_intervals_and_comparisons(evaluated_run, tiny_student):
     results = json.loads((evaluated_run / "eval_results.json").read_text())
-    assert set(results) == {"base", "M0", "M1", "M2"}
-    assert set(results["base"]) == {"answers.mean_tokens", "answers.mean_chars"}  # no judge against itself
+    assert set(results) == {"base", "M0", "M1", "M2", "intervals", "comparisons"}
+    for label in ("base", "M0", "M1", "M2"):
+        numbers = results[label]
+        assert numbers["heldout_nll.per_token"] > 0 and 0 <= numbers["answers.degenerate_share"] <= 1
+        assert {"relevance.pmi", "answers.distinct_2", "answers.eos_share"} <= set(numbers)
+        low, high = results["intervals"][label]["heldout_nll.per_token"]
+        assert low <= numbers["heldout_nll.per_token"] <= high
+    assert "judge.win_rate" not in results["base"]  # no judge against itself
     for label in ("M0", "M1", "M2"):
-        assert 0 <= results[label]["judge.win_rate"] <= 1 and results[label]["answers.mean_tokens"] <= 6
-        counts = sum(results[label][f"judge.{k}"] for k in ("wins", "ties", "losses"))
-        assert counts == 4
-    for rater in ("M0", "M1"):  # the models that curate in a 2-iteration run
-        assert 0 <= results[rater]["curation.auc"] <= 1
-        detail = json.loads((evaluated_run / "evaluation" / f"curation_{rater}.json").read_text())
-        assert detail["metrics"]["pairs"] == 6 and detail["metrics"]["auc"] == results[rater]["curation.auc"]
-    assert "curation.auc" not in results["M2"]
+        assert 0 <= results[label]["judge.win_rate"] <= 1 and 0 <= results[label]["judge.tie_rate"] <= 1
+        detail = json.loads((evaluated_run / "evaluation" / f"judge_{label}.json").read_text())
+        assert sum(detail["metrics"][k] for k in ("wins", "ties", "losses")) == 4
+        base = tiny_student.name  # a local base model is named by its folder, a run's models within the run
+        assert detail["models"] == {"model": f"models/{label}", "baseline": base, "judge": base}
+    for rater in ("M0", "M1"):  # the models that curate in a 2-iteration run, in each of its modes
+        for mode in ("rubric", "pmi"):
+            assert 0 <= results[rater][f"curation ({mode}).auc"] <= 1
+            detail = json.loads((evaluated_run / "evaluation" / f"curation_{mode}_{rater}.json").read_text())
+            assert detail["metrics"]["pairs"] == 6 and detail["metrics"]["mode"] == mode
+    assert not any(k.startswith("curation") for k in results["M2"])
+    pairs = {(c["model"], c["against"]) for c in results["comparisons"]}
+    assert pairs == {("M0", "base"), ("M1", "base"), ("M1", "M0"), ("M2", "base"), ("M2", "M1")}
+    for c in results["comparisons"]:
+        assert c["difference"] == pytest.approx(c["value"] - c["against_value"])
+        assert c["ci95"][0] <= c["difference"] <= c["ci95"][1]
+
+
+def test_no_result_names_a_path_of_this_machine(evaluated_run):
+    root = str(evaluated_run.parent.parent)  # the temporary folder everything was made in
+    for path in [evaluated_run / "eval_results.json", *(evaluated_run / "evaluation").glob("*.json")]:
+        assert root not in path.read_text(), path
+    for name in ("M0", "M1", "M2"):
+        assert root not in (evaluated_run / "models" / name / "README.md").read_text()
 
 
 def test_judge_prompts_and_labelled_pairs_were_never_trained_on(evaluated_run):
     seed = set(Dataset.from_parquet(str(evaluated_run / "seed" / "pairs.parquet"))["instruction"])
     answers = Dataset.from_parquet(str(evaluated_run / "evaluation" / "answers_M1.parquet"))
-    curation = Dataset.from_parquet(str(evaluated_run / "evaluation" / "curation_M0.parquet"))
+    curation = Dataset.from_parquet(str(evaluated_run / "evaluation" / "curation_rubric_M0.parquet"))
     assert len(answers) == 4 and not seed & set(answers["prompt"])
     assert sorted(curation["label"]) == [0, 0, 0, 1, 1, 1] and not seed & set(curation["instruction"])
 
@@ -53,6 +76,9 @@ def test_cards_carry_the_numbers_in_their_model_index(evaluated_run):
         index = {r.metric_name: r.metric_value for r in card.data.eval_results if r.task_name == "judge"}
         assert index["win_rate"] == pytest.approx(results[name]["judge.win_rate"])
         assert "How it was evaluated" in card.text
+        assert "Compared with the model before it and the base" in card.text and "95% interval" in card.text
+        assert f"| heldout_nll.per_token | M{int(name[1:]) - 1} |" in card.text  # against the model before it
+        assert "Why this mode" in card.text and "`pmi`" in card.text
 
 
 def test_rerun_reuses_every_written_evaluation(evaluated_run, tiny_student, corpus):  # noqa: F811

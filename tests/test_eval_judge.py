@@ -73,7 +73,9 @@ def test_win_rate_counts_ties_as_half_with_lengths_beside_it():
     ]  # fmt: skip
     metrics = win_metrics(rows)
     assert (metrics["wins"], metrics["ties"], metrics["losses"]) == (2, 1, 1)
-    assert metrics["win_rate"] == pytest.approx(2.5 / 4)
+    assert metrics["win_rate"] == pytest.approx(2.5 / 4) and metrics["tie_rate"] == 0.25
+    low, high = metrics["win_rate_ci95"]  # a bootstrap over the 4 prompts: wide, around the win rate
+    assert 0 <= low < metrics["win_rate"] < high <= 1
     assert metrics["mean_tokens_model"] == 10 and metrics["mean_chars_baseline"] == 12
 
 
@@ -85,6 +87,7 @@ def test_identical_answers_tie_whatever_the_judges_position_bias(tokenizer, tiny
         judge, tokenizer, ["Capital of France?", "1+1?"], answers, answers, JudgeEvalConfig(batch_size=2)
     )
     assert [r["outcome"] for r in rows] == ["tie", "tie"] and metrics["win_rate"] == 0.5
+    assert metrics["tie_rate"] == 1.0  # beside the win rate: 0.5 here is no comparison at all
     for r in rows:
         assert r["p_model_first"] + r["p_model_second"] == pytest.approx(1.0)
 
@@ -111,10 +114,10 @@ def test_eval_judge_cli_on_tiny_models(tmp_path, tiny_student, tiny_teacher):
     )
     result = json.loads((out / "judge.json").read_text())
     metrics = result["metrics"]
-    assert result["models"] == {
-        "model": str(tiny_student),
-        "baseline": str(tiny_teacher),
-        "judge": str(tiny_student),
+    assert result["models"] == {  # named by what they are (their folders), never by a path of this machine
+        "model": tiny_student.name,
+        "baseline": tiny_teacher.name,
+        "judge": tiny_student.name,
     }
     assert metrics["wins"] + metrics["ties"] + metrics["losses"] == metrics["prompts"] == 2
     rows = Dataset.from_parquet(str(out / "judge_predictions.parquet")).to_list()

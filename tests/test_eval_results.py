@@ -9,12 +9,13 @@ from selftaught.cli import main
 from selftaught.evaluate.config import CurationEvalConfig
 from selftaught.evaluate.curation import mismatched_labels
 from selftaught.evaluate.results import eval_rows, flat_metrics, read_result, write_result
-from selftaught.evaluate.suite import summary_numbers
+from selftaught.evaluate.suite import summary_intervals, summary_numbers
 from selftaught.training.model_card import CardContent, render_model_card
 
 
 def judge_result(win_rate: float) -> dict:
-    metrics = {"win_rate": win_rate, "wins": 3, "ties": 2, "losses": 1, "mean_tokens_model": 40.5}
+    metrics = {"win_rate": win_rate, "win_rate_ci95": [0.3, 0.9], "tie_rate": 2 / 6, "wins": 3, "ties": 2,
+               "losses": 1, "mean_tokens_model": 40.5}  # fmt: skip
     return {"task": "judge", "dataset": "held-out prompts", "models": {}, "metrics": metrics}
 
 
@@ -24,6 +25,7 @@ def test_write_result_round_trips_with_settings_and_models(tmp_path):
     written = write_result(tmp_path, "curation", metrics, config, {"model": "m"}, "d.jsonl")
     assert read_result(tmp_path / "curation.json") == written
     assert written["settings"]["threshold"] == 4.0 and written["models"] == {"model": "m"}
+    assert written["settings"]["output_dir"] == tmp_path.name  # no path of this machine in a result
     # nested metrics flatten to dotted names; None (an undefined precision) is left out, not written as 0
     assert flat_metrics(written) == {"auc": 0.75, "argmax>=4.kept": 2.0, "argmax>=4.recall": 0.5}
 
@@ -44,6 +46,7 @@ def test_eval_rows_put_the_numbers_in_the_cards_model_index():
     index = card.data.eval_results
     assert {(r.metric_type, r.metric_value) for r in index} == {
         ("win_rate", 0.67),
+        ("tie_rate", 2 / 6),
         ("wins", 3.0),
         ("ties", 2.0),
         ("losses", 1.0),
@@ -53,16 +56,21 @@ def test_eval_rows_put_the_numbers_in_the_cards_model_index():
 
 
 def test_summary_numbers_keep_the_headline_of_each_task():
-    curation = {"task": "curation", "dataset": "d", "models": {}, "metrics": {"auc": 0.6}}
-    numbers = summary_numbers({"base": [], "M1": [judge_result(0.6), curation]})
+    curation = {
+        "task": "curation (pmi)",
+        "dataset": "d",
+        "models": {},
+        "metrics": {"auc": 0.6, "auc_ci95": [0.5, 0.7]},
+    }
+    results = {"base": [], "M1": [judge_result(0.6), curation]}
+    numbers = summary_numbers(results)
     assert numbers["base"] == {}
-    assert numbers["M1"] == {
-        "judge.win_rate": 0.6,
-        "judge.wins": 3,
-        "judge.ties": 2,
-        "judge.losses": 1,
-        "curation.auc": 0.6,
-    }  # fmt: skip  (the headline numbers only: mean_tokens_model stays in the detailed JSON)
+    # the headline numbers only (the counts and mean_tokens_model stay in the detailed JSON); the tie rate
+    # beside the win rate, so that a judge that ties everything is seen as one
+    assert numbers["M1"] == {"judge.win_rate": 0.6, "judge.tie_rate": 2 / 6, "curation (pmi).auc": 0.6}
+    assert summary_intervals(results) == {
+        "M1": {"judge.win_rate": [0.3, 0.9], "curation (pmi).auc": [0.5, 0.7]}
+    }
 
 
 def test_mismatched_labels_pair_every_instruction_with_another_answer():

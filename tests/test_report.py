@@ -11,7 +11,7 @@ import pytest
 
 from selftaught.backtranslate.card import backtranslation_card
 from selftaught.backtranslate.config import BacktranslateConfig
-from selftaught.backtranslate.recipe import RunFolder, record
+from selftaught.backtranslate.runfolder import RunFolder, record
 from selftaught.cli import main
 from selftaught.data.loading import DataError
 from selftaught.data.shards import write_parquet
@@ -40,10 +40,33 @@ DISTILL_ANSWERS = {
     "student_after": [" " * 128, "the the the " * 60],
 }
 BACKTRANSLATE_RESULTS = {
-    "base": {"judge.win_rate": 0.5, "answers.mean_tokens": 120.0},
-    "M0": {"judge.win_rate": 0.55, "answers.mean_tokens": 98.0, "curation.auc": 0.52},
-    "M1": {"judge.win_rate": 0.6, "answers.mean_tokens": 104.0, "curation.auc": 0.58},
-    "M2": {"judge.win_rate": 0.66, "answers.mean_tokens": 110.0, "curation.auc": 0.61},
+    "base": {"heldout_nll.per_token": 2.0, "answers.mean_tokens": 120.0},
+    "M0": {"judge.win_rate": 0.55, "answers.mean_tokens": 98.0, "curation (pmi).auc": 0.92},
+    "M1": {"judge.win_rate": 0.6, "answers.mean_tokens": 104.0, "curation (pmi).auc": 0.93},
+    "M2": {"judge.win_rate": 0.66, "answers.mean_tokens": 110.0},
+    "intervals": {"M1": {"judge.win_rate": [0.4, 0.8]}},
+    "comparisons": [
+        {
+            "model": "M1",
+            "against": "M0",
+            "metric": "heldout_nll.per_token",
+            "value": 1.8,
+            "against_value": 1.9,
+            "difference": -0.1,
+            "ci95": [-0.15, -0.05],
+            "items": 21,
+        },
+        {
+            "model": "M1",
+            "against": "base",
+            "metric": "judge.win_rate",
+            "value": 0.6,
+            "against_value": 0.5,
+            "difference": 0.1,
+            "ci95": [-0.1, 0.3],
+            "items": 16,
+        },
+    ],
 }
 
 
@@ -80,13 +103,15 @@ def distill_run(folder: Path) -> Path:
 def backtranslate_run(folder: Path, results: dict | None = BACKTRANSLATE_RESULTS) -> Path:
     """A two-iteration backtranslation folder: summary.json through the recipe's own `record`."""
     run = RunFolder(folder)
-    record(run, "seed", 40, 12, 0.1, non_english=3)
-    record(run, "segment", 5, 30, 0.2, corpus="<script>alert(1)</script>", settings={"min_chars": 600})
-    record(run, "augment", 30, 28, 9.0, empty_instructions=2)
+    record(run, "seed", 40, 12, 0.1, {}, non_english=3)
+    record(run, "segment", 5, 30, 0.2, {"min_chars": 600}, corpus="<script>alert(1)</script>")
+    record(run, "augment", 30, 28, 9.0, {}, empty_instructions=2)
     for k, kept in ((1, 6), (2, 11)):
-        hist = {"1": 2, "2": 3, "3": 5, "4": 12 - kept, "5": kept + 6}
-        record(run, f"curate_{k}", 28, 28, 8.0, score_histogram=hist)
-        record(run, f"select_{k}", 28, kept, 0.01, rule="score_argmax >= 5", score_histogram=hist)
+        hist = {"-0.50": 2, "-0.25": 3, "0.00": 5, "0.25": 12 - kept, "0.50": kept + 6}
+        chosen = {b: n if b >= "0.25" else 0 for b, n in hist.items()}
+        record(run, f"curate_{k}", 28, 28, 8.0, {"curation_mode": "pmi"})
+        record(run, f"select_{k}", 28, kept, 0.01, {}, rule="pmi >= 0.25", score="pmi (pmi)",
+               score_histogram=hist, kept_histogram=chosen)  # fmt: skip
     config, settings = BacktranslateConfig(run_dir=str(folder), base_model="base"), SFTSettings()
     for k, name in enumerate(("M0", "Myx", "M1", "M2")):
         write_jsonl_lines(
@@ -183,10 +208,13 @@ def test_backtranslation_report_shows_funnel_scores_evaluations_and_escapes_corp
     run = backtranslate_run(tmp_path / "bt")
     assert detect_kind(run) == "backtranslation"
     page = write_report(run)
-    text = assert_self_contained(browser, page, {"funnel", "scores", "evaluation", "stages", "sft_loss"})
-    for expected in ("M2", "base", "curation.auc", "judge.win_rate", "min_chars=600"):
+    figures = {"funnel", "scores", "evaluation", "stages", "sft_loss"}
+    figures |= {"compare_heldout_nll_per_token", "compare_judge_win_rate"}
+    text = assert_self_contained(browser, page, figures)
+    for expected in ("M2", "base", "curation (pmi).auc", "judge.win_rate", "min_chars=600", "pmi >= 0.25"):
         assert expected in text
     assert str(tmp_path) not in page.read_text() and "run folder bt" in text  # never a path of this machine
+    assert "differ" in text and "cannot tell apart" in text  # M1 vs M0 on NLL; M1 vs base by the judge
     assert "<script>alert(1)</script>" in text  # shown as text, not run
     assert "<script" not in page.read_text().replace("&lt;script", "")
 
@@ -211,7 +239,7 @@ def test_a_run_stopped_midway_still_gives_a_page(tmp_path, browser):
     assert "eval_results.json is missing" in text and "No model card" in text
 
     bt = tmp_path / "bt"  # only the seed stage finished; the evaluation file half written
-    record(RunFolder(bt), "seed", 40, 12, 0.1)
+    record(RunFolder(bt), "seed", 40, 12, 0.1, {})
     (bt / "eval_results.json").write_text('{"M0": {"win')
     text = assert_self_contained(browser, write_report(bt), {"stages"})
     assert "No corpus stage has finished yet" in text and "No evaluations yet" in text

@@ -1,10 +1,17 @@
-"""Model cards for the models instruction backtranslation trains: M0, Myx, M1, M2."""
+"""Model cards for the models instruction backtranslation trains: M0, Myx, M1, M2.
+
+Each card describes the data up to its own stage only (M1's card knows nothing of curate_2), says how
+its training pairs were curated and selected and why, and, once the run is evaluated, compares the
+model with the one before it and with the base, with 95% bootstrap intervals.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
 
 from selftaught.backtranslate.config import BacktranslateConfig
+from selftaught.models.naming import model_label
 from selftaught.training.model_card import CardContent, EvalRow, declared_base_model
 from selftaught.training.sft import SFTSettings
 
@@ -22,23 +29,38 @@ METHOD = (
     "Instruction backtranslation (Humpback, Li et al. 2023). A seed model M0 and a backward model Myx are "
     "fine-tuned from the base model on a small set of gold (instruction, response) pairs: the first turns "
     "of Open Assistant conversations, best-ranked reply, English. Myx writes an instruction for every "
-    "segment of an unlabelled corpus (self-augmentation); the current model rates each (instruction, "
-    "segment) pair on a 5-point rubric (self-curation), reading its probabilities of the digits 1-5 at the "
-    "score position; the pairs at or above the threshold, tagged 'Answer with knowledge from web search.', "
-    "join the seed pairs, tagged 'Answer in the style of an AI Assistant.', to fine-tune the next model "
-    "from the base. Each iteration re-curates with the newest model: M0 -> M1 -> M2. Loss on response "
-    "tokens only."
+    "segment of an unlabelled corpus (self-augmentation); the current model scores each (instruction, "
+    "segment) pair (self-curation: the paper's 5-point rubric, or a likelihood score such as the PMI of the "
+    "segment given the instruction, see Curation below); the pairs the selection rule keeps, tagged "
+    "'Answer with knowledge from web search.', join the seed pairs, tagged 'Answer in the style of an AI "
+    "Assistant.', to fine-tune the next model from the base. Each iteration re-curates with the newest "
+    "model: M0 -> M1 -> M2. Loss on response tokens only."
 )
 
+# Why a curation mode was chosen, as the card says it (the measurements are in BENCHMARKS.md).
+WHY = {
+    "rubric": "the paper's rubric, read as P('1'..'5') in one forward pass; it needs a capable rater (a "
+    "135M rater scores at chance, ROC AUC about 0.5 on the project's labelled dev set)",
+    "generate": "the paper's own way: the rater reasons briefly, then the digit is read; it needs a capable "
+    "rater",
+    "pmi": "instruction-conditioned pointwise mutual information: how much the instruction makes the segment "
+    "likelier; it needs only next-token predictions, which small models make well (ROC AUC above 0.9 with "
+    "the 135M base model on the project's labelled dev set, where its rubric scores are at chance)",
+    "ifd": "Superfiltering's instruction-following difficulty, ranked as Superfiltering ranks it",
+    "backward": "how well the segment predicts its instruction under the backward model Myx",
+}
+
 EVALUATION = (
-    "Measured at the end of `selftaught backtranslate run` (details in the run's `evaluation/` folder): "
-    "`judge.*`: this model's and the base model's greedy answers to held-out prompts (first turns of seed "
-    "trees the seed sample left out, or `--eval_prompts`), both under the seed tag as system prompt, "
-    "compared by the base model as judge, in both orders; a prompt is a win when both orders prefer this "
-    "model, a tie (half) when they disagree. `answers.*`: mean answer length, so a win by length shows. "
-    "`curation.*`: ROC AUC, precision and recall of this model's curation scores on labelled pairs "
-    "(held-out seed pairs against the same instructions with another pair's answer, or "
-    "`--eval_curation_data`)."
+    "Measured at the end of `selftaught backtranslate run` (details in the run's `evaluation/` folder), on "
+    "data no model of the run was trained on (seed pairs the seed sample left out, or `--eval_prompts` / "
+    "`--eval_curation_data`). `heldout_nll.per_token`: negative log-likelihood per token of the gold "
+    "answers (lower is better). `relevance.pmi`: the PMI of the model's greedy answer given its prompt, "
+    "scored by the base model (higher: the answer responds to its prompt). `answers.*`: the greedy answers' "
+    "degenerate share (empty or looping), distinct bigrams, length and EOS share. `judge.*`: the base model "
+    "compares this model's and its own greedy answers in both orders; a win when both orders prefer this "
+    "model, a tie (half) when they disagree; its tie rate is beside its win rate. `curation.*`: ROC AUC of "
+    "this model's curation score on labelled pairs. Every interval is a 95% percentile bootstrap over the "
+    "evaluated items (prompts or pairs), paired when two models are compared."
 )
 
 ROLES = {
@@ -53,6 +75,69 @@ def role(name: str, iteration: int) -> str:
     return f"the base fine-tuned on the seed pairs plus the augmented pairs M{iteration - 1} selected"
 
 
+def train_sizes(seed: int, selected: int | None = None) -> dict:
+    """The data sizes a model card lists for M0 (seed only) and M(k) (seed + selected)."""
+    sizes = {"seed pairs": seed}
+    return sizes if selected is None else sizes | {"selected augmented pairs": selected}
+
+
+def stages_up_to(summary: dict, name: str, iteration: int) -> dict:
+    """The summary lines of the stages that made `name`'s training data (and its own training)."""
+    if name in ("M0", "Myx"):
+        wanted = {"seed", f"train_{name}"}
+    else:
+        wanted = {"seed", "train_M0", "train_Myx", "segment", "augment"}
+        wanted |= {f"{s}_{k}" for s in ("curate", "select") for k in range(1, iteration + 1)}
+        wanted |= {f"train_M{k}" for k in range(1, iteration + 1)}
+    return {stage: line for stage, line in summary.items() if stage in wanted}
+
+
+def curation_section(config: BacktranslateConfig, summary: dict) -> str:
+    """Per iteration: what scored the pairs, by which rule they were kept, and why that mode."""
+    lines = []
+    for stage, line in summary.items():
+        if not (match := re.fullmatch(r"select_(\d+)", stage)):
+            continue
+        k = int(match.group(1))
+        modes = summary.get(f"curate_{k}", {}).get("settings", {}).get("curation_mode", config.curation_mode)
+        lines.append(
+            f"- Iteration {k}: M{k - 1} scored {summary.get(f'curate_{k}', {}).get('rows_out', '?')} pairs "
+            f"with `{modes}`; the rule `{line.get('rule', '?')}` kept {line['rows_out']}."
+        )
+        if isinstance(line.get("score_histogram"), dict):
+            every, kept = line["score_histogram"], line.get("kept_histogram", {})
+            lines.append(f"\n  | {line.get('score', 'score')} from | " + " | ".join(every) + " |")
+            lines.append("  |---|" + "---|" * len(every))
+            lines.append("  | pairs | " + " | ".join(str(n) for n in every.values()) + " |")
+            lines.append("  | kept | " + " | ".join(str(kept.get(b, 0)) for b in every) + " |\n")
+    why = [f"- `{m}`: {WHY[m]}." for m in config.curation_modes]
+    return "\n".join(lines + ["", "Why this mode:", *why])
+
+
+def comparison_section(comparisons: list[dict], name: str) -> str:
+    """This model against the model before it and the base: differences with 95% intervals."""
+    rows = [c for c in comparisons if c["model"] == name]
+    if not rows:
+        return ""
+    table = [
+        "| metric | against | this model | the other | difference | 95% interval | items |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in rows:
+        low, high = c["ci95"] or (None, None)
+        interval = "n/a" if low is None else f"[{low:+.3g}, {high:+.3g}]"
+        table.append(
+            f"| {c['metric']} | {c['against']} | {c['value']:.4g} | {c['against_value']:.4g} | "
+            f"{c['difference']:+.3g} | {interval} | {c['items']} |"
+        )
+    note = (
+        "Paired bootstrap over the same held-out items. An interval that contains 0 means this evaluation "
+        "cannot tell the two models apart. Lower is better for heldout_nll and degenerate_share; higher "
+        "for relevance.pmi and judge.win_rate."
+    )
+    return "\n".join([*table, "", note])
+
+
 def backtranslation_card(
     config: BacktranslateConfig,
     settings: SFTSettings,
@@ -61,24 +146,19 @@ def backtranslation_card(
     sizes: dict,
     summary: dict,
     results: list[EvalRow] | None = None,
+    comparisons: list[dict] | None = None,
 ) -> CardContent:
-    histograms = {
-        stage: line["score_histogram"]
-        for stage, line in summary.items()
-        if stage.startswith("select_") and "score_histogram" in line
-    }
+    own = stages_up_to(summary, name, iteration)
     funnel = {
-        stage: {"rows in": line["rows_in"], "rows out": line["rows_out"]} for stage, line in summary.items()
+        stage: {"rows in": line["rows_in"], "rows out": line["rows_out"]} for stage, line in own.items()
     }
     extra = {}
-    if histograms:
-        rows = "\n".join(
-            f"| {stage.removeprefix('select_')} | " + " | ".join(str(h[d]) for d in "12345") + " |"
-            for stage, h in histograms.items()
-        )
-        extra["Curation scores"] = "| iteration | 1 | 2 | 3 | 4 | 5 |\n|---|---|---|---|---|---|\n" + rows
+    if iteration:
+        extra["Curation"] = curation_section(config, own)
     if results:
         extra["How it was evaluated"] = EVALUATION
+    if comparisons and (text := comparison_section(comparisons, name)):
+        extra["Compared with the model before it and the base"] = text
     return CardContent(
         model_name=f"{config.run_dir.rstrip('/').split('/')[-1]}-{name}",
         base_model=declared_base_model(config.base_model),
@@ -87,14 +167,17 @@ def backtranslation_card(
         method=METHOD,
         citations=[HUMPBACK_CITATION],
         hyperparameters=asdict(settings)
-        | {
-            "seed_size": config.seed_size,
-            "temperature (augment)": config.temperature,
-            "top_p (augment)": config.top_p,
-            "curation_mode": config.curation_mode,
-            "select_by": config.select_by,
-            "min_score": config.min_score,
-        },
+        | {"base_model": model_label(config.base_model), "seed_size": config.seed_size}
+        | (
+            {
+                "temperature (augment)": config.temperature,
+                "top_p (augment)": config.top_p,
+                "curation_mode": config.curation_mode,
+                "selection rule": config.selection_rule().describe(),
+            }
+            if iteration
+            else {}
+        ),
         data=sizes | {"stages": funnel},
         results=results or [],
         tags=["selftaught", "humpback", "instruction-backtranslation"],

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from selftaught.generation.engines import EngineSettings
+from selftaught.models.check import check_model_argument
+from selftaught.scoring.curation import SELECTED_BY, SelectionRule, parse_modes
 
 
 @dataclass
@@ -31,6 +33,13 @@ class BacktranslateConfig(EngineSettings):
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub."})
     output_format: str = field(
         default="parquet", metadata={"help": "Format of the datasets a stage exports: parquet or jsonl."}
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Redo this stage from scratch, and discard the output of every stage that depends on "
+            "it (they run again with `run` or their own command). With `run`: every stage."
+        },
     )
 
     # --- seed ------------------------------------------------------------------------------------
@@ -78,23 +87,46 @@ class BacktranslateConfig(EngineSettings):
 
     # --- curate ----------------------------------------------------------------------------------
     curation_mode: str = field(
-        default="probs",
+        default="rubric",
         metadata={
-            "help": "probs: read P('1'..'5') at the score position in one forward pass; generate: "
-            "brief reasoning first, then the constrained 'Score: d' (the paper's way)."
+            "help": "How M(k-1) scores each pair; several may be joined by commas (e.g. pmi,backward), each "
+            "adding its own fields. rubric (old name: probs): the paper's 5-point rubric, P('1'..'5') read "
+            "in one forward pass; generate: the rater's brief reasoning first, then the digit (the paper's "
+            "way); pmi: mean log P(response | instruction) - log P(response) per token; ifd: perplexity of "
+            "the response with / without the instruction (Superfiltering); backward: Myx's mean log-prob "
+            "of the instruction given the response. A small rater (the 135M default): pmi, whose rubric "
+            "reading is at chance; a capable one: rubric, or both (see the README)."
         },
     )
     max_reasoning_tokens: int = field(
         default=64, metadata={"help": "Reasoning length in curation_mode=generate."}
     )
+    max_scored_tokens: int = field(
+        default=256,
+        metadata={
+            "help": "Response tokens (the first ones) the likelihood modes pmi, ifd and backward read."
+        },
+    )
 
     # --- select ----------------------------------------------------------------------------------
     select_by: str = field(
-        default="argmax", metadata={"help": "Which score the threshold applies to: argmax or expectation."}
+        default="auto",
+        metadata={
+            "help": "The score the rule ranks by: argmax or expectation (rubric / generate), pmi, ifd "
+            "(Superfiltering's order: IFD < 1 first, highest first), backward, or a combination a+b (the "
+            "mean of their percentile ranks). auto: the first curation mode's (argmax for the rubric)."
+        },
     )
-    min_score: float = field(
-        default=4.0,
-        metadata={"help": "Keep pairs scoring at least this (paper: 5 for the final model, 4 gave 4x more)."},
+    min_score: float | None = field(
+        default=None,
+        metadata={
+            "help": "Keep pairs whose score is at least this. Default, when --select_top is not given "
+            "either: 4 on the rubric (the paper: 5 for the final model, 4 gave 4x more), 0 for pmi, "
+            "IFD < 1 for ifd."
+        },
+    )
+    select_top: float | None = field(
+        default=None, metadata={"help": "Keep this fraction of the pairs, best first (e.g. 0.1), instead."}
     )
 
     # --- scale-out (Ray) -------------------------------------------------------------------------
@@ -143,25 +175,47 @@ class BacktranslateConfig(EngineSettings):
     eval_curation_pairs: int = field(
         default=64, metadata={"help": "Labelled pairs each rater (M0, M1, ...) scores (0: none)."}
     )
+    eval_heldout_pairs: int = field(
+        default=256,
+        metadata={"help": "Held-out gold pairs whose answers' NLL each model is scored on (0: none)."},
+    )
     eval_max_new_tokens: int = field(
         default=64, metadata={"help": "Longest greedy answer each model writes for the judge."}
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        choices = {
-            "output_format": ("parquet", "jsonl"),
-            "curation_mode": ("probs", "generate"),
-            "select_by": ("argmax", "expectation"),
-        }
+        choices = {"output_format": ("parquet", "jsonl")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if not 1 <= self.min_score <= 5:
-            raise ValueError(f"min_score must lie in [1, 5], got {self.min_score}")
+        self.curation_mode = ",".join(parse_modes(self.curation_mode))  # "probs" is read as "rubric"
+        self.selection_rule().check(self.curation_modes)
         if self.ray_actors < 1:
             raise ValueError(f"ray_actors must be >= 1, got {self.ray_actors}")
         if self.iterations < 1 or self.iteration < 1:
             raise ValueError("iterations and iteration start at 1")
         if not 0 < self.min_chars < self.max_chars:
             raise ValueError("need 0 < min_chars < max_chars")
+        if self.max_scored_tokens < 1:
+            raise ValueError(f"max_scored_tokens must be >= 1, got {self.max_scored_tokens}")
+
+    def base(self) -> str:
+        """The base model: `--base_model`, checked before anything loads (a path that is not a model stops
+        the command with what was expected), or the embedded default, built on first use."""
+        if self.base_model is None:
+            from selftaught.models.embedded import embedded_teacher
+
+            self.base_model = str(embedded_teacher())
+        else:
+            check_model_argument(self.base_model, "--base_model")
+        return self.base_model
+
+    @property
+    def curation_modes(self) -> list[str]:
+        return self.curation_mode.split(",")
+
+    def selection_rule(self) -> SelectionRule:
+        """The `select` stage's rule: `select_by` (auto: the first mode's score) with its threshold."""
+        score = SELECTED_BY[self.curation_modes[0]] if self.select_by == "auto" else self.select_by
+        return SelectionRule(score, self.min_score, self.select_top)

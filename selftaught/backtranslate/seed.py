@@ -25,12 +25,12 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
+from selftaught.data.formats import pair_shape
 from selftaught.data.loading import DataError, load_rows
 
 BUILTIN_OASST_SEED = Path(__file__).resolve().parent / "builtin" / "oasst_seed.jsonl"
 OASST_COLUMNS = ("message_id", "parent_id", "role", "text")
 OASST_USED = OASST_COLUMNS + ("lang", "deleted", "review_result", "rank", "message_tree_id")
-PAIR_SHAPES = (("instruction", "response"), ("prompt", "completion"), ("instruction", "output"))
 ACCEPTED = (
     "oasst1 message rows (message_id, parent_id, role, text, lang, rank, deleted, ...), "
     "or one pair per row as {instruction, response}, {prompt, completion} or {instruction, output}"
@@ -162,18 +162,6 @@ def seed_pairs_from_oasst(
     return kept, stats
 
 
-def _pair_shape(row: dict) -> tuple[str, str] | None:
-    """The first accepted shape whose two fields are filled in, else the first whose keys exist at all.
-
-    Rows of a file that mixes shapes come back from `datasets` with every key, the other shape's as None.
-    """
-    filled = {k for k, v in row.items() if v is not None}
-    for keys in (filled, set(row)):
-        if shape := next((s for s in PAIR_SHAPES if set(s) <= keys), None):
-            return shape
-    return None
-
-
 def seed_pairs_from_file(rows: Iterable[dict], source: str) -> list[dict]:
     """One pair per row of {instruction, response}, {prompt, completion} or {instruction, output}.
 
@@ -182,7 +170,7 @@ def seed_pairs_from_file(rows: Iterable[dict], source: str) -> list[dict]:
     pairs = []
     for number, row in enumerate(rows, start=1):
         where = f"{source}: row {number}"
-        shape = _pair_shape(row)
+        shape = pair_shape(row)
         if shape is None:
             raise DataError(
                 f"{where}: no instruction/response fields (has {sorted(row)}); accepted: {ACCEPTED}"
@@ -219,7 +207,7 @@ def load_seed_pairs(
         # Only the columns used: oasst1's nested detoxify/emojis/labels would cost time to turn into dicts.
         rows = data.select_columns([c for c in OASST_USED if c in columns]).to_list()
         return seed_pairs_from_oasst(rows, lang=lang, size=size, seed=seed)
-    if _pair_shape(dict.fromkeys(columns, "")) is None:
+    if pair_shape(dict.fromkeys(columns, "")) is None:
         raise DataError(f"{source}: unknown seed data (columns {sorted(columns)}); accepted: {ACCEPTED}")
     pairs = seed_pairs_from_file(data.to_list(), source)
     kept = sample_pairs(pairs, size, seed)

@@ -541,7 +541,7 @@ def segment_corpus(
         "near_duplicates": counts["near_duplicates"],
         "segments": len(segments),
         "truncated": max_segments is not None and len(segments) >= max_segments,
-        "settings": {
+        "segmenter": {
             "min_chars": min_chars,
             "max_chars": max_chars,
             "near_threshold": NEAR_THRESHOLD,

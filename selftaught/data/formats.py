@@ -16,6 +16,8 @@ from transformers import PreTrainedTokenizerBase
 from selftaught.data.loading import DataError
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+# The (instruction, response) pair shapes read by `backtranslate seed` and `eval curation`.
+PAIR_SHAPES = (("instruction", "response"), ("prompt", "completion"), ("instruction", "output"))
 
 
 @dataclass
@@ -41,6 +43,18 @@ def detect_shape(columns: list[str], source: str) -> str:
         f"{source}: columns {columns} match no known shape; provide `problem` (+ `solution`, `answer`), "
         "`messages`, or `prompt` (+ `completion`)"
     )
+
+
+def pair_shape(row: dict) -> tuple[str, str] | None:
+    """The first of PAIR_SHAPES whose two fields are filled in, else the first whose keys exist at all.
+
+    Rows of a file that mixes shapes come back from `datasets` with every key, the other shape's as None.
+    """
+    filled = {k for k, v in row.items() if v is not None}
+    for keys in (filled, set(row)):
+        if shape := next((s for s in PAIR_SHAPES if set(s) <= keys), None):
+            return shape
+    return None
 
 
 def _as_messages(value, where: str) -> list[dict[str, str]]:

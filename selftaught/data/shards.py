@@ -11,6 +11,10 @@ not at all; temp files left by a killed run are deleted on the next start. `mani
 same way) records what the stage was run with (input fingerprint, shard size, the caller's parameters
 such as the model), so a rerun with different settings is refused instead of mixing two runs' outputs.
 One writer per folder: an advisory lock on `.lock` enforces it (the OS drops it when a process dies).
+
+Each shard also records, in its Parquet metadata, the seconds its process spent on it (since the process
+started or committed its previous shard, so loading the model counts too): `shard_seconds` sums them,
+and a stage resumed after a crash reports its throughput over every process's time, not the last one's.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -31,6 +36,7 @@ except ImportError:  # pragma: no cover
     fcntl = None
 
 MANIFEST = "manifest.json"
+SECONDS_KEY = b"selftaught.seconds"
 SHARD_GLOB = "shard-*.parquet"
 TEMP_GLOB = ".*.tmp-*"
 FORMAT_VERSION = 1
@@ -109,24 +115,58 @@ def _clear(folder: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _check_manifest(folder: Path, expected: dict, overwrite: bool) -> None:
+def _differences(found: dict, expected: dict, prefix: str = "") -> list[str]:
+    """'key: X there, Y now' for every setting that differs, nested dicts (the params) key by key."""
+    lines = []
+    for key in sorted(expected.keys() | found.keys()):
+        there, now = found.get(key), expected.get(key)
+        if isinstance(there, dict) and isinstance(now, dict):
+            lines += _differences(there, now, f"{prefix}{key}.")
+        elif there != now:
+            lines.append(f"{prefix}{key}: {there!r} there, {now!r} now")
+    return lines
+
+
+def _check_manifest(folder: Path, expected: dict, overwrite: bool, redo: str) -> None:
     """Refuse to mix outputs of runs with different settings, unless told to start over."""
     found = read_manifest(folder)
     if overwrite:
         _clear(folder)
     elif found is None and any(folder.glob(SHARD_GLOB)):
         raise StageMismatchError(
-            f"{folder} holds shards but no {MANIFEST}, so their settings are unknown. "
-            "Use a new output folder, or --overwrite to discard them."
+            f"{folder} holds shards but no {MANIFEST}, so their settings are unknown. Use a new output "
+            f"folder, or {redo} to discard them."
         )
     elif found is not None and found != expected:
-        keys = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
-        details = "; ".join(f"{k}: {found.get(k)!r} there, {expected.get(k)!r} now" for k in keys)
+        details = "; ".join(_differences(found, expected))
         raise StageMismatchError(
-            f"{folder} holds output of a run with different settings ({details}). "
-            "Use a new output folder, or --overwrite to discard the old output."
+            f"{folder} holds output of a run with different settings ({details}). Use a new output folder, "
+            f"or {redo} to discard the old output."
         )
-    _write_manifest(folder, expected)
+
+
+def plan_manifest(rows: list[dict], shard_size: int, params: dict | None = None) -> dict:
+    """What `run_sharded` records for these rows and params (and compares with a folder's manifest)."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    return {
+        "format": FORMAT_VERSION,
+        "input_fingerprint": fingerprint_rows(rows),
+        "num_rows": len(rows),
+        "shard_size": shard_size,
+        "num_shards": -(-len(rows) // shard_size),
+        # round-trip so that tuples vs lists (or a Path vs its string) do not count as a change
+        "params": json.loads(json.dumps(params or {}, sort_keys=True, default=str)),
+    }
+
+
+def check_folder(
+    rows: list[dict], folder: Path, shard_size: int, params: dict | None = None, redo: str = "--overwrite"
+) -> None:
+    """Raise StageMismatchError now if `run_sharded` would refuse `folder`: callers check before they load
+    a model. `redo` names how the user discards the old output (an option their command has)."""
+    if Path(folder).is_dir():
+        _check_manifest(Path(folder), plan_manifest(rows, shard_size, params), False, redo)
 
 
 # The shards still to do, as (shard index, its input rows) -> (shard index, its output rows), in any order.
@@ -142,33 +182,26 @@ def run_sharded(
     desc: str = "stage",
     overwrite: bool = False,
     runner: ShardRunner | None = None,
+    redo: str = "--overwrite",
 ) -> Path:
     """Run `process(shard_rows, shard_index)` over every shard not yet committed in `folder`.
 
     `params` (JSON-serialisable) should hold everything that changes the output, e.g. the model and
-    the sampling settings: a rerun with other params is refused. `runner`, when given, computes the
-    missing shards instead of `process` (e.g. on Ray actors); each result is committed here as it
-    arrives, so the folder, the manifest and resuming are the same either way. Returns the folder.
+    the sampling settings: a rerun with other params is refused (the error advises `redo`). `runner`,
+    when given, computes the missing shards instead of `process` (e.g. on Ray actors); each result is
+    committed here as it arrives, so the folder, the manifest and resuming are the same either way.
+    Returns the folder.
     """
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    manifest = plan_manifest(rows, shard_size, params)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    num_shards = -(-len(rows) // shard_size)
-    manifest = {
-        "format": FORMAT_VERSION,
-        "input_fingerprint": fingerprint_rows(rows),
-        "num_rows": len(rows),
-        "shard_size": shard_size,
-        "num_shards": num_shards,
-        # round-trip so that tuples vs lists (or a Path vs its string) do not count as a change
-        "params": json.loads(json.dumps(params or {}, sort_keys=True, default=str)),
-    }
+    num_shards = manifest["num_shards"]
     lock = _lock(folder)
     try:
         for stray in folder.glob(TEMP_GLOB):  # a killed run's half-written files; we hold the lock
             stray.unlink(missing_ok=True)
-        _check_manifest(folder, manifest, overwrite)
+        _check_manifest(folder, manifest, overwrite, redo)
+        _write_manifest(folder, manifest)
         todo = {
             k: rows[k * shard_size : (k + 1) * shard_size]
             for k in range(num_shards)
@@ -176,17 +209,28 @@ def run_sharded(
         }
         done_rows = len(rows) - sum(map(len, todo.values()))
         runner = runner or (lambda tasks: ((k, process(chunk, k)) for k, chunk in tasks))
+        clock = time.perf_counter()
         with tqdm(total=len(rows), initial=done_rows, unit="row", desc=desc, dynamic_ncols=True) as bar:
             for count, (k, out) in enumerate(runner(list(todo.items())), start=1):
                 if not isinstance(out, list) or not all(isinstance(r, dict) for r in out):
                     raise TypeError(f"process must return a list of dicts, got {type(out).__name__}")
-                table = pa.Table.from_pylist(out)
+                seconds, clock = time.perf_counter() - clock, time.perf_counter()
+                table = pa.Table.from_pylist(out).replace_schema_metadata({SECONDS_KEY: f"{seconds:.3f}"})
                 _commit(shard_path(folder, k), lambda f, t=table: pq.write_table(t, f))
                 bar.update(len(todo[k]))
                 bar.set_postfix(shards=f"{num_shards - len(todo) + count}/{num_shards}")
     finally:
         lock.close()
     return folder
+
+
+def shard_seconds(folder: Path) -> float:
+    """Seconds spent on the committed shards, over every process that committed one (see the docstring)."""
+    total = 0.0
+    for path in committed_shards(folder):
+        metadata = pq.read_schema(path).metadata or {}
+        total += float(metadata.get(SECONDS_KEY, 0))
+    return total
 
 
 def committed_shards(folder: Path) -> list[Path]:

@@ -9,6 +9,7 @@ from selftaught.data.loading import DataError, load_rows
 from selftaught.evaluate.config import EngineEvalConfig, EvalConfig
 from selftaught.generation.engines import GenerationEngine, make_engine
 from selftaught.models.check import check_model_argument
+from selftaught.models.naming import model_label
 from selftaught.scoring.degeneration import degeneration_metrics, ended_with_eos
 
 
@@ -40,8 +41,10 @@ def load_eval_rows(source: str, config: EvalConfig, columns: tuple[str, ...] = (
 
 def eval_engine(name: str, config: EngineEvalConfig) -> GenerationEngine:
     """The engine `config.engine` names for model `name` (hf: loaded in `config.dtype`); it carries the
-    tokenizer of `name`."""
-    return make_engine(config, name, config.batch_size, config.trust_remote_code, config.dtype)
+    tokenizer of `name`, and results name it by `model_label` (never a path of this machine)."""
+    return make_engine(
+        config, name, config.batch_size, config.trust_remote_code, config.dtype, name=model_label(name)
+    )
 
 
 def answer_degeneration(texts: list[str], completion_ids: list[list[int]], eos_ids: list[int]) -> dict:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 from selftaught.generation.engines import EngineSettings
+from selftaught.scoring.curation import RANKED_BY, SelectionRule, parse_modes
 
 
 @dataclass
@@ -124,15 +125,44 @@ class DistanceEvalConfig(EvalConfig):
 
 @dataclass
 class CurationEvalConfig(EngineEvalConfig):
-    model: str | None = field(default=None, metadata={"help": "Rater model: Hub id, folder or .gguf."})
+    model: str | None = field(
+        default=None,
+        metadata={"help": "Scoring model: Hub id, folder or .gguf (for mode=backward, a backward model)."},
+    )
     data: str | None = field(
         default=None,
-        metadata={"help": "Labelled pairs: `instruction`, `response`, `label` (1 keep, 0 drop)."},
+        metadata={
+            "help": "Labelled pairs: {instruction, response}, {instruction, output} or {prompt, completion}, "
+            "and `label` (1 keep, 0 drop); an optional `kind` column gets an AUC per kind of negative."
+        },
     )
     mode: str = field(
-        default="probs", metadata={"help": "Rating mode of rate_pairs: probs (one forward pass) or generate."}
+        default="rubric",
+        metadata={
+            "help": "Curation mode, as `backtranslate curate` scores: rubric (old name: probs), generate, "
+            "pmi, ifd or backward."
+        },
     )
     threshold: float = field(
-        default=4.0, metadata={"help": "A second keep rule: expected score >= this (argmax >= 4 always)."}
+        default=4.0,
+        metadata={"help": "Rubric modes: also report expectation >= this (argmax >= 4 always)."},
+    )
+    min_score: float | None = field(
+        default=None, metadata={"help": "Also report the rule: the mode's score >= this."}
+    )
+    select_top: float | None = field(
+        default=None,
+        metadata={"help": "Also report the rule: the best this fraction of pairs by the mode's score."},
     )
     max_reasoning_tokens: int = field(default=64, metadata={"help": "Reasoning length in mode=generate."})
+    max_scored_tokens: int = field(
+        default=256, metadata={"help": "Response tokens the likelihood modes read (the first ones)."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        modes = parse_modes(self.mode)  # "probs" is read as "rubric"
+        if len(modes) != 1:
+            raise ValueError(f"eval curation scores one mode at a time, got {self.mode!r}")
+        self.mode = modes[0]
+        SelectionRule(RANKED_BY[self.mode], self.min_score, self.select_top).check([self.mode])

@@ -1,20 +1,33 @@
-"""`selftaught eval curation`: how well a rater's curation scores separate good pairs from bad ones.
+"""`selftaught eval curation`: how well a curation score separates good pairs from bad ones, in any mode.
 
 Humpback's Table 7 measure: precision and recall of the pairs a rater keeps, and ROC AUC of its scores,
 against labelled (instruction, response) pairs (label 1: a pair to keep, 0: one to drop). The scores
-come from `rate_pairs`, the same call the `curate` stage makes, on the engine of `--engine`.
+come from `score_pairs`, the same call the `curate` stage makes, on the engine of `--engine`, in any
+curation mode (rubric, generate, pmi, ifd, backward). Reported: the ROC AUC of the mode's ranking score
+with a 95% bootstrap interval, precision and recall at the mode's natural rule (and at --min_score or
+--select_top when given), and, when the rows carry a `kind` column (the project's dev set does), the
+AUC of the positives against each kind of negative on its own.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from selftaught.data.formats import PAIR_SHAPES, pair_shape
 from selftaught.data.loading import DataError
 from selftaught.data.shards import write_parquet
 from selftaught.evaluate.common import eval_engine, load_eval_rows, required, required_model
 from selftaught.evaluate.config import CurationEvalConfig, EvalConfig
+from selftaught.evaluate.intervals import bootstrap_interval
 from selftaught.evaluate.results import write_result
-from selftaught.scoring.ratings import rate_pairs
+from selftaught.scoring.curation import (
+    RANKED_BY,
+    RUBRIC_MODES,
+    SelectionRule,
+    average_ranks,
+    score_pairs,
+    score_value,
+)
 
 TASK = "curation"
 KEEP_AT = 4  # the paper's threshold: a pair whose score is 4 or 5 is kept
@@ -30,18 +43,18 @@ def roc_auc(scores: list[float], labels: list[int]) -> float | None:
     negatives = len(labels) - positives
     if positives == 0 or negatives == 0:
         return None
-    order = sorted(range(len(scores)), key=lambda i: scores[i])
-    ranks = [0.0] * len(scores)
-    start = 0
-    while start < len(order):
-        end = start
-        while end + 1 < len(order) and scores[order[end + 1]] == scores[order[start]]:
-            end += 1
-        for k in range(start, end + 1):  # a tie group shares the mean of ranks start+1 .. end+1
-            ranks[order[k]] = (start + end) / 2 + 1
-        start = end + 1
+    ranks = average_ranks(scores)
     positive_rank_sum = sum(rank for rank, label in zip(ranks, labels, strict=True) if label == 1)
     return (positive_rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def auc_with_interval(scores: list[float], labels: list[int]) -> dict:
+    """ROC AUC and its 95% bootstrap interval over the pairs."""
+
+    def resampled(idx: list[int]) -> float | None:
+        return roc_auc([scores[i] for i in idx], [labels[i] for i in idx])
+
+    return {"auc": roc_auc(scores, labels), "auc_ci95": bootstrap_interval(len(labels), resampled)}
 
 
 def precision_recall(keep: list[bool], labels: list[int]) -> dict:
@@ -55,28 +68,72 @@ def precision_recall(keep: list[bool], labels: list[int]) -> dict:
     }
 
 
-def curation_metrics(ratings: list[dict], labels: list[int], threshold: float) -> dict:
-    """AUC of the expected score; precision/recall at argmax >= 4 and at expectation >= `threshold`."""
-    expectations = [r["score_expectation"] for r in ratings]
-    return {
-        "auc": roc_auc(expectations, labels),
-        f"argmax>={KEEP_AT}": precision_recall([r["score_argmax"] >= KEEP_AT for r in ratings], labels),
-        f"expectation>={threshold:g}": precision_recall([e >= threshold for e in expectations], labels),
+def rules_for(mode: str, config: CurationEvalConfig) -> list[SelectionRule]:
+    """The keep rules reported for `mode`: its natural one (the paper's argmax >= 4 for the rubric, and
+    expectation >= --threshold), and the user's --min_score / --select_top on the mode's score."""
+    score = RANKED_BY[mode]
+    rules = (
+        [SelectionRule("argmax"), SelectionRule("expectation", config.threshold)]
+        if mode in RUBRIC_MODES
+        else []
+    )
+    if score in ("pmi", "ifd"):
+        rules.append(SelectionRule(score))
+    if config.min_score is not None or config.select_top is not None:
+        rules.append(SelectionRule(score, config.min_score, config.select_top))
+    return rules
+
+
+def curation_metrics(
+    scored: list[dict], labels: list[int], mode: str, rules: list[SelectionRule], kinds=None
+) -> dict:
+    """AUC of the mode's ranking score (with its interval), precision/recall at each rule, and the AUC of
+    the positives against each kind of negative when the rows have kinds."""
+    score = RANKED_BY[mode]
+    values = [score_value(r, score) for r in scored]
+    metrics = {"mode": mode, "ranked_by": score, **auc_with_interval(values, labels)}
+    for rule in rules:
+        metrics[rule.describe()] = precision_recall(rule.keep(scored), labels)
+    if kinds is not None:
+        positives = [i for i, label in enumerate(labels) if label == 1]
+        metrics["by_kind"] = {}
+        for kind in sorted({k for k, label in zip(kinds, labels, strict=True) if label == 0}):
+            idx = positives + [i for i, k in enumerate(kinds) if k == kind and labels[i] == 0]
+            metrics["by_kind"][kind] = {
+                "negatives": len(idx) - len(positives),
+                **auc_with_interval([values[i] for i in idx], [labels[i] for i in idx]),
+            }
+    finite = [v for v in values if v > float("-inf")]
+    metrics |= {
         "pairs": len(labels),
         "positives": sum(labels),
-        "mean_expectation": sum(expectations) / len(expectations),
+        "mean_score": sum(finite) / max(len(finite), 1),
     }
+    return metrics
 
 
 def read_labelled(source: str, config: EvalConfig) -> list[dict]:
-    """Labelled pairs as {instruction, response, label} with label 0 or 1; a bad label names its row."""
-    rows = load_eval_rows(source, config, ("instruction", "response", "label"))
+    """Labelled pairs as {instruction, response, label (0/1)[, kind]}, from any pair shape `seed` reads
+    ({instruction, response}, {instruction, output}, {prompt, completion}); a bad row is named."""
+    rows = load_eval_rows(source, config, ("label",))
+    shape = pair_shape(dict.fromkeys(rows.column_names, ""))
+    if shape is None:
+        raise DataError(
+            f"{source}: no pair columns (the columns are {rows.column_names}); give each row one of "
+            f"{[list(s) for s in PAIR_SHAPES]} and a `label`"
+        )
     bad = [i for i, label in enumerate(rows["label"], start=1) if label not in (0, 1, True, False)]
     if bad:
         raise DataError(f"{source}: rows {bad[:10]} have a `label` other than 0 or 1; fix them")
-    return [
-        {"instruction": r["instruction"], "response": r["response"], "label": int(r["label"])} for r in rows
-    ]
+    labelled = []
+    for number, r in enumerate(rows, start=1):
+        question, answer = r[shape[0]], r[shape[1]]
+        if not isinstance(question, str) or not isinstance(answer, str):
+            raise DataError(f"{source}: row {number}: {shape} must both be text")
+        labelled.append({"instruction": question, "response": answer, "label": int(r["label"])})
+        if "kind" in r:
+            labelled[-1]["kind"] = r["kind"]
+    return labelled
 
 
 def mismatched_labels(pairs: list[dict]) -> list[dict]:
@@ -91,18 +148,27 @@ def mismatched_labels(pairs: list[dict]) -> list[dict]:
     ]
 
 
-def evaluate_rater(model, tokenizer, labelled: list[dict], config: CurationEvalConfig) -> tuple[dict, list]:
-    """(metrics, one prediction row per labelled pair: the pair and its rating) for one rater, an engine
-    or a loaded model."""
+def evaluate_rater(engine, tokenizer, labelled: list[dict], config: CurationEvalConfig) -> tuple[dict, list]:
+    """(metrics, one prediction row per labelled pair: the pair and its scores) for one scorer, an engine
+    or a loaded model, in `config.mode`."""
     pairs = [(r["instruction"], r["response"]) for r in labelled]
-    ratings = rate_pairs(model, tokenizer, pairs, config.batch_size, config.mode, config.max_reasoning_tokens)
+    scored = score_pairs(
+        engine,
+        tokenizer,
+        pairs,
+        config.mode,
+        config.max_reasoning_tokens,
+        config.max_scored_tokens,
+        config.batch_size,
+    )
     labels = [r["label"] for r in labelled]
-    rows = [row | rating for row, rating in zip(labelled, ratings, strict=True)]
-    return curation_metrics(ratings, labels, config.threshold), rows
+    kinds = [r["kind"] for r in labelled] if all("kind" in r for r in labelled) else None
+    metrics = curation_metrics(scored, labels, config.mode, rules_for(config.mode, config), kinds)
+    return metrics, [row | values for row, values in zip(labelled, scored, strict=True)]
 
 
 def run_curation(config: CurationEvalConfig) -> dict:
-    """Rate the labelled pairs, write `<output_dir>/curation.json` and the ratings as Parquet."""
+    """Score the labelled pairs, write `<output_dir>/curation.json` and the scores as Parquet."""
     model = required_model(config, "model", TASK)
     data = required(config.data, "--data", TASK)
     rows = read_labelled(data, config)

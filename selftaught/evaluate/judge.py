@@ -21,11 +21,14 @@ from selftaught.data.formats import to_examples, tokenize_prompt
 from selftaught.data.shards import write_parquet
 from selftaught.evaluate.common import eval_engine, load_eval_rows, required, required_model
 from selftaught.evaluate.config import JudgeEvalConfig
+from selftaught.evaluate.intervals import mean_interval
 from selftaught.evaluate.results import write_result
 from selftaught.generation.engines import as_engine
 from selftaught.generation.hf import SamplingParams
 from selftaught.generation.next_token import option_token_ids
-from selftaught.scoring.ratings import _special_tokens, neutralise
+from selftaught.scoring.degeneration import ended_with_eos
+from selftaught.scoring.ratings import neutralise
+from selftaught.scoring.untrusted import special_token_strings
 
 TASK = "judge"
 CHOICES = ("1", "2")
@@ -48,7 +51,7 @@ def _block(name: str, text: str, special: list[str], max_chars: int) -> str:
 
 def judge_chat_text(tokenizer, request: str, first: str, second: str, max_chars: int = 4000) -> str:
     """J's conversation as text, ending in our "Better answer: ": the next token is the verdict."""
-    special = _special_tokens(tokenizer)
+    special = special_token_strings(tokenizer)
     user = "\n\n".join(
         [
             INSTRUCTIONS,
@@ -99,12 +102,20 @@ def outcome(model_first: float, model_second: float) -> str:
     return "tie"
 
 
+OUTCOME_SCORE = {"win": 1.0, "tie": 0.5, "loss": 0.0}
+
+
 def win_metrics(rows: list[dict]) -> dict:
-    """Win rate (ties as half) with the counts, and both models' mean answer length beside it."""
+    """Win rate (ties as half) with its 95% bootstrap interval over prompts, the tie rate beside it (a
+    judge that cannot tell the answers apart ties every prompt: a win rate of 0.5 with a tie rate of 1 is
+    no comparison), the counts, and both models' mean answer length."""
     n = len(rows)
     counts = {k: sum(r["outcome"] == k for r in rows) for k in ("win", "tie", "loss")}
+    scores = [OUTCOME_SCORE[r["outcome"]] for r in rows]
     return {
         "win_rate": (counts["win"] + counts["tie"] / 2) / n,
+        "win_rate_ci95": mean_interval(scores),
+        "tie_rate": counts["tie"] / n,
         "wins": counts["win"],
         "ties": counts["tie"],
         "losses": counts["loss"],
@@ -139,12 +150,23 @@ def chats(requests: list[str], system_prompt: str | None) -> list[list[dict]]:
     return [system + [{"role": "user", "content": r}] for r in requests]
 
 
-def greedy_texts(model, tokenizer, conversations: list[list[dict]], config) -> tuple[list[str], list[int]]:
-    """Greedy answers (texts, token counts) to chat conversations; `model`: an engine or a loaded model."""
+def greedy_answers(model, tokenizer, conversations: list[list[dict]], config) -> list[dict]:
+    """Greedy answers to chat conversations, each {answer, tokens, ended_with_eos}; `model`: an engine or a
+    loaded model."""
     prompts = [tokenize_prompt(tokenizer, c) for c in conversations]
     params = SamplingParams(config.max_new_tokens, temperature=0)
     ids = as_engine(model, tokenizer, config.batch_size).generate(prompts, params, "answers")
-    return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)], [len(i) for i in ids]
+    eos = [tokenizer.eos_token_id]
+    return [
+        {"answer": text.strip(), "tokens": len(i), "ended_with_eos": ended_with_eos(i, eos)}
+        for text, i in zip(tokenizer.batch_decode(ids, skip_special_tokens=True), ids, strict=True)
+    ]
+
+
+def greedy_texts(model, tokenizer, conversations: list[list[dict]], config) -> tuple[list[str], list[int]]:
+    """(texts, token counts) of `greedy_answers`: what the judge compares."""
+    answers = greedy_answers(model, tokenizer, conversations, config)
+    return [a["answer"] for a in answers], [a["tokens"] for a in answers]
 
 
 def read_requests(source: str, config) -> list[str]:

@@ -1,28 +1,44 @@
-"""Several models of one run on the same evaluations: judge win rate against a baseline, curation AUC.
+"""Several models of one run on the same evaluations, each compared with the others with intervals.
 
-A recipe names its models by label ("base", "M0", "M1", ...) and hands over the judge prompts and the
-labelled pairs; every answer set and every result is written once under `folder` and read back on a
-rerun, so an interrupted evaluation resumes and a finished one costs nothing. Models run on the engine
-their config names (`eval_engine`: hf unless the configs say otherwise).
+A recipe names its models by label ("base", "M0", "M1", ...) and hands over held-out data: judge prompts,
+gold (instruction, response) pairs and labelled pairs. Per model:
+- `answers`: its greedy answers to the prompts, with the degeneration measures (degenerate share,
+  distinct-2, length, EOS share; `scoring.degeneration`, shared with distillation's evaluation);
+- `heldout_nll`: the negative log-likelihood per token of the gold answers, given their prompts;
+- `relevance`: the PMI of its greedy answer given the prompt, scored by the judge model (the base);
+- `judge`: the judge's verdicts against the baseline's answers, both orders (win rate and tie rate);
+- `curation (<mode>)`: the curation AUC of the raters.
+Each number comes with a 95% bootstrap interval over the evaluated items, and `comparisons` gives, for
+each model against the one before it and against the baseline, the paired difference with its
+interval: "no difference" reads as an interval around 0.
+
+Everything is written once under `folder` and read back on a rerun, so an interrupted evaluation
+resumes and a finished one costs nothing. Models run on the engine their config names.
 """
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from pathlib import Path
 
-from selftaught.data.shards import read_parquet, write_parquet
+from selftaught.data.formats import tokenize_completion, tokenize_prompt
+from selftaught.data.shards import read_parquet, write_json, write_parquet
 from selftaught.evaluate.common import eval_engine
 from selftaught.evaluate.config import CurationEvalConfig, JudgeEvalConfig
 from selftaught.evaluate.curation import evaluate_rater
-from selftaught.evaluate.judge import chats, greedy_texts, judge_answers
+from selftaught.evaluate.intervals import mean_interval, paired_difference_interval, ratio, ratio_interval
+from selftaught.evaluate.judge import OUTCOME_SCORE, chats, greedy_answers, judge_answers
 from selftaught.evaluate.results import flat_metrics, read_result, write_result
 from selftaught.generation.engines import GenerationEngine
+from selftaught.models.naming import model_label
+from selftaught.scoring.degeneration import degeneration_metrics, is_degenerate
+from selftaught.scoring.likelihood import pmi_scores
 
 
 class ModelSuite:
-    """Judge every model against the `baseline` label (judged by `judge_config.judge`) on `requests`, and
-    score raters on `labelled` (instruction, response, label) rows."""
+    """Evaluate `models` ({label: path}) on `requests` (judge prompts), `heldout` gold pairs and `labelled`
+    pairs; the judge (`judge_config.judge`) compares each with `baseline` and scores relevance."""
 
     def __init__(
         self,
@@ -30,126 +46,272 @@ class ModelSuite:
         models: dict[str, str],
         baseline: str,
         requests: list[str],
+        heldout: list[dict],
         labelled: list[dict],
-        configs: tuple[JudgeEvalConfig, CurationEvalConfig],
+        configs: tuple[JudgeEvalConfig, list[CurationEvalConfig]],
+        run_dir: Path | None = None,
     ) -> None:
-        self.folder, self.models, self.requests, self.labelled = Path(folder), models, requests, labelled
-        self.judge_config, self.curation_config = configs
-        self.baseline = baseline
-        self._answers: dict[str, tuple[list[str], list[int]]] = {}
+        self.folder, self.models, self.baseline = Path(folder), models, baseline
+        self.requests, self.heldout, self.labelled = requests, heldout, labelled
+        self.judge_config, self.curation_configs = configs
+        self.names = {label: model_label(path, run_dir) for label, path in models.items()}
+        self.judge_name = model_label(self.judge_config.judge, run_dir)
         self._loaded: tuple[str, GenerationEngine] | None = None
 
+    # --- engines: one evaluated model in memory at a time, beside the judge ------------------------
+
     def engine(self, label: str) -> GenerationEngine:
-        """`label`'s engine, kept until another label's is needed: a rater answers and rates with one
-        load, and at most one evaluated model is in memory beside the judge. Built from the judge
-        config's engine settings (the recipe gives both configs the same ones)."""
+        """`label`'s engine, kept until another label's is needed (the judge's own when it is the same)."""
+        if self.models[label] == self.judge_config.judge:
+            return self.judge
         if self._loaded is None or self._loaded[0] != label:
             self._loaded = None  # release the previous model before loading the next
             self._loaded = (label, eval_engine(self.models[label], self.judge_config))
         return self._loaded[1]
 
-    def answers(self, label: str) -> tuple[list[str], list[int]]:
-        """(texts, token counts) of a model's greedy answers to the requests, generated once."""
-        if label not in self._answers:
-            self._answers[label] = self._read_or_generate_answers(label)
-        return self._answers[label]
-
-    def _read_or_generate_answers(self, label: str) -> tuple[list[str], list[int]]:
-        path = self.folder / f"answers_{label}.parquet"
-        if path.exists():
-            rows = read_parquet(path)
-            return [r["answer"] for r in rows], [r["tokens"] for r in rows]
-        engine = self.engine(label)
-        texts, tokens = greedy_texts(
-            engine, engine.tokenizer, chats(self.requests, self.judge_config.system_prompt), self.judge_config
-        )
-        write_parquet(
-            path,
-            [
-                {"prompt": r, "answer": t, "tokens": n}
-                for r, t, n in zip(self.requests, texts, tokens, strict=True)
-            ],
-        )
-        return texts, tokens
-
     @cached_property
     def judge(self) -> GenerationEngine:
         return eval_engine(self.judge_config.judge, self.judge_config)
 
+    # --- per-item data, written once ----------------------------------------------------------------
+
+    def cached(self, name: str, make) -> list[dict]:
+        """Rows of `<folder>/<name>.parquet`, made by `make()` the first time."""
+        path = self.folder / f"{name}.parquet"
+        if path.exists():
+            return read_parquet(path)
+        rows = make()
+        write_parquet(path, rows)
+        return rows
+
+    def answers(self, label: str) -> list[dict]:
+        """A model's greedy answers to the requests: {prompt, answer, tokens, ended_with_eos}."""
+
+        def make() -> list[dict]:
+            engine = self.engine(label)
+            conversations = chats(self.requests, self.judge_config.system_prompt)
+            answers = greedy_answers(engine, engine.tokenizer, conversations, self.judge_config)
+            return [{"prompt": r} | a for r, a in zip(self.requests, answers, strict=True)]
+
+        return self.cached(f"answers_{label}", make)
+
+    def nll(self, label: str) -> list[dict]:
+        """Per held-out gold pair: the summed NLL of its answer tokens (through EOS) and their count."""
+
+        def make() -> list[dict]:
+            engine = self.engine(label)
+            tokenizer = engine.tokenizer
+            conversations = chats([p["instruction"] for p in self.heldout], self.judge_config.system_prompt)
+            prompts = [tokenize_prompt(tokenizer, c) for c in conversations]
+            answers = [
+                tokenize_completion(tokenizer, c, p["response"], ids)
+                for c, p, ids in zip(conversations, self.heldout, prompts, strict=True)
+            ]
+            logprobs = engine.completion_logprobs(prompts, answers, "held-out NLL")
+            return [{"nll": -sum(lp), "tokens": len(lp)} for lp in logprobs]
+
+        return self.cached(f"nll_{label}", make)
+
+    def relevance(self, label: str) -> list[dict]:
+        """Per request: the PMI of the model's answer given it, under the judge model."""
+        answers = self.answers(label)
+
+        def make() -> list[dict]:
+            pairs = [(a["prompt"], a["answer"]) for a in answers]
+            return pmi_scores(self.judge, self.judge.tokenizer, pairs)
+
+        return self.cached(f"relevance_{label}", make)
+
+    # --- results ------------------------------------------------------------------------------------
+
+    def result(self, name: str, task: str, make, dataset: str, config, models: dict) -> dict:
+        """`<folder>/<name>.json`, computed by `make()` -> metrics the first time."""
+        if (found := read_result(self.folder / f"{name}.json")) is not None:
+            return found
+        return write_result(self.folder, task, make(), config, models, dataset, name)
+
+    def answer_result(self, label: str) -> dict:
+        def make() -> dict:
+            rows = self.answers(label)
+            texts = [r["answer"] for r in rows]
+            metrics = degeneration_metrics(
+                texts, [r["tokens"] for r in rows], [r["ended_with_eos"] for r in rows]
+            )
+            metrics["degenerate_share_ci95"] = mean_interval([float(is_degenerate(t)) for t in texts])
+            return metrics | {"mean_chars": sum(map(len, texts)) / len(texts), "answers": len(texts)}
+
+        models = {"model": self.names[label]}
+        return self.result(
+            f"answers_{label}", "answers", make, self.judge_config.prompts, self.judge_config, models
+        )
+
+    def nll_result(self, label: str) -> dict:
+        def make() -> dict:
+            rows = self.nll(label)
+            nll, tokens = [r["nll"] for r in rows], [r["tokens"] for r in rows]
+            return {
+                "per_token": sum(nll) / max(sum(tokens), 1),
+                "per_token_ci95": ratio_interval(nll, tokens),
+                "pairs": len(rows),
+                "tokens": sum(tokens),
+            }
+
+        models = {"model": self.names[label]}
+        return self.result(
+            f"heldout_nll_{label}", "heldout_nll", make, "held-out gold answers", self.judge_config, models
+        )
+
+    def relevance_result(self, label: str) -> dict:
+        def make() -> dict:
+            # an empty answer has no token to score: it counts as 0, no information about its prompt
+            values = [r["pmi"] or 0.0 for r in self.relevance(label)]
+            return {
+                "pmi": sum(values) / len(values),
+                "pmi_ci95": mean_interval(values),
+                "answers": len(values),
+            }
+
+        models = {"model": self.names[label], "scorer": self.judge_name}
+        return self.result(
+            f"relevance_{label}", "relevance", make, self.judge_config.prompts, self.judge_config, models
+        )
+
     def judged(self, label: str) -> dict:
         """The judge result of `label` against the baseline."""
-        name = f"judge_{label}"
-        if (result := read_result(self.folder / f"{name}.json")) is not None:
-            return result
-        metrics, rows = judge_answers(
-            self.judge,
-            self.judge.tokenizer,
-            self.requests,
-            self.answers(label),
-            self.answers(self.baseline),
-            self.judge_config,
-        )
-        write_parquet(self.folder / f"{name}.parquet", rows)
-        models = {
-            "model": self.models[label],
-            "baseline": self.models[self.baseline],
-            "judge": self.judge_config.judge,
-        }
-        return write_result(
-            self.folder, "judge", metrics, self.judge_config, models, self.judge_config.prompts, name
+
+        def make() -> dict:
+            pair = [self.answers(x) for x in (label, self.baseline)]
+            texts = [([r["answer"] for r in rows], [r["tokens"] for r in rows]) for rows in pair]
+            metrics, rows = judge_answers(
+                self.judge, self.judge.tokenizer, self.requests, *texts, self.judge_config
+            )
+            write_parquet(self.folder / f"judge_{label}.parquet", rows)
+            return metrics
+
+        models = {"model": self.names[label], "baseline": self.names[self.baseline], "judge": self.judge_name}
+        return self.result(
+            f"judge_{label}", "judge", make, self.judge_config.prompts, self.judge_config, models
         )
 
-    def curated(self, label: str) -> dict:
-        """The curation result of `label` as a rater of the labelled pairs."""
-        name = f"curation_{label}"
-        if (result := read_result(self.folder / f"{name}.json")) is not None:
-            return result
-        engine = self.engine(label)
-        metrics, rows = evaluate_rater(engine, engine.tokenizer, self.labelled, self.curation_config)
-        write_parquet(self.folder / f"{name}.parquet", rows)
-        config = self.curation_config
-        return write_result(
-            self.folder, "curation", metrics, config, {"model": self.models[label]}, config.data, name
-        )
+    def curated(self, label: str, config: CurationEvalConfig) -> dict:
+        """The curation result of `label` as a rater of the labelled pairs, in `config.mode`."""
 
-    def lengths(self, label: str) -> dict:
-        """Mean length of `label`'s answers to the requests, as a result (in tokens and characters)."""
-        texts, tokens = self.answers(label)
-        metrics = {"mean_tokens": sum(tokens) / len(tokens), "mean_chars": sum(map(len, texts)) / len(texts)}
-        models = {"model": self.models[label]}
-        return {"task": "answers", "dataset": self.judge_config.prompts, "models": models, "metrics": metrics}
+        def make() -> dict:
+            engine = self.engine(label)
+            metrics, rows = evaluate_rater(engine, engine.tokenizer, self.labelled, config)
+            write_parquet(self.folder / f"curation_{config.mode}_{label}.parquet", rows)
+            return metrics
+
+        name, task = f"curation_{config.mode}_{label}", f"curation ({config.mode})"
+        return self.result(name, task, make, config.data, config, {"model": self.names[label]})
 
     def run(self, raters: list[str]) -> dict[str, list[dict]]:
-        """Results per label: answer lengths and judge (with requests; no judge for the baseline itself),
-        curation (the raters, with labelled pairs)."""
+        """Results per label; a model's own data first (one load), then what the judge scores."""
         results: dict[str, list[dict]] = {label: [] for label in self.models}
-        for label in self.models:  # label by label: each model is loaded once
+        for label in self.models:
             if self.requests:
-                results[label].append(self.lengths(label))
+                self.answers(label)
+            if self.heldout:
+                results[label].append(self.nll_result(label))
+            if self.labelled and label in raters:
+                results[label] += [self.curated(label, c) for c in self.curation_configs]
+        for label in self.models:
+            if self.requests:
+                results[label] += [self.answer_result(label), self.relevance_result(label)]
                 if label != self.baseline:
                     results[label].append(self.judged(label))
-            if self.labelled and label in raters:
-                results[label].append(self.curated(label))
         return results
+
+    # --- comparisons ----------------------------------------------------------------------------------
+
+    def item_statistics(self, label: str) -> dict:
+        """Per metric: (value of a resample of the items, number of items), for paired comparisons."""
+        stats = {}
+        if self.heldout:
+            rows = self.nll(label)
+            nll, tokens = [r["nll"] for r in rows], [r["tokens"] for r in rows]
+            stats["heldout_nll.per_token"] = (lambda idx, a=nll, b=tokens: ratio(a, b, idx), len(rows))
+        if self.requests:
+            pmi = [r["pmi"] or 0.0 for r in self.relevance(label)]
+            stats["relevance.pmi"] = (lambda idx, v=pmi: sum(v[i] for i in idx) / len(idx), len(pmi))
+            flags = [float(is_degenerate(r["answer"])) for r in self.answers(label)]
+            stats["answers.degenerate_share"] = (
+                lambda idx, v=flags: sum(v[i] for i in idx) / len(idx),
+                len(flags),
+            )
+            if label != self.baseline:
+                judged = read_parquet(self.folder / f"judge_{label}.parquet")
+                won = [OUTCOME_SCORE[r["outcome"]] for r in judged]
+                stats["judge.win_rate"] = (lambda idx, v=won: sum(v[i] for i in idx) / len(idx), len(won))
+        return stats
+
+    def comparisons(self, order: list[str]) -> list[dict]:
+        """Each model against the one before it in `order` and against the baseline: every shared metric's
+        difference (model - other) with its paired 95% interval. Written to comparisons.json."""
+        stats = {label: self.item_statistics(label) for label in order}
+        found = []
+        for position, label in enumerate(order):
+            others = {self.baseline, order[position - 1] if position else self.baseline} - {label}
+            for other in sorted(others, key=order.index):
+                for metric, (mine, n) in stats[label].items():
+                    if metric not in stats[other]:
+                        continue
+                    theirs = stats[other][metric][0]
+                    everything = list(range(n))
+                    found.append(
+                        {
+                            "model": label,
+                            "against": other,
+                            "metric": metric,
+                            "value": mine(everything),
+                            "against_value": theirs(everything),
+                            "difference": mine(everything) - theirs(everything),
+                            "ci95": paired_difference_interval(mine, theirs, n),
+                            "items": n,
+                        }
+                    )
+        write_json(self.folder / "comparisons.json", {"comparisons": found})
+        return found
 
 
 # What a run's eval_results.json keeps of each result (one report panel each); the rest stays in the
 # per-evaluation JSON files and on the model cards.
 HEADLINE = {
-    "answers": ("mean_tokens", "mean_chars"),
-    "judge": ("win_rate", "wins", "ties", "losses", "mean_p_model_better"),
-    "curation": ("auc", "argmax>=4.precision", "argmax>=4.recall"),
+    "answers": ("degenerate_share", "distinct_2", "mean_tokens", "eos_share"),
+    "heldout_nll": ("per_token",),
+    "relevance": ("pmi",),
+    "judge": ("win_rate", "tie_rate"),
+    "curation": ("auc",),
 }
 
 
 def summary_numbers(results: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
-    """`eval_results.json`: {label: {"judge.win_rate": .., "curation.auc": .., "answers.mean_tokens": ..}}."""
+    """{label: {"judge.win_rate": .., "heldout_nll.per_token": .., "curation (pmi).auc": ..}}."""
     return {
         label: {
             f"{r['task']}.{name}": value
             for r in per_label
             for name, value in flat_metrics(r).items()
-            if name in HEADLINE.get(r["task"], ())
+            if name in HEADLINE.get(r["task"].split(" ")[0], ())
         }
         for label, per_label in results.items()
     }
+
+
+def summary_intervals(results: dict[str, list[dict]]) -> dict[str, dict[str, list[float]]]:
+    """{label: {metric: [low, high]}} for the headline numbers that carry an interval (`<name>_ci95`)."""
+    intervals: dict[str, dict[str, list[float]]] = {}
+    for label, per_label in results.items():
+        for r in per_label:
+            for name in HEADLINE.get(r["task"].split(" ")[0], ()):
+                interval = r["metrics"].get(f"{name}_ci95") or (
+                    r["metrics"].get("auc_ci95") if name == "auc" else None
+                )
+                if interval:
+                    intervals.setdefault(label, {})[f"{r['task']}.{name}"] = interval
+    return intervals
+
+
+def read_comparisons(folder: Path) -> list[dict]:
+    path = Path(folder) / "comparisons.json"
+    return json.loads(path.read_text())["comparisons"] if path.is_file() else []

@@ -7,7 +7,9 @@ never care where the model runs:
 - `generate(prompts, params, desc)`: completion ids per prompt, in the caller's order, through EOS
   or cut before a stop string;
 - `next_token_probs(prompts, candidate_ids)`: [N, k] softmax over the candidates at the next position
-  (curation ratings, judge verdicts).
+  (curation ratings, judge verdicts);
+- `completion_logprobs(prompts, completions)`: log P(token | prompt, earlier tokens) for every token of a
+  given completion after its prompt (likelihood scores: PMI, IFD, backward, held-out NLL).
 
 `name` is what provenance records: the model folder for `hf`, "vllm:<folder>", "openai:<url>/<model>".
 """
@@ -22,7 +24,7 @@ import torch
 from transformers import PreTrainedModel
 
 from selftaught.generation.hf import SamplingParams, generate_all
-from selftaught.generation.next_token import next_token_probs
+from selftaught.generation.next_token import completion_logprobs, next_token_probs
 from selftaught.models.loading import load_model, load_tokenizer
 
 ENGINES = ("hf", "vllm", "openai")
@@ -45,6 +47,11 @@ class GenerationEngine(Protocol):
         self, prompts: list[list[int]], candidate_ids: list[int], desc: str = ...
     ) -> torch.Tensor:
         """[N, k] softmax over the candidates' scores at each prompt's next position."""
+
+    def completion_logprobs(
+        self, prompts: list[list[int]], completions: list[list[int]], desc: str = ...
+    ) -> list[list[float]]:
+        """Per completion: the log-prob of each of its tokens after its prompt and its earlier tokens."""
 
 
 @dataclass
@@ -119,7 +126,8 @@ class EngineSettings:
 
 
 class HFEngine:
-    """transformers in this process: `generate_all` and `next_token_probs`, batched by length."""
+    """transformers in this process: `generate_all`, `next_token_probs` and `completion_logprobs`, batched by
+    length."""
 
     def __init__(self, model: PreTrainedModel, tokenizer, batch_size: int = 8, name: str = "hf") -> None:
         self.model, self.tokenizer, self.batch_size, self.name = model, tokenizer, batch_size, name
@@ -134,6 +142,12 @@ class HFEngine:
     ) -> torch.Tensor:
         pad_id = self.tokenizer.pad_token_id
         return next_token_probs(self.model, prompts, candidate_ids, pad_id, self.batch_size, desc)
+
+    def completion_logprobs(
+        self, prompts: list[list[int]], completions: list[list[int]], desc: str = "scoring"
+    ) -> list[list[float]]:
+        pad_id = self.tokenizer.pad_token_id
+        return completion_logprobs(self.model, prompts, completions, pad_id, self.batch_size, desc)
 
 
 def as_engine(

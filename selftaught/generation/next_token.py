@@ -1,25 +1,29 @@
-"""The next-token distribution over a few candidate tokens, for many prompts that share a long prefix.
+"""Scoring passes over many prompts that share a long prefix: next-token candidates, completion log-probs.
 
-Scoring (curation ratings, judge verdicts) asks one question of many prompts: which of a handful of
-tokens ("1".."5", "A"/"B") comes next. The prompts are built from one template, so they begin with the
-same tokens: the system turn and the rubric. We run that shared prefix once, keep its KV cache, and
-run only each prompt's own suffix against it; on the curation rubric that is most of the prompt.
+Two questions are asked of many prompts built from one template:
+- which of a handful of tokens ("1".."5", "A"/"B") comes next (`next_token_probs`: curation ratings,
+  judge verdicts);
+- how likely each token of a given completion is after its prompt (`completion_logprobs`: the
+  likelihood scores of curation and evaluation, e.g. PMI, IFD, held-out NLL).
+The prompts begin with the same tokens (the system turn, the rubric), so we run that shared prefix once,
+keep its KV cache, and run only each prompt's own suffix (and its completion) against it.
 transformers' `generate` has no such reuse across a batch of different prompts, hence this module.
 
-Batching: suffixes are left-padded, so the padding sits between the shared prefix and each suffix;
-the attention mask hides it and position ids continue from the prefix, so every prompt is computed
-exactly as it would be alone (up to float reduction order).
+Batching: suffixes are left-padded and completions right-padded, so the padding sits between the shared
+prefix and each suffix and after each completion; the attention mask hides it and position ids continue
+from the prefix, so every prompt is computed exactly as it would be alone (up to float reduction order).
 """
 
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from selftaught.generation.hf import left_pad
+from selftaught.generation.hf import left_pad, right_pad
 
 MIN_SHARED_PREFIX = 16  # below this, a second forward pass costs more than the reuse saves
 
@@ -62,6 +66,45 @@ def _prefix_cache(model: PreTrainedModel, prefix: list[int], device: torch.devic
     return out.past_key_values
 
 
+class _SharedPrefix:
+    """The KV cache of the tokens every prompt begins with (none when they share fewer than
+    MIN_SHARED_PREFIX), and forward passes of [own prompt suffix | completion] batches against it."""
+
+    def __init__(self, model: PreTrainedModel, prompts: list[list[int]], pad_id: int) -> None:
+        self.model, self.pad_id = model, pad_id
+        self.device = next(model.parameters()).device
+        shared = shared_prefix_length(prompts)
+        self.length = shared if shared >= MIN_SHARED_PREFIX else 0
+        self.cache = _prefix_cache(model, prompts[0][: self.length], self.device) if self.length else None
+
+    def logits(self, prompts: list[list[int]], completions: list[list[int]] | None = None) -> torch.Tensor:
+        """Logits predicting each completion token (flattened, row by row), or, without completions,
+        the next token after each prompt ([rows, vocab])."""
+        ids, mask = left_pad([p[self.length :] for p in prompts], self.pad_id)
+        width = ids.shape[1]
+        if completions is not None:
+            completion_ids, completion_mask = right_pad(completions, self.pad_id)
+            ids, mask = torch.cat([ids, completion_ids], 1), torch.cat([mask, completion_mask], 1)
+            keep = torch.zeros_like(mask, dtype=torch.bool)
+            # position i predicts token i + 1: the last prompt token predicts the first completion token
+            keep[:, width - 1 : width - 1 + completion_ids.shape[1]] = completion_mask.bool()
+        positions = self.length + (mask.cumsum(-1) - 1).clamp(min=0)  # number from the first real token
+        cache = None
+        if self.cache is not None:
+            cache = copy.deepcopy(self.cache)  # the forward pass appends to the cache it is given
+            cache.batch_repeat_interleave(len(prompts))
+            mask = torch.cat([torch.ones(len(prompts), self.length, dtype=mask.dtype), mask], dim=1)
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device),
+            past_key_values=cache,
+            logits_to_keep=1 if completions is None else keep.to(self.device),
+            use_cache=cache is not None,
+        )
+        return out.logits[:, -1] if completions is None else out.logits
+
+
 @torch.no_grad()
 def next_token_probs(
     model: PreTrainedModel,
@@ -72,33 +115,67 @@ def next_token_probs(
     desc: str = "scoring",
 ) -> torch.Tensor:
     """[N, k] softmax over the candidates' logits at each prompt's last position, in the given order."""
-    device = next(model.parameters()).device
-    shared = shared_prefix_length(prompts)
-    shared = shared if shared >= MIN_SHARED_PREFIX else 0
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths pad little
     probs = torch.zeros(len(prompts), len(candidate_ids), dtype=torch.float64)
+    with _eval_mode(model):
+        prefix = _SharedPrefix(model, prompts, pad_id)
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+            chunk = order[start : start + batch_size]
+            logits = prefix.logits([prompts[i] for i in chunk])
+            probs[chunk] = logits[:, candidate_ids].double().softmax(-1).cpu()
+    return probs
+
+
+@torch.no_grad()
+def completion_logprobs(
+    model: PreTrainedModel,
+    prompts: list[list[int]],
+    completions: list[list[int]],
+    pad_id: int,
+    batch_size: int = 8,
+    desc: str = "scoring",
+) -> list[list[float]]:
+    """log P(token | prompt, the completion's earlier tokens) for every token of each completion, in the
+    given order. Logits are computed at the completion positions only (transformers' boolean
+    `logits_to_keep`), and normalised in float32 whatever the weights' dtype."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    if any(not p for p in prompts):
+        raise ValueError("every completion needs a prompt of at least one token to be scored after")
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(completions[i]))
+    results: list[list[float]] = [[] for _ in prompts]
+    with _eval_mode(model):
+        prefix = _SharedPrefix(model, prompts, pad_id)
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+            chunk = [i for i in order[start : start + batch_size] if completions[i]]
+            if not chunk:
+                continue
+            logits = prefix.logits([prompts[i] for i in chunk], [completions[i] for i in chunk])
+            targets = torch.tensor([t for i in chunk for t in completions[i]], device=logits.device)
+            picked = _token_logprobs(logits, targets).cpu().tolist()
+            for i in chunk:
+                results[i], picked = picked[: len(completions[i])], picked[len(completions[i]) :]
+    return results
+
+
+LOGSUMEXP_ROWS = 1024  # rows normalised at a time: bounds the float32 copy of the logits
+
+
+def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log_softmax(logits)[row, target] per row, in chunks of rows (no second [rows, vocab] tensor)."""
+    parts = []
+    for start in range(0, len(targets), LOGSUMEXP_ROWS):
+        rows = logits[start : start + LOGSUMEXP_ROWS].float()
+        target = targets[start : start + LOGSUMEXP_ROWS, None]
+        parts.append(rows.gather(-1, target)[:, 0] - torch.logsumexp(rows, -1))
+    return torch.cat(parts)
+
+
+@contextmanager
+def _eval_mode(model: PreTrainedModel):
     was_training = model.training
     model.eval()
     try:
-        prefix_cache = _prefix_cache(model, prompts[0][:shared], device) if shared else None
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
-            chunk = order[start : start + batch_size]
-            ids, mask = left_pad([prompts[i][shared:] for i in chunk], pad_id)
-            positions = shared + (mask.cumsum(-1) - 1).clamp(min=0)  # number from the first real token
-            cache = None
-            if prefix_cache is not None:
-                cache = copy.deepcopy(prefix_cache)  # the forward pass appends to the cache it is given
-                cache.batch_repeat_interleave(len(chunk))
-                mask = torch.cat([torch.ones(len(chunk), shared, dtype=mask.dtype), mask], dim=1)
-            out = model(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                position_ids=positions.to(device),
-                past_key_values=cache,
-                logits_to_keep=1,
-                use_cache=cache is not None,
-            )
-            probs[chunk] = out.logits[:, -1, candidate_ids].double().softmax(-1).cpu()
+        yield
     finally:
         model.train(was_training)
-    return probs

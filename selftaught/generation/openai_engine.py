@@ -2,7 +2,9 @@
 
 Prompts are sent as token arrays (vLLM and llama.cpp's server accept them; the chat template was
 applied locally, so the server adds nothing). Completions come back as text, re-encoded with the
-local tokenizer unless the server reports the generated ids (llama.cpp does). Requests run on a
+local tokenizer unless the server reports the generated ids (llama.cpp does). Completion log-probs
+(likelihood scores) are read with `echo`, which vLLM's server supports and llama.cpp's ignores (a
+clear error then names what works). Requests run on a
 thread pool of `max_concurrency` workers (the bound on requests in flight); timeouts and retries with
 exponential backoff on connection errors, 408/409/429 and 5xx are the openai client's own. Sampling
 knobs we do not send keep the server's defaults (e.g. llama.cpp samples with top_k=40 and min_p=0.05
@@ -92,6 +94,47 @@ class OpenAIEngine:
         texts = [self.tokenizer.decode([i]) for i in candidate_ids]
         tops = self._map(self._top_logprobs, prompts, desc)
         return torch.stack([candidate_distribution(top, texts) for top in tops])
+
+    def _echoed(self, prompt: list[int], completion: list[int]) -> list[float]:
+        if not completion:
+            return []
+        response = self._call(
+            lambda: self.client.completions.create(
+                model=self.model,
+                prompt=prompt + completion,
+                max_tokens=1,
+                temperature=0,
+                echo=True,
+                logprobs=1,
+            )
+        )
+        return echoed_logprobs(response.choices[0], len(prompt), len(completion), self.settings.base_url)
+
+    def completion_logprobs(
+        self, prompts: list[list[int]], completions: list[list[int]], desc: str = "scoring"
+    ) -> list[list[float]]:
+        """The completions API with `echo`: prompt and completion sent as one token list, and the log-probs
+        the server reports for its own prompt tokens read at the completion's positions."""
+        return self._map(lambda pair: self._echoed(*pair), list(zip(prompts, completions, strict=True)), desc)
+
+
+class EchoUnsupportedError(RuntimeError):
+    """The server returns no log-probs for prompt tokens (the completions API's `echo`)."""
+
+
+def echoed_logprobs(choice, prompt_length: int, completion_length: int, server: str) -> list[float]:
+    """The log-probs of the echoed tokens [prompt_length, prompt_length + completion_length), from the
+    completions API's shape (vLLM's server answers in it). A server that ignores `echo` (llama.cpp's
+    returns the generated token only) gets an error that names what works instead."""
+    values = choice.logprobs.token_logprobs if choice.logprobs is not None else None
+    if not values or len(values) < prompt_length + completion_length:
+        raise EchoUnsupportedError(
+            f"{server} returned no log-probs for the prompt's tokens (the completions API's `echo` with "
+            "`logprobs`; llama.cpp's server, for one, ignores it). Likelihood scores (curation modes pmi, "
+            "ifd, backward; the held-out NLL) need them: use --engine hf or --engine vllm, or serve the "
+            "model with `vllm serve`, whose completions API supports echo with logprobs."
+        )
+    return [float(v) for v in values[prompt_length : prompt_length + completion_length]]
 
 
 def reported_ids(choice) -> list[int] | None:

@@ -227,6 +227,21 @@ class VLLMEngine:
         tops = [{i: lp.logprob for i, lp in c.logprobs[0].items()} for c in self._run(prompts, sampling)]
         return torch.stack([candidate_distribution(top, candidate_ids) for top in tops])
 
+    def completion_logprobs(
+        self, prompts: list[list[int]], completions: list[list[int]], desc: str = "scoring"
+    ) -> list[list[float]]:
+        """vLLM's `prompt_logprobs` over [prompt | completion]: each position's dict always holds the
+        prompt token's own log-prob (0 extra candidates asked for), read at the completion's positions."""
+        from vllm.inputs import TokensPrompt
+
+        sampling = self.vllm.SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0)
+        inputs = [TokensPrompt(prompt_token_ids=p + c) for p, c in zip(prompts, completions, strict=True)]
+        outputs = self.llm.generate(inputs, sampling, use_tqdm=True)
+        return [
+            [out.prompt_logprobs[len(p) + i][token].logprob for i, token in enumerate(c)]
+            for out, p, c in zip(outputs, prompts, completions, strict=True)
+        ]
+
 
 class VLLMPolicyEngine:
     """A policy under training sampled through TRL's `VLLMGeneration`: colocated with the trainer (one vLLM

@@ -6,12 +6,12 @@ import re
 from pathlib import Path
 
 from selftaught.report import plots
-from selftaught.report.page import Plot, Section, Table
+from selftaught.report.page import Plot, Section, Table, format_number
 from selftaught.report.readers import card_tables, curve, is_number, numeric_results, read_json, read_jsonl
 from selftaught.report.sections import cell, evaluation_section, key_value_table, ordered
 
 MODELS = ("base", "M0", "M1", "M2")
-COUNTS = ("rows_in", "rows_out", "seconds", "rows_per_second", "score_histogram")  # plotted, not tabled
+COUNTS = ("rows_in", "rows_out", "seconds", "rows_per_second", "score_histogram", "kept_histogram")  # plotted
 
 
 def iterations(summary: dict) -> list[int]:
@@ -47,27 +47,68 @@ def funnel_section(summary: dict) -> Section:
     return section
 
 
-def threshold(rule: object) -> float | None:
-    """The argmax cut-off of a select rule like 'score_argmax >= 4' (None for expectation rules)."""
-    match = re.fullmatch(r"score_argmax >= ([\d.]+)", str(rule))
-    return float(match.group(1)) if match else None
-
-
 def scores_section(summary: dict) -> Section:
-    section = Section("Curation scores", "How the current model rated every (instruction, segment) pair.")
-    histograms, cut = {}, None
+    section = Section("Curation scores", "How the current model scored every (instruction, segment) pair.")
+    histograms = {}
     for k in iterations(summary):
-        line = summary.get(f"select_{k}") or summary.get(f"curate_{k}") or {}
-        if isinstance(line.get("score_histogram"), dict):
-            histograms[f"iteration {k} (rated by M{k - 1})"] = line["score_histogram"]
+        line = summary.get(f"select_{k}") or {}
+        every, kept = line.get("score_histogram"), line.get("kept_histogram")
+        if isinstance(every, dict) and isinstance(kept, dict):
+            modes = summary.get(f"curate_{k}", {}).get("settings", {}).get("curation_mode", "?")
+            label = f"iteration {k}: {line.get('score', 'score')}, scored by M{k - 1} ({modes})"
+            histograms[label] = (every, kept)
         if "rule" in line:
-            cut = threshold(line["rule"])
-            section.intro += f" Iteration {k} kept {line['rule']}."
+            section.intro += (
+                f" Iteration {k} kept {line['rule']}: {line.get('rows_out')} of {line.get('rows_in')}."
+            )
     if histograms:
-        title = "Curation score histogram per iteration"
-        section.plots.append(Plot("scores", title, plots.score_histograms(histograms, cut, title)))
+        title = "Curation scores per iteration (green: kept)"
+        section.plots.append(Plot("scores", title, plots.score_histograms(histograms, title)))
     else:
-        section.notes.append("No curation has finished yet.")
+        section.notes.append("No selection has finished yet.")
+    return section
+
+
+def comparison_section(results: dict | None) -> Section:
+    """Each model against the one before it and the base: paired differences with 95% intervals."""
+    section = Section(
+        "M1 against M0 and the base",
+        "Each model minus the model before it and minus the base, on the same held-out items; the bar is a "
+        "95% paired bootstrap interval. An interval across 0 (grey) means the evaluation cannot tell the two "
+        "apart. Held-out NLL: lower is better; relevance (PMI under the base) and win rate: higher is "
+        "better; degenerate share: lower is better.",
+    )
+    comparisons = (results or {}).get("comparisons") or []
+    if not comparisons:
+        section.notes.append("No comparisons yet: written by the evaluation at the end of `run`.")
+        return section
+    rows, table = [], []
+    for c in comparisons:
+        label = f"{c['model']} - {c['against']}: {c['metric']}"
+        rows.append((label, c["difference"], c["ci95"]))
+        low, high = c["ci95"] or (None, None)
+        apart = low is not None and (low > 0 or high < 0)
+        interval = "n/a" if low is None else f"[{format_number(low)}, {format_number(high)}]"
+        numbers = [format_number(c[key]) for key in ("value", "against_value", "difference")]
+        table.append(
+            [
+                c["model"],
+                c["against"],
+                c["metric"],
+                *numbers,
+                interval,
+                "differ" if apart else "cannot tell apart",
+            ]
+        )
+    for metric in dict.fromkeys(c["metric"] for c in comparisons):
+        picked = [r for r, c in zip(rows, comparisons, strict=True) if c["metric"] == metric]
+        title = f"Paired differences: {metric}"
+        name = "compare_" + re.sub(r"\W+", "_", metric)
+        section.plots.append(
+            Plot(name, title, plots.interval_plot(picked, title, "difference (model - other)"))
+        )
+    header = ["model", "against", "metric", "model's", "other's", "difference", "95% interval", "verdict"]
+    section.tables.append(Table(header, table, "paired bootstrap over the evaluated items"))
     return section
 
 
@@ -140,8 +181,9 @@ def details_section(summary: dict) -> Section:
 
 def backtranslation_sections(run: Path) -> list[Section]:
     summary = {k: v for k, v in (read_json(run / "summary.json") or {}).items() if isinstance(v, dict)}
+    results = read_json(run / "eval_results.json")
     evaluation = evaluation_section(
-        ordered(numeric_results(read_json(run / "eval_results.json")), MODELS),
+        ordered(numeric_results(results, skip=("intervals", "comparisons")), MODELS),
         "Evaluation: base, M0, M1, M2",
         "Each model on every evaluation in eval_results.json.",
         "No evaluations yet: this run folder has no eval_results.json.",
@@ -150,6 +192,7 @@ def backtranslation_sections(run: Path) -> list[Section]:
         funnel_section(summary),
         scores_section(summary),
         evaluation,
+        comparison_section(results),
         throughput_section(summary),
         sft_section(run),
         details_section(summary),

@@ -122,26 +122,42 @@ def funnel(stages: list[tuple[str, int]], title: str) -> bytes:
     return to_png(figure)
 
 
-def score_histograms(histograms: dict[str, dict[str, int]], threshold: float | None, title: str) -> bytes:
-    """Pairs per curation score (1-5), one bar group per score, one bar per iteration."""
-    figure = new_figure(4.0)
+def score_histograms(histograms: dict[str, tuple[dict[str, int], dict[str, int]]], title: str) -> bytes:
+    """One panel per iteration: pairs per score bin (grey), the kept ones over them (green). Each value is
+    ({bin: pairs}, {bin: kept}); bins are labelled by their lower edge (or the rubric's digit)."""
+    figure = new_figure(3.6 * max(len(histograms), 1))
+    axes = figure.subplots(max(len(histograms), 1), 1, squeeze=False)[:, 0]
+    for ax, (label, (every, kept)) in zip(axes, histograms.items(), strict=False):
+        bins = list(every)
+        positions = range(len(bins))
+        ax.bar(positions, [every[b] for b in bins], color="#bbbbbb", width=0.8, label="scored")
+        bars = ax.bar(positions, [kept.get(b, 0) for b in bins], color=COLORS[2], width=0.8, label="kept")
+        ax.bar_label(bars, labels=[f"{kept.get(b, 0)}/{every[b]}" for b in bins], fontsize=9, padding=2)
+        ax.set_xticks(list(positions), bins, fontsize=9)
+        ax.margins(y=0.2)
+        style(ax, label, "score (bin from)", "pairs")
+        ax.grid(axis="x", visible=False)
+    figure.suptitle(title, fontsize=13, fontweight="bold", x=0.01, ha="left")
+    axes[0].legend(fontsize=10, frameon=False)
+    return to_png(figure)
+
+
+def interval_plot(rows: list[tuple[str, float, list[float] | None]], title: str, xlabel: str) -> bytes:
+    """A forest plot: one row per (label, difference, [low, high]), a dot and its interval, 0 marked: an
+    interval across 0 means "cannot tell apart"."""
+    figure = new_figure(0.4 * len(rows) + 1.6)
     ax = figure.add_subplot()
-    scores = [str(d) for d in range(1, 6)]
-    width = 0.8 / max(len(histograms), 1)
-    for i, (label, counts) in enumerate(histograms.items()):
-        offsets = [d - 0.4 + width * (i + 0.5) for d in range(1, 6)]
-        bars = ax.bar(
-            offsets, [counts.get(s, 0) for s in scores], width=width, color=COLORS[i % 8], label=label
-        )
-        ax.bar_label(bars, fontsize=9, padding=2)
-    if threshold is not None:
-        ax.axvspan(threshold - 0.5, 5.5, color="#2ca02c", alpha=0.08, label=f"kept: score >= {threshold:g}")
-    ax.set_xticks(range(1, 6), scores)
-    ax.set_xlim(0.5, 5.5)
-    ax.margins(y=0.15)
-    style(ax, title, "curation score (argmax of P(1..5))", "pairs")
-    ax.grid(axis="x", visible=False)
-    figure.legend(fontsize=10, frameon=False, loc="outside lower center", ncols=len(histograms) + 1)
+    for position, (_, value, interval) in enumerate(rows):
+        apart = interval is not None and (interval[0] > 0 or interval[1] < 0)
+        color = COLORS[0] if apart else "#888888"
+        if interval is not None:
+            ax.plot(interval, [position, position], color=color, linewidth=2)
+        ax.plot([value], [position], "o", color=color)
+    ax.axvline(0, color="#444444", linewidth=1, linestyle="--")
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=9)
+    ax.invert_yaxis()
+    style(ax, title, xlabel, "")
+    ax.grid(axis="y", visible=False)
     return to_png(figure)
 
 

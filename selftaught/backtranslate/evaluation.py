@@ -1,0 +1,120 @@
+"""The evaluation a backtranslation run ends with: base, M0, M1, M2 on held-out data, with intervals.
+
+Held out means never trained on: the seed pairs the seed sample left out (or the user's files). Each
+model's held-out gold-answer NLL, the relevance (PMI under the base model) and degeneration of its greedy
+answers, the base model's judge verdicts, and the raters' curation AUC; every comparison (M(k) against
+M(k-1) and against the base) with a paired 95% bootstrap interval (`evaluate.suite`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from selftaught.backtranslate.card import backtranslation_card, train_sizes
+from selftaught.backtranslate.config import BacktranslateConfig
+from selftaught.backtranslate.examples import SEED_TAG
+from selftaught.backtranslate.runfolder import RunFolder
+from selftaught.backtranslate.seed import BUILTIN_OASST_SEED, load_seed_pairs
+from selftaught.data.shards import read_parquet, write_json
+from selftaught.evaluate.config import CurationEvalConfig, JudgeEvalConfig
+from selftaught.evaluate.curation import mismatched_labels, read_labelled
+from selftaught.evaluate.judge import read_requests
+from selftaught.evaluate.results import eval_rows
+from selftaught.evaluate.suite import ModelSuite, summary_intervals, summary_numbers
+from selftaught.training.model_card import write_model_card
+from selftaught.training.sft import COMPLETE_MARKER, SFTSettings
+
+
+def held_out_seed_pairs(config: BacktranslateConfig, settings: SFTSettings) -> list[dict]:
+    """Seed pairs that the seed sample left out: first turns no model of the run was trained on."""
+    run = RunFolder(config.run_dir)
+    every, _ = load_seed_pairs(
+        config.seed_data or str(BUILTIN_OASST_SEED), None, settings.seed, config.seed_split
+    )
+    used = {p["id"] for p in read_parquet(run.require(run.seed_pairs, "seed"))}
+    return [p for p in every if p["id"] not in used]
+
+
+def evaluation_configs(
+    config: BacktranslateConfig, folder: Path, base: str
+) -> tuple[JudgeEvalConfig, list[CurationEvalConfig]]:
+    """The judge (the base model, answers under the seed tag) and one curation config per rater mode."""
+    shared = {
+        "output_dir": str(folder),
+        "split": config.seed_split,
+        "batch_size": config.generation_batch_size,
+        "trust_remote_code": config.trust_remote_code,
+    }
+    judge = JudgeEvalConfig(
+        **shared,
+        limit=config.eval_prompt_count,
+        prompts=config.eval_prompts or "held-out seed prompts",
+        baseline=base,
+        judge=base,
+        system_prompt=SEED_TAG,
+        max_new_tokens=config.eval_max_new_tokens,
+    )
+    curation = CurationEvalConfig(
+        **shared,
+        limit=config.eval_curation_pairs,
+        data=config.eval_curation_data or "held-out seed pairs and mismatched pairs",
+        max_reasoning_tokens=config.max_reasoning_tokens,
+        max_scored_tokens=config.max_scored_tokens,
+    )
+    # the raters M0 .. M(n-1) score in the run's modes; backward is Myx's score, not theirs
+    modes = [m for m in config.curation_modes if m != "backward"]
+    return judge, [replace(curation, mode=m) for m in modes]
+
+
+def evaluation_inputs(
+    config: BacktranslateConfig, settings: SFTSettings, judge: JudgeEvalConfig, curation
+) -> tuple[list[str], list[dict], list[dict]]:
+    """(judge prompts, held-out gold pairs, labelled pairs): the user's files, else left-out seed pairs."""
+    held_out = held_out_seed_pairs(config, settings)
+    requests = (
+        read_requests(config.eval_prompts, judge)
+        if config.eval_prompts
+        else [p["instruction"] for p in held_out]
+    )
+    if config.eval_curation_data:
+        labelled = read_labelled(config.eval_curation_data, curation)
+    else:
+        labelled = mismatched_labels(held_out[: config.eval_curation_pairs // 2])
+    gold = held_out[: config.eval_heldout_pairs]
+    return requests[: config.eval_prompt_count], gold, labelled[: config.eval_curation_pairs]
+
+
+def stage_evaluate(config: BacktranslateConfig, settings: SFTSettings) -> dict:
+    """Every finished model of the run on held-out data (see the module docstring).
+
+    Writes <run_dir>/evaluation/ (per-evaluation JSON and Parquet, each kept and reused by a rerun,
+    and comparisons.json), <run_dir>/eval_results.json ({label: {metric: number}}, with "intervals" and
+    "comparisons") and the results onto the M(k) cards.
+    """
+    run = RunFolder(config.run_dir)
+    names = [f"M{k}" for k in range(config.iterations + 1) if (run.model(f"M{k}") / COMPLETE_MARKER).exists()]
+    models = {"base": config.base()} | {name: str(run.model(name)) for name in names}
+    judge, curation = evaluation_configs(config, run.evaluation, models["base"])
+    requests, gold, labelled = evaluation_inputs(config, settings, judge, curation[0] if curation else judge)
+    print(
+        f"[evaluate] {len(requests)} prompts, {len(gold)} held-out gold pairs, {len(labelled)} labelled pairs"
+    )
+    started = time.perf_counter()
+    suite = ModelSuite(run.evaluation, models, "base", requests, gold, labelled, (judge, curation), run.root)
+    results = suite.run([f"M{k}" for k in range(config.iterations) if f"M{k}" in models])
+    comparisons = suite.comparisons(list(models))
+    numbers = summary_numbers(results)
+    write_json(
+        run.eval_results, numbers | {"intervals": summary_intervals(results), "comparisons": comparisons}
+    )
+    summary = run.read_summary()
+    for name in names:
+        rows = eval_rows(results[name]) + eval_rows(results["base"], model="base")
+        k = int(name[1:])
+        sizes = train_sizes(summary["seed"]["rows_out"], summary[f"select_{k}"]["rows_out"] if k else None)
+        card = backtranslation_card(config, settings, name, k, sizes, summary, rows, comparisons)
+        write_model_card(run.model(name), card)
+    print(f"[evaluate] {', '.join(models)}: {time.perf_counter() - started:.1f} s, see {run.eval_results}")
+    return numbers
