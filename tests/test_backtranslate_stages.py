@@ -34,7 +34,7 @@ def flags(run: Path, model: Path, corpus: Path, *extra: str) -> list[str]:
         "--run_dir", str(run), "--base_model", str(model), "--corpus", str(corpus), "--seed_size", "6",
         "--min_chars", "100", "--max_chars", "700", "--max_instruction_tokens", "4", "--shard_size", "1",
         "--generation_batch_size", "4", "--max_steps", "1", "--per_device_train_batch_size", "2",
-        "--max_length", "96", "--learning_rate", "1e-3", "--final_learning_rate", "9e-4", *extra,
+        "--max_length", "256", "--learning_rate", "1e-3", "--final_learning_rate", "9e-4", *extra,
     ]  # fmt: skip
 
 

@@ -406,8 +406,10 @@ def test_combinations_that_make_no_sense_are_refused(tmp_path, tiny_student, mat
         distill(*argv, *extra)
 
 
-def test_a_context_column_the_data_lacks_is_named_before_any_model_loads(tmp_path, math_data, capsys):
-    argv = distill_argv(Path("no/such/student"), Path("self"), math_data, tmp_path / "out")
+def test_a_context_column_the_data_lacks_is_named_before_any_model_loads(
+    tmp_path, tiny_student, math_data, capsys
+):
+    argv = distill_argv(tiny_student, Path("self"), math_data, tmp_path / "out")
     with pytest.raises(SystemExit) as stopped:
         main(["distill", *argv, "--teacher_context", "Hint: {hint}"])
     assert stopped.value.code == 2

@@ -217,7 +217,8 @@ def test_augment_and_curate_run_through_the_server(tmp_path, server_url, tokeniz
     flags = ["--run_dir", str(run.root), "--engine", "openai", "--base_url", server_url]
     flags += ["--served_model", SERVED, "--shard_size", "2", "--max_instruction_tokens", "12"]
     cli_main(["backtranslate", "augment", *flags])
-    cli_main(["backtranslate", "curate", "--iteration", "1", *flags])
+    # the rubric: the demo's pmi needs prompt log-probs, which llama.cpp's server does not return (below)
+    cli_main(["backtranslate", "curate", "--iteration", "1", "--curation_mode", "rubric", *flags])
 
     name = f"openai:{server_url}/{SERVED}"
     pairs = read_shards(run.augment).to_list()

@@ -16,6 +16,7 @@ from servers import SERVED
 from selftaught.cli import main, parse_config
 from selftaught.evaluate.config import CurationEvalConfig, DistanceEvalConfig, JudgeEvalConfig, MathEvalConfig
 from selftaught.models.embedded import embedded_teacher
+from selftaught.models.naming import model_label
 
 pytest.importorskip("xllamacpp")
 pytest_plugins = ("servers",)  # its `server_url` fixture
@@ -75,7 +76,11 @@ def test_eval_math_through_the_server_saves_every_prediction_and_repeats_its_sam
               *served(server_url)])  # fmt: skip
         runs.append(Dataset.from_parquet(str(out / "math_predictions.parquet")).to_list())
     result = json.loads((tmp_path / "first" / "math.json").read_text())
-    assert result["models"] == {"model": f"openai:{server_url}/{SERVED}"}
+    # the local model gave the tokenizer (named, never by its path); the served one answered
+    assert result["models"] == {
+        "model": model_label(local_model),
+        "served_by": f"openai:{server_url}/{SERVED}",
+    }
     assert {"pass@1", "pass@2", "by_subject"} <= set(result["metrics"])
     first, again = runs
     assert [(p["sample"], p["index"], p["gold"]) for p in first] == [

@@ -21,7 +21,7 @@ from conftest import build_tiny_model, write_jsonl
 from datasets import Dataset
 from transformers import GenerationConfig
 
-from selftaught.backtranslate.recipe import RunFolder
+from selftaught.backtranslate.runfolder import RunFolder
 from selftaught.cli import main
 from selftaught.data.formats import Example, tokenize_examples
 from selftaught.data.shards import read_shards, write_parquet
@@ -32,6 +32,7 @@ from selftaught.generation.hf import SamplingParams, generate_all
 from selftaught.generation.vllm_engine import cpu_serving_threads, vllm_on_cpu
 from selftaught.models import load_model, load_tokenizer
 from selftaught.models.embedded import embedded_student, embedded_teacher
+from selftaught.models.naming import model_label
 from selftaught.scoring.ratings import build_rating_prompt, rating_digit_ids
 from selftaught.training.sft import COMPLETE_MARKER
 
@@ -195,7 +196,7 @@ def test_augment_and_curate_run_through_vllm_and_rate_as_hf_does(tmp_path, model
     link_model(Path(model_path), run.model("M0"))
     flags = ["--run_dir", str(run.root), *VLLM, "--shard_size", "2", "--max_instruction_tokens", "12"]
     main(["backtranslate", "augment", *flags])
-    main(["backtranslate", "curate", "--iteration", "1", *flags])
+    main(["backtranslate", "curate", "--iteration", "1", "--curation_mode", "rubric,pmi", *flags])
 
     pairs = read_shards(run.augment).to_list()
     assert [p["segment_id"] for p in pairs] == ["s0", "s1", "s2"]
@@ -211,12 +212,17 @@ def test_augment_and_curate_run_through_vllm_and_rate_as_hf_does(tmp_path, model
         run.root, copy.root, symlinks=True, ignore=shutil.ignore_patterns("iteration1", "summary.json")
     )
     flags[flags.index(str(run.root))], flags[flags.index("vllm")] = str(copy.root), "hf"
-    main(["backtranslate", "curate", "--iteration", "1", *flags])
+    main(["backtranslate", "curate", "--iteration", "1", "--curation_mode", "rubric,pmi", *flags])
     by_hf = {r["segment_id"]: r for r in read_shards(copy.curate(1)).to_list()}
     for r in rated:
         ours, theirs = torch.tensor(by_hf[r["segment_id"]]["score_probs"]), torch.tensor(r["score_probs"])
         assert 0.5 * (ours - theirs).abs().sum() < MAX_TOTAL_VARIATION
         assert r["score_argmax"] == by_hf[r["segment_id"]]["score_argmax"]
+        # PMI from vLLM's prompt log-probs: the same per-token log-probs as the hf forward pass
+        assert r["pmi"] == pytest.approx(by_hf[r["segment_id"]]["pmi"], abs=1e-3)
+        assert r["logprob_given_instruction"] == pytest.approx(
+            by_hf[r["segment_id"]]["logprob_given_instruction"], abs=1e-3
+        )
 
 
 def test_eval_judge_through_vllm_ties_a_model_with_itself(tmp_path, model_path):
@@ -229,7 +235,7 @@ def test_eval_judge_through_vllm_ties_a_model_with_itself(tmp_path, model_path):
     main(["eval", "judge", *models, "--prompts", str(prompts), "--output_dir", str(out),
           "--max_new_tokens", "16", *VLLM])  # fmt: skip
     result = json.loads((out / "judge.json").read_text())
-    assert set(result["models"].values()) == {f"vllm:{model_path}"}
+    assert set(result["models"].values()) == {f"vllm:{model_label(model_path)}"}
     for row in Dataset.from_parquet(str(out / "judge_predictions.parquet")).to_list():
         assert row["answer_model"] == row["answer_baseline"] != ""
         assert row["p_model_first"] + row["p_model_second"] == pytest.approx(1.0, abs=1e-4)
@@ -261,8 +267,7 @@ def test_eval_math_and_curation_through_vllm_match_hf(tmp_path, model_path):
             Dataset.from_parquet(str(out / f"{task}_predictions.parquet")).to_list()
             for task in ("math", "curation")
         ]
-        name = f"vllm:{model_path}" if engine == "vllm" else model_path
-        assert json.loads((out / "math.json").read_text())["models"] == {"model": name}
+        assert json.loads((out / "math.json").read_text())["models"] == {"model": model_label(model_path)}
     (math_hf, rated_hf), (math_vllm, rated_vllm) = predictions["hf"], predictions["vllm"]
     assert [p["generated"] for p in math_vllm] == [p["generated"] for p in math_hf]  # greedy: the same
     for ours, theirs in zip(rated_hf, rated_vllm, strict=True):

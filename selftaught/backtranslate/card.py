@@ -161,7 +161,7 @@ def backtranslation_card(
         extra["Compared with the model before it and the base"] = text
     return CardContent(
         model_name=f"{config.run_dir.rstrip('/').split('/')[-1]}-{name}",
-        base_model=declared_base_model(config.base_model),
+        base_model=model_label(declared_base_model(config.base_model)),  # a Hub id, else a name, never a path
         summary=f"{name}, {role(name, iteration)}. Trained with selftaught's `selftaught backtranslate` "
         f"(stage {'train' if iteration else 'train-seed / train-backward'}, iteration {iteration}).",
         method=METHOD,

@@ -125,7 +125,8 @@ def prompts_trained_on(config: DistillConfig, global_step: int, available: int) 
 
 def run_distillation(config: DistillConfig) -> dict:
     """Train, save and evaluate; returns the evaluation results written to eval_results.json."""
-    check_model_flags({"--student": config.student, "--teacher": config.teacher})  # before the defaults build
+    teacher = None if config.teacher == SELF_TEACHER else config.teacher  # `self`: the student's own start
+    check_model_flags({"--student": config.student, "--teacher": teacher})  # before the defaults build
     config = resolve_defaults(config)
     out = Path(config.output_dir)
     train_examples, eval_examples = load_examples(config)  # data first: it fails fast and cheap

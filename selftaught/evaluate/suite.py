@@ -270,7 +270,10 @@ class ModelSuite:
                             "items": n,
                         }
                     )
-        write_json(self.folder / "comparisons.json", {"comparisons": found})
+        written = self.folder / "comparisons.json"
+        fresh = json.loads(json.dumps({"comparisons": found}))  # as JSON holds it: tuples as lists
+        if not written.is_file() or json.loads(written.read_text()) != fresh:
+            write_json(written, {"comparisons": found})  # a rerun that computes the same rewrites nothing
         return found
 
 

@@ -85,9 +85,10 @@ class _SharedPrefix:
         if completions is not None:
             completion_ids, completion_mask = right_pad(completions, self.pad_id)
             ids, mask = torch.cat([ids, completion_ids], 1), torch.cat([mask, completion_mask], 1)
-            keep = torch.zeros_like(mask, dtype=torch.bool)
-            # position i predicts token i + 1: the last prompt token predicts the first completion token
-            keep[:, width - 1 : width - 1 + completion_ids.shape[1]] = completion_mask.bool()
+            # position i predicts token i + 1: the last prompt token predicts the first completion token.
+            # An index tensor (transformers 5.19 takes no boolean mask here); the padding inside the
+            # completion block is dropped after the lm_head.
+            keep = torch.arange(width - 1, width - 1 + completion_ids.shape[1])
         positions = self.length + (mask.cumsum(-1) - 1).clamp(min=0)  # number from the first real token
         cache = None
         if self.cache is not None:
@@ -102,7 +103,9 @@ class _SharedPrefix:
             logits_to_keep=1 if completions is None else keep.to(self.device),
             use_cache=cache is not None,
         )
-        return out.logits[:, -1] if completions is None else out.logits
+        return (
+            out.logits[:, -1] if completions is None else out.logits[completion_mask.bool().to(self.device)]
+        )
 
 
 @torch.no_grad()
@@ -136,8 +139,8 @@ def completion_logprobs(
     desc: str = "scoring",
 ) -> list[list[float]]:
     """log P(token | prompt, the completion's earlier tokens) for every token of each completion, in the
-    given order. Logits are computed at the completion positions only (transformers' boolean
-    `logits_to_keep`), and normalised in float32 whatever the weights' dtype."""
+    given order. Logits are computed at the completion positions only (`logits_to_keep` as an index
+    tensor), and normalised in float32 whatever the weights' dtype."""
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     if any(not p for p in prompts):

@@ -234,9 +234,10 @@ class VLLMEngine:
         prompt token's own log-prob (0 extra candidates asked for), read at the completion's positions."""
         from vllm.inputs import TokensPrompt
 
-        sampling = self.vllm.SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0)
+        sampling = self.sampling(SamplingParams(max_new_tokens=1, temperature=0), prompt_logprobs=0)
         inputs = [TokensPrompt(prompt_token_ids=p + c) for p, c in zip(prompts, completions, strict=True)]
-        outputs = self.llm.generate(inputs, sampling, use_tqdm=True)
+        with cpu_serving_threads(self.on_cpu):
+            outputs = self.llm.generate(inputs, sampling, use_tqdm=True)
         return [
             [out.prompt_logprobs[len(p) + i][token].logprob for i, token in enumerate(c)]
             for out, p, c in zip(outputs, prompts, completions, strict=True)

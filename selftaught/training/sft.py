@@ -37,6 +37,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
+from selftaught.data.loading import DataError
 from selftaught.models import load_model, load_tokenizer
 from selftaught.training.callbacks import (
     MetricsFileCallback,
@@ -293,6 +294,11 @@ def train_sft(
     model = load_model(base_model, settings.model_dtype, trust_remote_code)
     base_dropout = apply_dropout(model, settings.dropout)
     trainer = build_trainer(model, tokenizer, examples, out, settings, callbacks)
+    if len(trainer.train_dataset) == 0:  # TRL drops an example whose answer truncation cut off entirely
+        raise DataError(
+            f"none of the {len(examples)} training examples has an answer token within --max_length "
+            f"{settings.max_length} (each prompt alone fills it): raise --max_length"
+        )
     checkpoint = last_checkpoint(out) if resume else None
     result = trainer.train(resume_from_checkpoint=checkpoint)
 
