@@ -10,7 +10,7 @@ The same prompts, model, max_new_tokens and greedy decoding for every run:
 
 The prompts (deterministic, real text shipped in the package, chat-templated, in a seeded shuffled order,
 never sorted): the problems of selftaught/data/builtin/math_prompts/*.jsonl (with the boxed-answer
-instruction), the first turns of selftaught/backtranslate/builtin/oasst_seed.jsonl, and the same first
+instruction), the first turns of selftaught/data/builtin/oasst_seed.jsonl, and the same first
 turns preceded by 1-3 other seed answers as "notes": prompts of ~35 to ~330 tokens.
 
 Measured per run:
@@ -52,7 +52,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MATH_FILES = sorted((ROOT / "selftaught" / "data" / "builtin" / "math_prompts").glob("*.jsonl"))
-OASST = ROOT / "selftaught" / "backtranslate" / "builtin" / "oasst_seed.jsonl"
+OASST = ROOT / "selftaught" / "data" / "builtin" / "oasst_seed.jsonl"
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "generation.json"
 
 ORDER_SEED = 0
@@ -66,9 +66,9 @@ NOTES_INSTRUCTION = "Answer the question. These notes may help:\n\n{notes}\n\nQu
 
 def prompt_pool() -> list[tuple[str, list[dict]]]:
     """(kind, chat) for every prompt the shipped files give, in file order before the shuffle."""
-    from selftaught.backtranslate.seed import load_seed_pairs
     from selftaught.data.formats import to_examples
     from selftaught.data.loading import load_rows
+    from selftaught.data.seed_pairs import load_seed_pairs
 
     pool = [("math", e.prompt) for path in MATH_FILES for e in to_examples(load_rows(str(path)), str(path))]
     pairs, _ = load_seed_pairs(str(OASST), size=None)

@@ -33,7 +33,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from selftaught.backtranslate.seed import BUILTIN_OASST_SEED, load_seed_pairs
+from selftaught.data.seed_pairs import BUILTIN_OASST_SEED, load_seed_pairs
 
 SEED = 20230812
 OUT = Path(__file__).resolve().parents[1] / "bench" / "data" / "curation_dev.jsonl"

@@ -6,7 +6,7 @@ English tree has a good short answer ranked 0 and a worse one ranked 1. A few tr
 filter as real oasst1 would: other languages, follow-up turns, a deleted rank-0 reply and a rank tie. The
 texts are written for this project; ids, users and dates come from a fixed seed, so the file is reproducible.
 
-    python scripts/make_oasst_seed.py        # writes selftaught/backtranslate/builtin/oasst_seed.jsonl
+    python scripts/make_oasst_seed.py        # writes selftaught/data/builtin/oasst_seed.jsonl
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 SEED = 20230811
-OUT = Path(__file__).resolve().parents[1] / "selftaught" / "backtranslate" / "builtin" / "oasst_seed.jsonl"
+OUT = Path(__file__).resolve().parents[1] / "selftaught" / "data" / "builtin" / "oasst_seed.jsonl"
 COLUMNS = (
     "message_id", "parent_id", "user_id", "created_date", "text", "role", "lang", "review_count",
     "review_result", "deleted", "rank", "synthetic", "model_name", "detoxify", "message_tree_id",

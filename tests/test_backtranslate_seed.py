@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from conftest import write_jsonl
 
-from selftaught.backtranslate.seed import (
+from selftaught.data.loading import DataError
+from selftaught.data.seed_pairs import (
     BUILTIN_OASST_SEED,
     STATS,
     load_seed_pairs,
     seed_pairs_from_file,
     seed_pairs_from_oasst,
 )
-from selftaught.data.loading import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "oasst1_sample.jsonl"

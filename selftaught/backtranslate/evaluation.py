@@ -16,7 +16,7 @@ from selftaught.backtranslate.card import backtranslation_card, train_sizes
 from selftaught.backtranslate.config import BacktranslateConfig
 from selftaught.backtranslate.examples import SEED_TAG
 from selftaught.backtranslate.runfolder import RunFolder
-from selftaught.backtranslate.seed import BUILTIN_OASST_SEED, load_seed_pairs
+from selftaught.data.seed_pairs import BUILTIN_OASST_SEED, load_seed_pairs
 from selftaught.data.shards import read_parquet, write_json
 from selftaught.evaluate.config import CurationEvalConfig, JudgeEvalConfig
 from selftaught.evaluate.curation import mismatched_labels, read_labelled

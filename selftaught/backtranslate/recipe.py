@@ -43,11 +43,11 @@ from selftaught.backtranslate.runfolder import (
     sharded_seconds,
     stage_command,
 )
-from selftaught.backtranslate.seed import BUILTIN_OASST_SEED, load_seed_pairs
 from selftaught.backtranslate.segment import read_corpus, segment_corpus
 from selftaught.backtranslate.sharded import augment_shard_fn, curate_shard_fn, run_shards
 from selftaught.data.loading import DataError
 from selftaught.data.ray_pipeline import ray_map
+from selftaught.data.seed_pairs import BUILTIN_OASST_SEED, load_seed_pairs
 from selftaught.data.shards import export_jsonl, read_parquet, read_shards, write_parquet
 from selftaught.models.naming import model_label
 from selftaught.report import write_report

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import yaml
 
-from selftaught.backtranslate.seed import BUILTIN_OASST_SEED, load_seed_pairs
 from selftaught.data.formats import Example, to_examples, tokenize_examples
 from selftaught.data.loading import load_rows
+from selftaught.data.seed_pairs import BUILTIN_OASST_SEED, load_seed_pairs
 from selftaught.distill.config import DistillConfig
 from selftaught.distill.trainer import GKDistillTrainer
 from selftaught.evaluate.distance import HeldOutEvaluation, HeldOutSettings
@@ -166,7 +166,7 @@ def healed_card(healing: Healing, record: dict, numbers: dict[str, dict]) -> str
             "healing": {
                 "method": "supervised KD: forward KL(teacher || student), GKDistillTrainer, lmbda 0, beta 0",
                 "data": [
-                    "selftaught/backtranslate/builtin/oasst_seed.jsonl (first-turn answers)",
+                    "selftaught/data/builtin/oasst_seed.jsonl (first-turn answers)",
                     "selftaught/data/builtin/math_prompts/train.jsonl (solutions)",
                 ],
                 **asdict(healing) | {"layers": kept},
