@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from chat_samples import PAIRS, QUESTIONS
 from servers import SERVED, free_port
 
 from selftaught.backtranslate.config import BacktranslateConfig
@@ -32,22 +33,6 @@ from selftaught.training.sft import COMPLETE_MARKER, SFTSettings
 pytest.importorskip("xllamacpp")
 pytest_plugins = ("servers",)  # its `server_url` fixture
 
-QUESTIONS = [
-    "What is the capital of France?",
-    "Give me three tips for sleeping better.",
-    "Write a haiku about rain.",
-    "What is 12 times 7?",
-    "Explain what a CPU does in one sentence.",
-    "Name a famous painter.",
-    "How do I boil an egg?",
-    "Translate 'good morning' to Spanish.",
-]
-PAIRS = [
-    ("What is the capital of France?", "The capital of France is Paris."),
-    ("Write a poem about cats.", "Buy cheap watches at www.example.com! Best prices!"),
-    ("How do I boil an egg?", "Put the egg in boiling water for nine minutes, then cool it in cold water."),
-    ("Explain photosynthesis.", "lol idk"),
-]
 # Measured on this pair of engines: the largest gap between HF's top logit and the logit of the token
 # the server chose was 0.08 (8 prompts x 16 greedy tokens); 0.3 leaves room and still catches a real
 # mismatch (a wrong prompt or tokenizer gives gaps of several logits). The rating distributions

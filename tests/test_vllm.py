@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import vllm
+from chat_samples import PAIRS, QUESTIONS
 from conftest import build_tiny_model, write_jsonl
 from datasets import Dataset
 from transformers import GenerationConfig
@@ -36,22 +37,6 @@ from selftaught.models.naming import model_label
 from selftaught.scoring.ratings import build_rating_prompt, rating_digit_ids
 from selftaught.training.sft import COMPLETE_MARKER
 
-QUESTIONS = [
-    "What is the capital of France?",
-    "Give me three tips for sleeping better.",
-    "Write a haiku about rain.",
-    "What is 12 times 7?",
-    "Explain what a CPU does in one sentence.",
-    "Name a famous painter.",
-    "How do I boil an egg?",
-    "Translate 'good morning' to Spanish.",
-]
-PAIRS = [
-    ("What is the capital of France?", "The capital of France is Paris."),
-    ("Write a poem about cats.", "Buy cheap watches at www.example.com! Best prices!"),
-    ("How do I boil an egg?", "Put the egg in boiling water for nine minutes, then cool it in cold water."),
-    ("Explain photosynthesis.", "lol idk"),
-]
 # Measured here (8 prompts x 32 greedy tokens): every vLLM token was HF's argmax, all 8 replies identical;
 # rating distributions within 5e-6 total variation. The bounds leave room for a near-tie to flip, and
 # still catch a real mismatch (a wrong dtype, prompt or weight push moves logits by far more).
