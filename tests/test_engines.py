@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from chat_samples import PAIRS, QUESTIONS
+from chat_samples import PAIRS, QUESTIONS, chat_prompts, logit_gaps
 from servers import SERVED, free_port
 
 from selftaught.backtranslate.config import BacktranslateConfig
@@ -50,22 +50,6 @@ def hf():
 def served(server_url):
     settings = EngineSettings(engine="openai", base_url=server_url, max_concurrency=2, max_retries=1)
     return make_engine(settings, str(embedded_teacher()))
-
-
-def chat_prompts(tokenizer, questions: list[str]) -> list[list[int]]:
-    return [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": q}], add_generation_prompt=True, return_dict=False
-        )
-        for q in questions
-    ]
-
-
-@torch.no_grad()
-def logit_gaps(model, prompt: list[int], completion: list[int]) -> torch.Tensor:
-    """Per completion token: HF's top logit minus the logit of the token actually there (0 = argmax)."""
-    logits = model(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1 : -1]
-    return logits.max(-1).values - logits.gather(-1, torch.tensor(completion)[:, None])[:, 0]
 
 
 @pytest.mark.slow

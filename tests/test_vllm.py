@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import vllm
-from chat_samples import PAIRS, QUESTIONS
+from chat_samples import PAIRS, QUESTIONS, chat_prompts, logit_gaps
 from conftest import build_tiny_model, write_jsonl
 from datasets import Dataset
 from transformers import GenerationConfig
@@ -61,22 +61,6 @@ def hf(model_path):
 @pytest.fixture(scope="module")
 def served(model_path):
     return make_engine(EngineSettings(engine="vllm"), model_path)
-
-
-def chat_prompts(tokenizer, questions: list[str]) -> list[list[int]]:
-    return [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": q}], add_generation_prompt=True, return_dict=False
-        )
-        for q in questions
-    ]
-
-
-@torch.no_grad()
-def logit_gaps(model, prompt: list[int], completion: list[int]) -> torch.Tensor:
-    """Per completion token: HF's top logit minus the logit of the token actually there (0 = argmax)."""
-    logits = model(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1 : -1]
-    return logits.max(-1).values - logits.gather(-1, torch.tensor(completion)[:, None])[:, 0]
 
 
 def test_greedy_outputs_agree_with_hf(hf, served):
