@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
 import selftaught.distill.student as student_module
-from selftaught.distill.student import Healing, build_healed_student, healed_folder, healing_examples
-from selftaught.models import load_model
+from selftaught.data.formats import tokenize_prompt
+from selftaught.distill.student import (
+    TEACHER_ANSWERS,
+    Healing,
+    build_healed_student,
+    healed_folder,
+    healing_examples,
+    healing_prompts,
+)
+from selftaught.generation.hf import SamplingParams, generate_all
+from selftaught.models import load_model, load_tokenizer
 from selftaught.models.embedded import TEACHER_NAME, embedded_teacher
+from selftaught.scoring.degeneration import is_degenerate
 
 TINY = Healing(layers=(0, 29), steps=2, batch_size=2, eval_prompts=2, eval_max_new_tokens=4)
 
@@ -23,12 +35,30 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def test_healing_data_is_the_shipped_chat_text_and_never_the_held_out_split():
+def test_healing_data_is_the_teachers_answers_to_the_shipped_prompts_never_the_held_out_split():
+    rows = [json.loads(line) for line in TEACHER_ANSWERS.read_text().splitlines()]
+    prompts = healing_prompts()
+    assert [row["messages"][:-1] for row in rows] == [
+        prompt for _, prompt in prompts
+    ]  # none added, none lost
     examples = healing_examples()
-    completions = [e.completion for e in examples]
-    assert len(examples) == 85 + 160 and all(completions)  # seed answers + math training solutions
+    assert 0.9 * len(rows) < len(examples) < len(rows)  # the few answers that loop are left out
+    assert not any(is_degenerate(e.completion) for e in examples)
     test_problems = (student_module.MATH_PROMPTS / "test.jsonl").read_text()
-    assert not any(e.prompt[-1]["content"].split("\n")[0] in test_problems for e in examples[85:])
+    math = [prompt for source, prompt in prompts if source == "math_train"]
+    assert len(math) == 160 and not any(p[-1]["content"].split("\n")[0] in test_problems for p in math)
+
+
+def test_the_shipped_answers_are_the_teachers_greedy_answers():
+    """The file is what `--write-teacher-answers` makes: the teacher's greedy text, not someone else's."""
+    teacher = embedded_teacher()
+    tokenizer, model = load_tokenizer(str(teacher)), load_model(str(teacher)).eval()
+    rows = [json.loads(line) for line in TEACHER_ANSWERS.read_text().splitlines()]
+    rows = rows[:2] + [row for row in rows if row["source"] == "math_train"][:2]
+    prompts = [tokenize_prompt(tokenizer, row["messages"][:-1]) for row in rows]
+    answers = generate_all(model, tokenizer, prompts, SamplingParams(16, temperature=0.0), 4, "teacher")
+    for row, ids in zip(rows, answers, strict=True):
+        assert row["messages"][-1]["content"].startswith(tokenizer.decode(ids, skip_special_tokens=True))
 
 
 def test_the_healed_student_is_built_once_with_a_card_that_says_how(cache):

@@ -5,10 +5,14 @@ a language model: its greedy answers are word salad. On-policy distillation from
 collapses (reverse-KL-leaning objectives find text the teacher predicts easily, such as whitespace after
 whitespace), and the GKD paper's students start from a checkpoint fine-tuned on the task. So the cut is
 healed once, by selftaught's own `GKDistillTrainer` with lmbda 0 and beta 0: the forward KL from the
-teacher's next-token distributions on shipped chat text (the first-turn answers of the oasst1-format seed
-set and the solutions of the math training split; never the held-out test split). The healed student is
-cached beside the dequantised teacher, written atomically, with a card saying how it was cut and healed,
-on what, for how many tokens, and how close it came to the teacher on the held-out math prompts.
+teacher's next-token distributions on the teacher's own greedy answers (`TEACHER_ANSWERS`, shipped) to
+the shipped chat prompts (the first turns of the oasst1-format seed set and the math training prompts;
+never the held-out test split). Healing on the teacher's text rather than on human text is what makes
+the student write like the teacher, stopping where it stops: healed on the human answers instead, the
+24-layer cut looped on more held-out prompts than before healing (degenerate share 0.38 -> 0.50).
+The healed student is cached beside the dequantised teacher, written atomically, with a card saying how
+it was cut and healed, on what, for how many tokens, and how close it came to the teacher on the
+held-out math prompts.
 
 The build runs in a child process (`python -m selftaught.distill.student`), under a file lock: the
 calling run's accelerate state (mixed precision, a distributed launch) stays its own, and of several
@@ -17,6 +21,7 @@ processes started at once (`accelerate launch`), one builds while the others wai
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import os
@@ -30,12 +35,14 @@ from pathlib import Path
 
 import yaml
 
-from selftaught.data.formats import Example, to_examples, tokenize_examples
+from selftaught.data.formats import Example, to_examples, tokenize_examples, tokenize_prompt
 from selftaught.data.loading import load_rows
 from selftaught.data.seed_pairs import BUILTIN_OASST_SEED, load_seed_pairs
 from selftaught.distill.config import DistillConfig
 from selftaught.distill.trainer import GKDistillTrainer
 from selftaught.evaluate.distance import HeldOutEvaluation, HeldOutSettings
+from selftaught.generation.engines import EngineSettings, make_engine
+from selftaught.generation.hf import SamplingParams
 from selftaught.models import load_model, load_tokenizer, shared_vocab_size
 from selftaught.models.embedded import (
     TEACHER_HUB_ID,
@@ -46,9 +53,17 @@ from selftaught.models.embedded import (
     is_complete,
     publish,
 )
+from selftaught.scoring.degeneration import ended_with_eos, is_degenerate
 from selftaught.training.callbacks import replace_progress_bar
 
-MATH_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "builtin" / "math_prompts"
+BUILTIN = Path(__file__).resolve().parent.parent / "data" / "builtin"
+MATH_PROMPTS = BUILTIN / "math_prompts"
+# The teacher's greedy answers to the healing prompts, written by `python -m selftaught.distill.student
+# --write-teacher-answers`. Shipped, as generating them took 6.5 minutes here (vLLM on 2 CPU cores).
+TEACHER_ANSWERS = BUILTIN / "teacher_answers.jsonl"
+# Longer than any `Healing.max_completion_tokens`: an answer cut at this cap is cut again when tokenised
+# for healing, so the student never learns a made-up EOS in mid-sentence.
+TEACHER_ANSWER_TOKENS = 160
 # Distributed-launch variables the child must not inherit: it trains alone, as one process.
 LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -67,7 +82,8 @@ class Healing:
     batch_size: int = 8
     # Peak learning rate (AdamW, cosine decay after a short warmup): low, as the cut is already close.
     learning_rate: float = 1e-4
-    # Completions (the shipped answers and solutions) are cut to this many tokens.
+    # The healing text (file name under selftaught/data/builtin/); its answers are cut to this many tokens.
+    data: str = "teacher_answers.jsonl"
     max_completion_tokens: int = 128
     # The held-out numbers on the card: the first this many math test prompts, greedy, this long.
     eval_prompts: int = 16
@@ -82,12 +98,39 @@ def healed_folder(healing: Healing = HEALING) -> Path:
     return cache_dir() / f"{TEACHER_NAME}-{len(healing.layers)}L-healed"
 
 
-def healing_examples() -> list[Example]:
-    """The shipped chat text: the seed set's first-turn answers and the math training solutions."""
+def healing_prompts() -> list[tuple[str, list[dict[str, str]]]]:
+    """(source, chat prompt) of each healing prompt: the seed set's first turns, the math training prompts."""
     pairs, _ = load_seed_pairs(str(BUILTIN_OASST_SEED), size=None)
-    chat = [Example([{"role": "user", "content": p["instruction"]}], p["response"]) for p in pairs]
+    chat = [("oasst_seed", [{"role": "user", "content": p["instruction"]}]) for p in pairs]
     math = to_examples(load_rows(str(MATH_PROMPTS), "train"), str(MATH_PROMPTS))
-    return chat + math
+    return chat + [("math_train", e.prompt) for e in math]
+
+
+def write_teacher_answers(engine: str = "hf", path: Path = TEACHER_ANSWERS) -> None:
+    """Regenerate `TEACHER_ANSWERS`: the teacher's greedy answer to every healing prompt, as chat rows."""
+    generator = make_engine(EngineSettings(engine=engine), str(embedded_teacher()), 16, name=TEACHER_NAME)
+    tokenizer, prompts = generator.tokenizer, healing_prompts()
+    params = SamplingParams(max_new_tokens=TEACHER_ANSWER_TOKENS, temperature=0.0)
+    answers = generator.generate([tokenize_prompt(tokenizer, p) for _, p in prompts], params, "teacher")
+    rows = [
+        {
+            "source": source,
+            "messages": prompt
+            + [{"role": "assistant", "content": tokenizer.decode(ids, skip_special_tokens=True)}],
+            "tokens": len(ids),
+            "ended_with_eos": ended_with_eos(ids, [tokenizer.eos_token_id]),
+        }
+        for (source, prompt), ids in zip(prompts, answers, strict=True)
+    ]
+    scratch = path.with_name(f".{path.name}.partial")
+    scratch.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    scratch.replace(path)
+
+
+def healing_examples(path: Path = TEACHER_ANSWERS) -> list[Example]:
+    """The teacher's shipped answers to the healing prompts, less the few that loop (`is_degenerate`)."""
+    examples = to_examples(load_rows(str(path)), str(path))
+    return [e for e in examples if not is_degenerate(e.completion or "")]
 
 
 def heal(student_dir: Path, teacher_dir: Path, examples: list[Example], out: Path, healing: Healing) -> dict:
@@ -165,10 +208,10 @@ def healed_card(healing: Healing, record: dict, numbers: dict[str, dict]) -> str
             "cut": {"teacher_layers": 30, "kept_layers": kept},
             "healing": {
                 "method": "supervised KD: forward KL(teacher || student), GKDistillTrainer, lmbda 0, beta 0",
-                "data": [
-                    "selftaught/data/builtin/oasst_seed.jsonl (first-turn answers)",
-                    "selftaught/data/builtin/math_prompts/train.jsonl (solutions)",
-                ],
+                "data": (
+                    f"selftaught/data/builtin/{TEACHER_ANSWERS.name}: the teacher's greedy answers to the "
+                    "first turns of oasst_seed.jsonl and to math_prompts/train.jsonl, less those that loop"
+                ),
                 **asdict(healing) | {"layers": kept},
                 **record,
             },
@@ -192,9 +235,9 @@ def healed_card(healing: Healing, record: dict, numbers: dict[str, dict]) -> str
         f"30), then healed by supervised knowledge distillation from {TEACHER_NAME}: the forward KL from the "
         f"teacher's next-token distributions, over {record['completion_tokens']} completion tokens in "
         f"{record['steps']} optimizer steps of {healing.batch_size} prompts (learning rate "
-        f"{healing.learning_rate:g}, cosine), on the shipped chat text: the first-turn answers of the "
-        "oasst1-format seed set and the solutions of the math training prompts. It shares the teacher's "
-        "tokenizer exactly.\n\n"
+        f"{healing.learning_rate:g}, cosine), on the teacher's own greedy answers (shipped) to the first "
+        "turns of the oasst1-format seed set and to the math training prompts, less those that loop. It "
+        "shares the teacher's tokenizer exactly.\n\n"
         f"## Held-out numbers\n\nGreedy answers to the first {healing.eval_prompts} math test prompts (never "
         f"trained on), at most {healing.eval_max_new_tokens} tokens; distances per token on the teacher's "
         "greedy answers; `cut` is the student before healing. Every answer is in `evaluation/*.parquet`."
@@ -225,7 +268,7 @@ def build_healed_student(healing: Healing = HEALING) -> Path:
     cut = embedded_student(list(healing.layers))
     with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=f".{folder.name}.") as scratch:
         healed = Path(scratch) / "model"
-        record = heal(cut, teacher_dir, healing_examples(), healed, healing)
+        record = heal(cut, teacher_dir, healing_examples(BUILTIN / healing.data), healed, healing)
         numbers = held_out_numbers(
             {"cut": cut, "healed": healed}, teacher_dir, healing, healed / "evaluation"
         )
@@ -256,4 +299,15 @@ def healed_student(healing: Healing = HEALING) -> Path:
 
 
 if __name__ == "__main__":
-    build_healed_student()
+    parser = argparse.ArgumentParser(description="Build the embedded default student (see the docstring).")
+    parser.add_argument(
+        "--write-teacher-answers",
+        action="store_true",
+        help=f"instead, regenerate the shipped healing data ({TEACHER_ANSWERS.name}) with the teacher",
+    )
+    parser.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="for --write-teacher-answers")
+    args = parser.parse_args()
+    if args.write_teacher_answers:
+        write_teacher_answers(args.engine)
+    else:
+        build_healed_student()
