@@ -110,7 +110,7 @@ def print_summary(output_dir: str, results: dict) -> None:
             )
         Console().print(table)
     print(f"model, card, metrics: {output_dir}")
-    if results.get("warning"):  # the last thing said: training made the answers degenerate
+    if results.get("warning"):  # the last thing said: the answers degenerated, or the student drifted away
         Console().print(results["warning"], style="bold red", markup=False)
 
 

@@ -9,7 +9,7 @@ from datasets import Dataset
 
 from selftaught.cli import main
 from selftaught.data.formats import Example
-from selftaught.evaluate.distance import HeldOutEvaluation, HeldOutSettings
+from selftaught.evaluate.distance import HeldOutEvaluation, HeldOutSettings, drift_warning
 from selftaught.models import load_model, load_tokenizer
 
 
@@ -75,3 +75,13 @@ def test_real_answers_are_not_flagged(tmp_path):
     metrics = evaluation.metrics(teacher, "teacher")
     assert metrics["degenerate_share"] == 0.0, [r["completion"] for r in evaluation.teacher_rows]
     assert metrics["distinct_2"] > 0.5
+
+
+def test_a_student_that_moved_away_on_every_distance_is_warned_and_one_that_helped_is_not():
+    before = {"forward_kl": 0.336, "reverse_kl": 0.503, "top1_agreement": 0.796}
+    worse = {"forward_kl": 0.354, "reverse_kl": 0.512, "top1_agreement": 0.787}  # the demo's numbers once
+    message = drift_warning(before, worse)
+    assert "forward_kl 0.336 -> 0.354" in message and "learning rate" in message
+    assert drift_warning(before, {**worse, "top1_agreement": 0.80}) is None  # one distance improved
+    assert drift_warning(worse, before) is None
+    assert drift_warning({}, worse) is None  # a run evaluated without distances

@@ -29,7 +29,7 @@ from selftaught.distill.card import distillation_card
 from selftaught.distill.config import SELF_TEACHER, DistillConfig
 from selftaught.distill.context import add_teacher_context
 from selftaught.distill.trainer import GKDistillTrainer
-from selftaught.evaluate.distance import HeldOutEvaluation, HeldOutSettings
+from selftaught.evaluate.distance import HeldOutEvaluation, HeldOutSettings, drift_warning
 from selftaught.models import check_same_vocabulary, load_model, load_tokenizer, shared_vocab_size
 from selftaught.models.check import check_model_flags
 from selftaught.models.loading import resolve_dtype
@@ -195,8 +195,9 @@ def run_distillation(config: DistillConfig) -> dict:
         if evaluation is not None:
             evaluation.path("student_after").unlink(missing_ok=True)
             results["student_after"] = evaluation.metrics(trainer.model, "student_after")
-            if warning := collapse_warning(results["student_before"], results["student_after"]):
-                results["warning"] = warning
+            before, after = results["student_before"], results["student_after"]
+            if warnings := [w for w in (collapse_warning(before, after), drift_warning(before, after)) if w]:
+                results["warning"] = " ".join(warnings)
         results["train"] = {k: v for k, v in train_output.metrics.items() if isinstance(v, (int, float))}
         (out / "eval_results.json").write_text(json.dumps(results, indent=2))
         trained = prompts_trained_on(config, train_output.global_step, len(train_examples))

@@ -195,6 +195,27 @@ class HeldOutEvaluation:
         return results | distance | {"answer_agreement": agreeing / len(rows)}
 
 
+# (name, True when smaller is closer to the teacher) of the distances a distillation is meant to shrink
+DISTANCES = (("forward_kl", True), ("reverse_kl", True), ("top1_agreement", False))
+
+
+def drift_warning(before: dict, after: dict) -> str | None:
+    """The sentence a distillation ends with (and its card carries) when training moved the student away
+    from its teacher on every distance: a run that made things worse says so instead of reporting numbers
+    a reader must compare by eye."""
+    moved = [(name, before.get(name), after.get(name), smaller) for name, smaller in DISTANCES]
+    if any(start is None or end is None for _, start, end, _ in moved):
+        return None
+    if not all((end > start) if smaller else (end < start) for _, start, end, smaller in moved):
+        return None
+    changes = ", ".join(f"{name} {start:.3g} -> {end:.3g}" for name, start, end, _ in moved)
+    return (
+        f"Warning: training moved the student away from its teacher on every held-out distance ({changes}). "
+        "Try a lower learning rate, a larger batch or more steps; a student already close to its teacher "
+        "needs a much lower learning rate than one far from it."
+    )
+
+
 def run_distance(config: DistanceEvalConfig) -> dict:
     """Teacher and student answer the held-out prompts; KL both ways on the teacher's answers, and
     agreement with them. Writes `<output_dir>/distance.json` and `<output_dir>/distance/<model>.parquet`."""
