@@ -209,7 +209,7 @@ def healed_card(healing: Healing, record: dict, numbers: dict[str, dict]) -> str
             "healing": {
                 "method": "supervised KD: forward KL(teacher || student), GKDistillTrainer, lmbda 0, beta 0",
                 "data": (
-                    f"selftaught/data/builtin/{TEACHER_ANSWERS.name}: the teacher's greedy answers to the "
+                    f"selftaught/data/builtin/{healing.data}: the teacher's greedy answers to the "
                     "first turns of oasst_seed.jsonl and to math_prompts/train.jsonl, less those that loop"
                 ),
                 **asdict(healing) | {"layers": kept},
