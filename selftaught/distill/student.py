@@ -58,9 +58,6 @@ from selftaught.training.callbacks import replace_progress_bar
 
 BUILTIN = Path(__file__).resolve().parent.parent / "data" / "builtin"
 MATH_PROMPTS = BUILTIN / "math_prompts"
-# The teacher's greedy answers to the healing prompts, written by `python -m selftaught.distill.student
-# --write-teacher-answers`. Shipped, as generating them took 6.5 minutes here (vLLM on 2 CPU cores).
-TEACHER_ANSWERS = BUILTIN / "teacher_answers.jsonl"
 # Longer than any `Healing.max_completion_tokens`: an answer cut at this cap is cut again when tokenised
 # for healing, so the student never learns a made-up EOS in mid-sentence.
 TEACHER_ANSWER_TOKENS = 160
@@ -92,6 +89,9 @@ class Healing:
 
 
 HEALING = Healing()
+# The teacher's greedy answers to the healing prompts, written by `python -m selftaught.distill.student
+# --write-teacher-answers`. Shipped, as generating them took 6.5 minutes here (vLLM on 2 CPU cores).
+TEACHER_ANSWERS = BUILTIN / HEALING.data
 
 
 def healed_folder(healing: Healing = HEALING) -> Path:
