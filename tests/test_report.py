@@ -120,6 +120,16 @@ def backtranslate_run(folder: Path, results: dict | None = BACKTRANSLATE_RESULTS
         write_model_card(
             run.model(name), backtranslation_card(config, settings, name, k, {"seed pairs": 12}, {})
         )
+    for name, answer in (("base", "Paris is the capital."), ("M0", "Paris."), ("M1", "la la la " * 30)):
+        rows = [
+            {
+                "prompt": "What is the capital of France?",
+                "answer": answer,
+                "tokens": 3,
+                "ended_with_eos": True,
+            }
+        ]
+        write_parquet(folder / "evaluation" / f"answers_{name}.parquet", rows)
     if results is not None:
         (folder / "eval_results.json").write_text(json.dumps(results))
     return folder
@@ -217,6 +227,10 @@ def test_backtranslation_report_shows_funnel_scores_evaluations_and_escapes_corp
     assert "differ" in text and "cannot tell apart" in text  # M1 vs M0 on NLL; M1 vs base by the judge
     assert "<script>alert(1)</script>" in text  # shown as text, not run
     assert "<script" not in page.read_text().replace("&lt;script", "")
+    # what each model writes, side by side: M2 has no answers file and no column
+    assert "Held-out answers, side by side" in text and "What is the capital of France?" in text
+    assert "Paris is the capital." in text and "[degenerate] la la la" in text
+    assert page.read_text().count("Paris.") == 1
 
 
 def test_backtranslation_without_evaluations_says_so_and_drops_a_stale_figure(tmp_path):

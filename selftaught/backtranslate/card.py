@@ -44,8 +44,10 @@ WHY = {
     "generate": "the paper's own way: the rater reasons briefly, then the digit is read; it needs a capable "
     "rater",
     "pmi": "instruction-conditioned pointwise mutual information: how much the instruction makes the segment "
-    "likelier; it needs only next-token predictions, which small models make well (ROC AUC above 0.9 with "
-    "the 135M base model on the project's labelled dev set, where its rubric scores are at chance)",
+    "likelier; it needs only next-token predictions, which small models make well (with the 135M base model "
+    "on the project's labelled dev set, ROC AUC 0.996 against mismatched and 0.92 against promotional "
+    "answers, where its rubric scores are at chance; it can be gamed by an answer that restates its "
+    "instruction, see BENCHMARKS.md)",
     "ifd": "Superfiltering's instruction-following difficulty, ranked as Superfiltering ranks it",
     "backward": "how well the segment predicts its instruction under the backward model Myx",
 }

@@ -8,7 +8,7 @@ from pathlib import Path
 from selftaught.report import plots
 from selftaught.report.page import Plot, Section, Table, format_number
 from selftaught.report.readers import card_tables, curve, is_number, numeric_results, read_json, read_jsonl
-from selftaught.report.sections import cell, evaluation_section, key_value_table, ordered
+from selftaught.report.sections import answers_section, cell, evaluation_section, key_value_table, ordered
 
 MODELS = ("base", "M0", "M1", "M2")
 COUNTS = ("rows_in", "rows_out", "seconds", "rows_per_second", "score_histogram", "kept_histogram")  # plotted
@@ -188,11 +188,14 @@ def backtranslation_sections(run: Path) -> list[Section]:
         "Each model on every evaluation in eval_results.json.",
         "No evaluations yet: this run folder has no eval_results.json.",
     )
+    folder = run / "evaluation"
+    answers = answers_section({m: folder / f"answers_{m}.parquet" for m in MODELS}, "answer")
     return [
         funnel_section(summary),
         scores_section(summary),
         evaluation,
         comparison_section(results),
+        *([answers] if answers else []),
         throughput_section(summary),
         sft_section(run),
         details_section(summary),

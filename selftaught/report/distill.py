@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from selftaught.data.shards import read_parquet
 from selftaught.report import plots
-from selftaught.report.page import Plot, Section, Table
+from selftaught.report.page import Plot, Section
 from selftaught.report.readers import card_tables, curve, is_number, numeric_results, read_json, read_jsonl
-from selftaught.report.sections import evaluation_section, key_value_table, ordered
-from selftaught.scoring.degeneration import is_degenerate
+from selftaught.report.sections import answers_section, evaluation_section, key_value_table, ordered
 
 MODELS = ("teacher", "student_before", "student_after")
 ANSWER_COLUMNS = {"teacher": "teacher", "student_before": "student before", "student_after": "student after"}
-SHOWN_ANSWERS = 4
-ANSWER_CHARS = 400
 POLICY_LABELS = {1.0: "on-policy steps (student samples)", 0.0: "off-policy steps (fixed completions)"}
 
 
@@ -92,49 +88,6 @@ def settings_section(card: dict[str, dict[str, str]], train: dict | None) -> Sec
     return section
 
 
-def shown(text: str) -> str:
-    """An answer as a table cell: cut to ANSWER_CHARS, with what a reader could not see said in words (the
-    page escapes every text)."""
-    if not text.strip():
-        return f"[empty or whitespace only: {len(text)} characters]"
-    cut = (
-        text if len(text) <= ANSWER_CHARS else text[:ANSWER_CHARS] + f" [... {len(text) - ANSWER_CHARS} more]"
-    )
-    return ("[degenerate] " if is_degenerate(text) else "") + cut
-
-
-def answers_section(folder: Path) -> Section | None:
-    """A few held-out prompts with each model's greedy answer side by side; None without saved answers."""
-    answers = {
-        name: read_parquet(folder / f"{name}.parquet")
-        for name in MODELS
-        if (folder / f"{name}.parquet").is_file()
-    }
-    if not answers:
-        return None
-    section = Section(
-        "Held-out answers, side by side",
-        f"The first {SHOWN_ANSWERS} held-out prompts and each model's greedy answer, cut to {ANSWER_CHARS} "
-        "characters; [degenerate] marks an empty, whitespace-only or looping answer (selftaught.scoring."
-        "degeneration). Every answer is in evaluation/*.parquet.",
-    )
-    count = min(SHOWN_ANSWERS, *(len(rows) for rows in answers.values()))
-    first = next(iter(answers.values()))
-    section.tables.append(
-        Table(
-            ["prompt", *(ANSWER_COLUMNS[name] for name in answers)],
-            [
-                [
-                    shown(str(first[i].get("prompt") or "")),
-                    *(shown(rows[i]["completion"]) for rows in answers.values()),
-                ]
-                for i in range(count)
-            ],
-        )
-    )
-    return section
-
-
 def evaluation_section_of(results: dict | None) -> Section:
     """Every held-out metric of teacher and student, said plainly when there is none and why."""
     if results is None:
@@ -162,7 +115,8 @@ def distill_sections(run: Path) -> list[Section]:
     results = read_json(run / "eval_results.json")
     card = card_tables(run / "README.md")
     objective = objective_name(card.get("Training hyper-parameters", {}).get("beta"))
-    answers = answers_section(run / "evaluation")
+    folder = run / "evaluation"
+    answers = answers_section({ANSWER_COLUMNS[m]: folder / f"{m}.parquet" for m in MODELS}, "completion")
     return [
         loss_section(rows, objective),
         evaluation_section_of(results),

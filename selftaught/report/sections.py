@@ -1,10 +1,17 @@
-"""Section builders both run kinds share: evaluations side by side, and key/value tables."""
+"""Section builders both run kinds share: evaluations and answers side by side, and key/value tables."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from selftaught.data.shards import read_parquet
 from selftaught.report import plots
 from selftaught.report.page import Plot, Section, Table, format_number
 from selftaught.report.readers import is_number
+from selftaught.scoring.degeneration import is_degenerate
+
+SHOWN_ANSWERS = 4  # held-out prompts whose answers a report quotes
+ANSWER_CHARS = 400  # each quoted answer cut to this many characters
 
 # Which way is better, by a word in the metric's name: shown under each panel so nobody has to guess.
 DIRECTIONS = {
@@ -57,3 +64,37 @@ def cell(value: object) -> str:
 
 def key_value_table(mapping: dict, caption: str) -> Table:
     return Table(["name", "value"], [[str(k), cell(v)] for k, v in mapping.items()], caption)
+
+
+def shown(text: str) -> str:
+    """An answer as a table cell: cut to ANSWER_CHARS, with what a reader could not see said in words (the
+    page escapes every text)."""
+    if not text.strip():
+        return f"[empty or whitespace only: {len(text)} characters]"
+    cut = (
+        text if len(text) <= ANSWER_CHARS else text[:ANSWER_CHARS] + f" [... {len(text) - ANSWER_CHARS} more]"
+    )
+    return ("[degenerate] " if is_degenerate(text) else "") + cut
+
+
+def answers_section(files: dict[str, Path], answer_key: str) -> Section | None:
+    """The first held-out prompts with each model's greedy answer side by side, so a reader sees what the
+    numbers mean. `files`: column label -> that model's answers (Parquet rows with `prompt` and `answer_key`,
+    in the same prompt order); models without a file are left out; None when none has one."""
+    answers = {label: read_parquet(path) for label, path in files.items() if path.is_file()}
+    if not answers:
+        return None
+    section = Section(
+        "Held-out answers, side by side",
+        f"The first {SHOWN_ANSWERS} held-out prompts and each model's greedy answer, cut to {ANSWER_CHARS} "
+        "characters; [degenerate] marks an empty, whitespace-only or looping answer (selftaught.scoring."
+        "degeneration). Every answer is in evaluation/*.parquet.",
+    )
+    count = min(SHOWN_ANSWERS, *(len(rows) for rows in answers.values()))
+    first = next(iter(answers.values()))
+    rows = [
+        [shown(str(first[i].get("prompt") or "")), *(shown(str(r[i][answer_key])) for r in answers.values())]
+        for i in range(count)
+    ]
+    section.tables.append(Table(["prompt", *answers], rows))
+    return section
