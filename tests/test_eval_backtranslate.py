@@ -88,3 +88,24 @@ def test_rerun_reuses_every_written_evaluation(evaluated_run, tiny_student, corp
     main(["backtranslate", "evaluate", *flags(evaluated_run, tiny_student, corpus), *EVAL_FLAGS])
     assert {p.name: p.stat().st_mtime_ns for p in written} == before
     assert (evaluated_run / "eval_results.json").read_text() == results
+
+
+def test_an_evaluation_rerun_with_other_settings_says_so_and_overwrite_redoes_it(
+    evaluated_run,
+    tiny_student,
+    corpus,
+    capsys,  # noqa: F811
+):
+    results = (evaluated_run / "eval_results.json").read_text()
+    other = [*EVAL_FLAGS[:4], "--eval_max_new_tokens", "3", *EVAL_FLAGS[6:]]
+    main(["backtranslate", "evaluate", *flags(evaluated_run, tiny_student, corpus), *other])
+    said = capsys.readouterr().out
+    assert "[evaluate] skipped" in said and "(eval_max_new_tokens: 6 then, 3 now)" in said
+    assert "`selftaught backtranslate evaluate` with --overwrite" in said
+    assert (evaluated_run / "eval_results.json").read_text() == results  # kept, not mixed
+
+    main(["backtranslate", "evaluate", *flags(evaluated_run, tiny_student, corpus), *other, "--overwrite"])
+    recorded = json.loads((evaluated_run / "evaluation" / "settings.json").read_text())
+    assert recorded["eval_max_new_tokens"] == 3
+    answers = Dataset.from_parquet(str(evaluated_run / "evaluation" / "answers_M1.parquet"))
+    assert max(answers["tokens"]) <= 3  # redone with the new setting

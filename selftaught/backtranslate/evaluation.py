@@ -8,6 +8,8 @@ M(k-1) and against the base) with a paired 95% bootstrap interval (`evaluate.sui
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 from selftaught.backtranslate.card import backtranslation_card, train_sizes
 from selftaught.backtranslate.config import BacktranslateConfig
 from selftaught.backtranslate.examples import SEED_TAG
-from selftaught.backtranslate.runfolder import RunFolder
+from selftaught.backtranslate.runfolder import RunFolder, changed_settings, overwrite
 from selftaught.data.seed_pairs import BUILTIN_OASST_SEED, load_seed_pairs
 from selftaught.data.shards import read_parquet, write_json
 from selftaught.evaluate.config import CurationEvalConfig, JudgeEvalConfig
@@ -23,6 +25,7 @@ from selftaught.evaluate.curation import mismatched_labels, read_labelled
 from selftaught.evaluate.judge import read_requests
 from selftaught.evaluate.results import eval_rows
 from selftaught.evaluate.suite import ModelSuite, summary_intervals, summary_numbers
+from selftaught.models.naming import model_label
 from selftaught.training.model_card import write_model_card
 from selftaught.training.sft import COMPLETE_MARKER, SFTSettings
 
@@ -86,6 +89,45 @@ def evaluation_inputs(
     return requests[: config.eval_prompt_count], gold, labelled[: config.eval_curation_pairs]
 
 
+def evaluation_settings(config: BacktranslateConfig, run: RunFolder, names: list[str]) -> dict:
+    """What the kept evaluation pieces depend on: the models (a retrained one has a new identity) and the
+    evaluation's settings; files by name only, never a path of this machine."""
+    labelled = {k: model_label(v) if v else None for k, v in (("eval_prompts", config.eval_prompts),
+                ("eval_curation_data", config.eval_curation_data))}  # fmt: skip
+    return {
+        "base_model": model_label(config.base()),
+        **{name: run.identity(run.model(name)) for name in names},
+        **labelled,
+        **{
+            k: getattr(config, k)
+            for k in ("eval_prompt_count", "eval_curation_pairs", "eval_heldout_pairs", "eval_max_new_tokens")
+        },
+        "curation_mode": config.curation_mode,
+        "max_scored_tokens": config.max_scored_tokens,
+        "max_reasoning_tokens": config.max_reasoning_tokens,
+    }
+
+
+def evaluation_is_current(run: RunFolder, settings: dict) -> bool:
+    """False, saying so, when a finished evaluation was made with other settings (it is kept, as every stage's
+    output is, until `evaluate --overwrite`). An unfinished one made with other settings is discarded, so that
+    its pieces never mix with new ones; a new one records its settings before its first piece."""
+    record = run.evaluation / "settings.json"
+    before = json.loads(record.read_text()) if record.exists() else None
+    if before is not None and (changes := changed_settings(before, settings)):
+        if run.eval_results.exists():
+            print(
+                f"[evaluate] skipped: it finished earlier with other settings ({changes}) and keeps that "
+                "output. To redo it, rerun `selftaught backtranslate evaluate` with --overwrite."
+            )
+            return False
+        print(f"[evaluate] discarding the unfinished evaluation made with other settings ({changes})")
+        shutil.rmtree(run.evaluation)
+    if not run.evaluation.exists():  # pieces kept from before settings were recorded: nothing to compare
+        write_json(record, settings)
+    return True
+
+
 def stage_evaluate(config: BacktranslateConfig, settings: SFTSettings) -> dict:
     """Every finished model of the run on held-out data (see the module docstring).
 
@@ -94,8 +136,12 @@ def stage_evaluate(config: BacktranslateConfig, settings: SFTSettings) -> dict:
     "comparisons") and the results onto the M(k) cards.
     """
     run = RunFolder(config.run_dir)
+    if config.overwrite:
+        overwrite(run, "evaluate")
     names = [f"M{k}" for k in range(config.iterations + 1) if (run.model(f"M{k}") / COMPLETE_MARKER).exists()]
     models = {"base": config.base()} | {name: str(run.model(name)) for name in names}
+    if not evaluation_is_current(run, evaluation_settings(config, run, names)):
+        return json.loads(run.eval_results.read_text())
     judge, curation = evaluation_configs(config, run.evaluation, models["base"])
     requests, gold, labelled = evaluation_inputs(config, settings, judge, curation[0] if curation else judge)
     print(

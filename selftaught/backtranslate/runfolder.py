@@ -167,9 +167,7 @@ def finished(run: RunFolder, stage: str, settings: dict) -> bool:
     before = line.get("settings")
     if before is None:  # recorded before stages recorded their settings: nothing to compare with
         return True
-    differ = [k for k in sorted(before.keys() | settings.keys()) if before.get(k) != settings.get(k)]
-    if differ:
-        changes = "; ".join(f"{k}: {before.get(k)!r} then, {settings.get(k)!r} now" for k in differ)
+    if changes := changed_settings(before, settings):
         after = dependents(stage, list(run.read_summary()))
         also = f" and the stages that depend on it ({', '.join(after)})" if after else ""
         print(
@@ -177,6 +175,12 @@ def finished(run: RunFolder, stage: str, settings: dict) -> bool:
             f"To redo it{also}, rerun `selftaught backtranslate {stage_command(stage)}` with --overwrite."
         )
     return True
+
+
+def changed_settings(before: dict, now: dict) -> str:
+    """Only the settings that differ, as `name: old then, new now; ...` ('' when none does)."""
+    differ = [k for k in sorted(before.keys() | now.keys()) if before.get(k) != now.get(k)]
+    return "; ".join(f"{k}: {before.get(k)!r} then, {now.get(k)!r} now" for k in differ)
 
 
 def overwrite(run: RunFolder, stage: str) -> None:
