@@ -93,8 +93,8 @@ def test_rerun_reuses_every_written_evaluation(evaluated_run, tiny_student, corp
 def test_an_evaluation_rerun_with_other_settings_says_so_and_overwrite_redoes_it(
     evaluated_run,
     tiny_student,
-    corpus,
-    capsys,  # noqa: F811
+    corpus,  # noqa: F811
+    capsys,
 ):
     results = (evaluated_run / "eval_results.json").read_text()
     other = [*EVAL_FLAGS[:4], "--eval_max_new_tokens", "3", *EVAL_FLAGS[6:]]
