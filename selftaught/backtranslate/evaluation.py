@@ -17,7 +17,7 @@ from pathlib import Path
 from selftaught.backtranslate.card import backtranslation_card, train_sizes
 from selftaught.backtranslate.config import BacktranslateConfig
 from selftaught.backtranslate.examples import SEED_TAG
-from selftaught.backtranslate.runfolder import RunFolder, changed_settings, overwrite
+from selftaught.backtranslate.runfolder import RunFolder, changed_settings, overwrite, say_skipped
 from selftaught.data.seed_pairs import BUILTIN_OASST_SEED, load_seed_pairs
 from selftaught.data.shards import read_parquet, write_json
 from selftaught.evaluate.config import CurationEvalConfig, JudgeEvalConfig
@@ -116,10 +116,7 @@ def evaluation_is_current(run: RunFolder, settings: dict) -> bool:
     before = json.loads(record.read_text()) if record.exists() else None
     if before is not None and (changes := changed_settings(before, settings)):
         if run.eval_results.exists():
-            print(
-                f"[evaluate] skipped: it finished earlier with other settings ({changes}) and keeps that "
-                "output. To redo it, rerun `selftaught backtranslate evaluate` with --overwrite."
-            )
+            say_skipped("evaluate", changes, [])
             return False
         print(f"[evaluate] discarding the unfinished evaluation made with other settings ({changes})")
         shutil.rmtree(run.evaluation)

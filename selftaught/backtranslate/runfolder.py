@@ -168,13 +168,17 @@ def finished(run: RunFolder, stage: str, settings: dict) -> bool:
     if before is None:  # recorded before stages recorded their settings: nothing to compare with
         return True
     if changes := changed_settings(before, settings):
-        after = dependents(stage, list(run.read_summary()))
-        also = f" and the stages that depend on it ({', '.join(after)})" if after else ""
-        print(
-            f"[{stage}] skipped: it finished earlier with other settings ({changes}) and keeps that output. "
-            f"To redo it{also}, rerun `selftaught backtranslate {stage_command(stage)}` with --overwrite."
-        )
+        say_skipped(stage, changes, dependents(stage, list(run.read_summary())))
     return True
+
+
+def say_skipped(stage: str, changes: str, after: list[str]) -> None:
+    """The one message of a finished stage kept despite other settings: what differs, how to redo it."""
+    also = f" and the stages that depend on it ({', '.join(after)})" if after else ""
+    print(
+        f"[{stage}] skipped: it finished earlier with other settings ({changes}) and keeps that output. "
+        f"To redo it{also}, rerun `selftaught backtranslate {stage_command(stage)}` with --overwrite."
+    )
 
 
 def changed_settings(before: dict, now: dict) -> str:
