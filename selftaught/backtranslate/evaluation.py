@@ -89,13 +89,13 @@ def evaluation_inputs(
     return requests[: config.eval_prompt_count], gold, labelled[: config.eval_curation_pairs]
 
 
-def evaluation_settings(config: BacktranslateConfig, run: RunFolder, names: list[str]) -> dict:
+def evaluation_settings(config: BacktranslateConfig, run: RunFolder, names: list[str], base: str) -> dict:
     """What the kept evaluation pieces depend on: the models (a retrained one has a new identity) and the
     evaluation's settings; files by name only, never a path of this machine."""
     labelled = {k: model_label(v) if v else None for k, v in (("eval_prompts", config.eval_prompts),
                 ("eval_curation_data", config.eval_curation_data))}  # fmt: skip
     return {
-        "base_model": model_label(config.base()),
+        "base_model": model_label(base),
         **{name: run.identity(run.model(name)) for name in names},
         **labelled,
         **{
@@ -137,7 +137,7 @@ def stage_evaluate(config: BacktranslateConfig, settings: SFTSettings) -> dict:
         overwrite(run, "evaluate")
     names = [f"M{k}" for k in range(config.iterations + 1) if (run.model(f"M{k}") / COMPLETE_MARKER).exists()]
     models = {"base": config.base()} | {name: str(run.model(name)) for name in names}
-    if not evaluation_is_current(run, evaluation_settings(config, run, names)):
+    if not evaluation_is_current(run, evaluation_settings(config, run, names, models["base"])):
         return json.loads(run.eval_results.read_text())
     judge, curation = evaluation_configs(config, run.evaluation, models["base"])
     requests, gold, labelled = evaluation_inputs(config, settings, judge, curation[0] if curation else judge)
