@@ -13,6 +13,8 @@ size in every mode:
   generate     (--with-generate) selftaught's generate mode: the same reasoning, then our "Score: " read
   rubric       selftaught's rubric mode: P("1".."5") after our "Score: ", one forward pass
   pmi@K        mean log P(y_t | x, y_<t) - log P(y_t | y_<t) over the first K response tokens
+  pmi_no_echo@K  the same rows ranked by `pmi_no_echo`: a response that echoes its instruction (most of its
+               word trigrams are the instruction's) ranked last; its pairs/s are pmi@K's (no model call)
   ifd@K        Superfiltering's IFD over the first K response tokens, ranked as Superfiltering ranks it
   backward@K   mean log P(instruction | response), the response cut to K tokens; the backward model is
                the base model prompted with Myx's prompt (zero-shot), or --backward-model (a trained Myx)
@@ -26,7 +28,8 @@ Measured per mode:
   kinds together (restated, paraphrased, non_answer, keyword_stuffed): what each mode can be gamed by;
 - precision and recall at the demo's rule (selftaught/backtranslate/default.yaml) for the mode the demo
   selects with, and at each mode's natural rule (rubric: argmax >= 4; pmi >= 0; ifd < 1).
-Targets: pmi with the embedded base model at AUC >= 0.9 and >= 20x the pairs/s of free+regex.
+Targets: pmi with the embedded base model (ranked with the echo guard, as the demo selects) at AUC >= 0.9
+and >= 20x the pairs/s of free+regex.
 
 Usage:
     HF_HUB_OFFLINE=1 flock /tmp/selftaught-heavy.lock .venv/bin/python bench/curation.py
@@ -47,7 +50,7 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before selftaught's imports load huggingface_hub
 from selftaught.evaluate.curation import KEEP_AT, auc_with_interval, curation_metrics, precision_recall  # noqa: E402
-from selftaught.scoring.curation import SelectionRule  # noqa: E402
+from selftaught.scoring.curation import RANKED_BY, SelectionRule, score_value  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench" / "data" / "curation_dev.jsonl"
@@ -119,20 +122,23 @@ def timed(fn, *fn_args) -> tuple[list[dict], float]:
 # --- agreement with the labels -----------------------------------------------------------------------
 
 
-def summarise(mode: str, scored: list[dict], seconds: float, rows: list[dict], demo) -> dict:
+def summarise(
+    mode: str, scored: list[dict], seconds: float, rows: list[dict], demo, ranked_by: str | None = None
+) -> dict:
+    """`ranked_by`: rank by that score instead of the mode's own (pmi rows ranked by pmi_no_echo)."""
     name = mode.partition("@")[0]
     ranked = "rubric" if name == "free+regex" else name  # the parsed digit sits in the rubric's fields
     labels, kinds = [r["label"] for r in rows], [r["kind"] for r in rows]
     demo_mode, rule = demo
-    rules = [rule] if name == demo_mode else []
-    metrics = curation_metrics(scored, labels, ranked, rules, kinds)
+    rules = [rule] if name == demo_mode and (ranked_by or RANKED_BY[name]) == rule.score else []
+    metrics = curation_metrics(scored, labels, ranked, rules, kinds, ranked_by)
     if name in ("rubric", "generate", "free+regex"):
         keep = [s["score_argmax"] >= KEEP_AT for s in scored]
         metrics[f"argmax >= {KEEP_AT}"] = precision_recall(keep, labels)
     elif name in ("pmi", "ifd"):
-        natural = SelectionRule(name)
+        natural = SelectionRule(ranked_by or name)
         metrics[natural.describe()] = precision_recall(natural.keep(scored), labels)
-    values = [metrics_value(s, ranked) for s in scored]
+    values = [score_value(s, metrics["ranked_by"]) for s in scored]
     adversarial = [i for i, k in enumerate(kinds) if k == "real" or k in ADVERSARIAL]
     metrics["adversarial"] = auc_with_interval(
         [values[i] for i in adversarial], [labels[i] for i in adversarial]
@@ -141,12 +147,6 @@ def summarise(mode: str, scored: list[dict], seconds: float, rows: list[dict], d
     if name == "free+regex":
         metrics["parsed"] = sum(s["score_argmax"] > 0 for s in scored) / len(scored)
     return metrics
-
-
-def metrics_value(row: dict, mode: str) -> float:
-    from selftaught.scoring.curation import RANKED_BY, score_value
-
-    return score_value(row, RANKED_BY[mode])
 
 
 # --- the report --------------------------------------------------------------------------------------
@@ -164,22 +164,22 @@ def interval(metrics: dict) -> str:
 def print_report(summaries: dict[str, dict], comparison: dict, args: argparse.Namespace, n: int) -> None:
     where = f"batch {args.batch_size}, {args.device}, {args.dtype}"
     print(f"\nCuration on {n} labelled pairs ({args.data.name}), {where}\n")
-    header = f"{'mode':<14}{'pairs/s':>9}{'AUC [95% CI]':>26}{'adversarial AUC':>26}"
+    header = f"{'mode':<16}{'pairs/s':>9}{'AUC [95% CI]':>26}{'adversarial AUC':>26}"
     print(header + "\n" + "-" * len(header))
     for mode, s in summaries.items():
-        print(f"{mode:<14}{s['pairs_per_second']:>9.2f}{interval(s):>26}{interval(s['adversarial']):>26}")
+        print(f"{mode:<16}{s['pairs_per_second']:>9.2f}{interval(s):>26}{interval(s['adversarial']):>26}")
     kinds = sorted({k for s in summaries.values() for k in s["by_kind"]})
     print("\nAUC of the real pairs against each kind of negative:")
-    print(f"  {'mode':<14}" + "".join(f"{k:>17}" for k in kinds))
+    print(f"  {'mode':<16}" + "".join(f"{k:>17}" for k in kinds))
     for mode, s in summaries.items():
-        print(f"  {mode:<14}" + "".join(f"{fmt(s['by_kind'][k]['auc']):>17}" for k in kinds))
+        print(f"  {mode:<16}" + "".join(f"{fmt(s['by_kind'][k]['auc']):>17}" for k in kinds))
     print("\nprecision / recall of the kept pairs:")
     for mode, s in summaries.items():
         for rule, point in s.items():
             if isinstance(point, dict) and "kept" in point:
                 precision, recall = fmt(point["precision"]), fmt(point["recall"])
                 print(
-                    f"  {mode:<14}{rule:<34}kept {point['kept']:>4}  precision {precision}  recall {recall}"
+                    f"  {mode:<16}{rule:<34}kept {point['kept']:>4}  precision {precision}  recall {recall}"
                 )
     print("\nratios and targets:")
     for key, value in comparison["ratios"].items():
@@ -256,8 +256,12 @@ def main() -> None:
         summaries[mode] = summarise(mode, results[mode], seconds, rows, demo)
         speed = summaries[mode]["pairs_per_second"]
         print(f"  {seconds:.1f} s, {speed:.2f} pairs/s, AUC {interval(summaries[mode])}", flush=True)
+        if mode.startswith("pmi@"):  # the same scores ranked with the echo guard: no second scoring
+            guarded = mode.replace("pmi@", "pmi_no_echo@")
+            summaries[guarded] = summarise(mode, results[mode], seconds, rows, demo, "pmi_no_echo")
+            print(f"  {guarded}: AUC {interval(summaries[guarded])}", flush=True)
 
-    pmi = next((m for m in reversed(modes) if m.startswith("pmi@")), None)
+    pmi = next((m for m in reversed(summaries) if m.startswith("pmi_no_echo@")), None)
     ratios, targets = {}, {}
     if pmi and "free+regex" in summaries:
         ratio = summaries[pmi]["pairs_per_second"] / summaries["free+regex"]["pairs_per_second"]

@@ -109,6 +109,16 @@ def print_summary(output_dir: str, results: dict) -> None:
                 metric, *(f"{results[c][metric]:.4g}" if metric in results[c] else "-" for c in columns)
             )
         Console().print(table)
+    if changes := results.get("comparisons"):
+        table = Table(title="student after - before (95% paired interval over the held-out prompts)")
+        for column in ("distance", "change", "95% interval", "verdict"):
+            table.add_column(column, justify="left" if column == "distance" else "right")
+        for c in changes:
+            low, high = c["ci95"] or (None, None)
+            apart = low is not None and (low > 0 or high < 0)
+            interval = "n/a" if low is None else f"[{low:+.3g}, {high:+.3g}]"
+            table.add_row(c["metric"], f"{c['difference']:+.3g}", interval, "moved" if apart else "no change")
+        Console().print(table)
     print(f"model, card, metrics: {output_dir}")
     if results.get("warning"):  # the last thing said: the answers degenerated, or the student drifted away
         Console().print(results["warning"], style="bold red", markup=False)

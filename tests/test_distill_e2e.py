@@ -183,6 +183,15 @@ def test_eval_results(finished_run):
     assert "math_accuracy" in results["teacher"] and "eos_share" in results["teacher"]
     assert results["train"]["train_loss"] >= 0
     assert "held-out evaluation" in stdout and str(out) in stdout
+    # how the student moved, each distance with its paired interval, in the JSON, on the console and card
+    changes = {c["metric"]: c for c in results["comparisons"]}
+    assert set(changes) == {"forward_kl", "reverse_kl", "jsd", "top1_agreement"}
+    moved = changes["forward_kl"]
+    after, before = results["student_after"]["forward_kl"], results["student_before"]["forward_kl"]
+    assert moved["difference"] == pytest.approx(after - before)
+    assert moved["ci95"][0] <= moved["difference"] <= moved["ci95"][1]
+    assert "student after - before" in stdout
+    assert "## Closer to the teacher?" in (out / "README.md").read_text()
 
 
 # --- resume -----------------------------------------------------------------------------------------

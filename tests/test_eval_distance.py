@@ -85,3 +85,34 @@ def test_a_student_that_moved_away_on_every_distance_is_warned_and_one_that_help
     assert drift_warning(before, {**worse, "top1_agreement": 0.80}) is None  # one distance improved
     assert drift_warning(worse, before) is None
     assert drift_warning({}, worse) is None  # a run evaluated without distances
+
+
+def test_a_change_in_distance_carries_a_paired_interval(tmp_path, tiny_student, tiny_teacher, math_data):
+    """The teacher measured as a student is at distance 0 from itself: against the tiny student it is closer
+    on every prompt, so the interval lies below 0; a student against itself has the interval [0, 0]."""
+    tokenizer = load_tokenizer(str(tiny_teacher))
+    student, teacher = load_model(str(tiny_student)).eval(), load_model(str(tiny_teacher)).eval()
+    rows = [json.loads(line) for line in (math_data / "test.jsonl").read_text().splitlines()]
+    examples = [Example([{"role": "user", "content": r["problem"]}]) for r in rows]
+    settings = HeldOutSettings(
+        max_new_tokens=6, batch_size=3, vocab_size=len(tokenizer), max_prompt_length=64
+    )
+    evaluation = HeldOutEvaluation(teacher, tokenizer, examples, tmp_path / "answers", settings)
+    twin = load_model(str(tiny_teacher)).eval()  # the teacher's weights, measured as a student
+    far, again, close = (
+        evaluation.metrics(m, n) for m, n in ((student, "far"), (student, "again"), (twin, "close"))
+    )
+    assert close["forward_kl"] == pytest.approx(0, abs=1e-5) and far["forward_kl"] > 0
+
+    changes = {c["metric"]: c for c in evaluation.changes("close", "far")}
+    assert set(changes) == {"forward_kl", "reverse_kl", "jsd", "top1_agreement"}
+    kl = changes["forward_kl"]
+    assert kl["value"] == pytest.approx(close["forward_kl"]) and kl["against_value"] == pytest.approx(
+        far["forward_kl"]
+    )
+    assert kl["difference"] < 0 and kl["ci95"][1] < 0 and kl["items"] == len(examples)
+    assert changes["top1_agreement"]["ci95"][0] >= 0
+    for same in evaluation.changes("again", "far"):
+        assert same["difference"] == pytest.approx(0, abs=1e-6) and same["ci95"] == pytest.approx(
+            [0, 0], abs=1e-6
+        )

@@ -16,7 +16,13 @@ from selftaught.generation.engines import HFEngine
 from selftaught.generation.next_token import completion_logprobs
 from selftaught.models import load_model
 from selftaught.scoring.curation import SelectionRule, percentile_ranks, score_pairs, score_value
-from selftaught.scoring.likelihood import BACKWARD_PROMPT, document_start, pmi_scores, user_prompt
+from selftaught.scoring.likelihood import (
+    BACKWARD_PROMPT,
+    document_start,
+    echoed_share,
+    pmi_scores,
+    user_prompt,
+)
 
 PAIRS = [
     ("What is 2 + 3?", "2 + 3 = 5."),
@@ -121,6 +127,31 @@ def test_threshold_and_top_fraction_rules():
     assert SelectionRule("pmi", top=0.5).keep(ROWS) == [True, False, False, True]
     assert SelectionRule("pmi", top=0.1).keep(ROWS) == [True, False, False, False]  # at least one row
     assert SelectionRule("pmi", top=0.5).describe() == "top 50% by pmi"
+
+
+def test_a_response_that_echoes_its_instruction_is_ranked_last_by_pmi_no_echo():
+    instruction = "How do I keep basil alive on a windowsill?"
+    echo = f"{instruction} That is what you asked: {instruction}"
+    answer = "Give it six hours of sun, water when the top of the soil is dry, and pinch off the flowers."
+    quoting = "To keep basil alive on a windowsill, give it sun and water it when the soil is dry."
+    assert echoed_share(instruction, echo) > 0.5  # most of its trigrams are the instruction's
+    assert echoed_share(instruction, answer) == 0.0
+    assert 0 < echoed_share(instruction, quoting) < 0.5  # an answer may quote its question
+    assert echoed_share(instruction, "") == 0.0 and echoed_share("", "Yes.") == 0.0
+    rows = [
+        {"pmi": 0.9, "echoed_share": 0.8},
+        {"pmi": 0.4, "echoed_share": 0.3},
+        {"pmi": -0.1, "echoed_share": 0},
+    ]
+    assert SelectionRule("pmi").keep(rows) == [True, True, False]  # PMI alone keeps the echo first
+    assert SelectionRule("pmi_no_echo").keep(rows) == [False, True, False]
+    assert SelectionRule("pmi_no_echo", top=0.3).keep(rows) == [False, True, False]
+    assert SelectionRule("pmi_no_echo").describe() == "pmi_no_echo >= 0"
+
+
+def test_pmi_rows_carry_their_echoed_share(tokenizer, engine):
+    scored = pmi_scores(engine, tokenizer, [("Say hi to me.", "Say hi to me. Say hi to me."), *PAIRS[1:2]])
+    assert scored[0]["echoed_share"] == pytest.approx(4 / 6) and scored[1]["echoed_share"] == 0.0
 
 
 def test_ifd_is_ranked_as_superfiltering_ranks_it():

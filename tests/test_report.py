@@ -32,7 +32,14 @@ DISTILL_RESULTS = {
     "warning": "Warning: 50% of the trained model's held-out answers are degenerate (empty, whitespace or "
     "looping), against 0% before training.",
     "train": {"train_runtime": 12.5, "train_loss": 0.31},
+    "comparisons": [
+        {"model": "student_after", "against": "student_before", "metric": "forward_kl", "value": 1.7,
+         "against_value": 3.2, "difference": -1.5, "ci95": [-2.0, -1.1], "items": 4},
+        {"model": "student_after", "against": "student_before", "metric": "top1_agreement", "value": 0.45,
+         "against_value": 0.2, "difference": 0.25, "ci95": [-0.05, 0.5], "items": 4},
+    ],
 }  # fmt: skip
+DISTILL_FIGURES = {"loss", "evaluation", "throughput", "compare_forward_kl", "compare_top1_agreement"}
 # Each model's greedy answers to two held-out prompts, as `HeldOutEvaluation` saves them.
 DISTILL_ANSWERS = {
     "teacher": ["The sum is $\\boxed{5}$.", "<b>4</b> & more"],
@@ -179,9 +186,16 @@ def test_distillation_report_opens_in_a_browser_with_every_figure(tmp_path, brow
     assert detect_kind(run) == "distillation"
     page = write_report(run)
     assert page == run / "report" / "index.html"
-    text = assert_self_contained(browser, page, {"loss", "evaluation", "throughput"})
+    text = assert_self_contained(browser, page, DISTILL_FIGURES)
     for expected in ("jsd", "forward_kl", "student_after", "teacher", "lmbda", "train_runtime"):
         assert expected in text
+    # how the student moved, with intervals: one that moved, one the held-out set cannot tell apart
+    assert "Did the student get closer to its teacher?" in text
+    assert "[-2, -1.1]" in text and "differ" in text and "cannot tell apart" in text
+    card = (run / "README.md").read_text()
+    assert (
+        "## Closer to the teacher?" in card and "| forward_kl | student_before | 1.7 | 3.2 | -1.5 |" in card
+    )
     assert "generalized JSD (beta=0.5)" in page.read_text()  # the loss is named from the run's beta
     assert DISTILL_RESULTS["warning"] in text  # the collapse, said where the numbers are
     assert str(tmp_path) not in page.read_text()  # the run by its folder's name, never a path
@@ -189,7 +203,7 @@ def test_distillation_report_opens_in_a_browser_with_every_figure(tmp_path, brow
 
 def test_distillation_report_shows_the_answers_side_by_side_escaped_and_cut(tmp_path, browser):
     page = write_report(distill_run(tmp_path / "distill"))
-    text = assert_self_contained(browser, page, {"loss", "evaluation", "throughput"})
+    text = assert_self_contained(browser, page, DISTILL_FIGURES)
     assert "Held-out answers, side by side" in text
     assert "What is 2 + 3?" in text and "The sum is $\\boxed{5}$." in text and "It is 4." in text
     assert "<b>4</b> & more" in text and "<b>4</b>" not in page.read_text()  # shown as text, not markup

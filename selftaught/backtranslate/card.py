@@ -12,7 +12,7 @@ from dataclasses import asdict
 
 from selftaught.backtranslate.config import BacktranslateConfig
 from selftaught.models.naming import model_label
-from selftaught.training.model_card import CardContent, EvalRow, declared_base_model
+from selftaught.training.model_card import CardContent, EvalRow, comparison_table, declared_base_model
 from selftaught.training.sft import SFTSettings
 
 HUMPBACK_CITATION = """@misc{li2023selfalignment,
@@ -45,9 +45,10 @@ WHY = {
     "rater",
     "pmi": "instruction-conditioned pointwise mutual information: how much the instruction makes the segment "
     "likelier; it needs only next-token predictions, which small models make well (with the 135M base model "
-    "on the project's labelled dev set, ROC AUC 0.996 against mismatched and 0.92 against promotional "
-    "answers, where its rubric scores are at chance; it can be gamed by an answer that restates its "
-    "instruction, see BENCHMARKS.md)",
+    "on the project's labelled dev set over 32 tokens, ROC AUC 0.998 against mismatched and 0.935 against "
+    "promotional answers, where its rubric scores are at chance; selected by pmi_no_echo, a segment that "
+    "mostly echoes its instruction ranks last, and the AUC over every negative, adversarial ones included, "
+    "is 0.931; a paraphrase of the instruction still games it, see BENCHMARKS.md)",
     "ifd": "Superfiltering's instruction-following difficulty, ranked as Superfiltering ranks it",
     "backward": "how well the segment predicts its instruction under the backward model Myx",
 }
@@ -116,28 +117,9 @@ def curation_section(config: BacktranslateConfig, summary: dict) -> str:
     return "\n".join(lines + ["", "Why this mode:", *why])
 
 
-def comparison_section(comparisons: list[dict], name: str) -> str:
-    """This model against the model before it and the base: differences with 95% intervals."""
-    rows = [c for c in comparisons if c["model"] == name]
-    if not rows:
-        return ""
-    table = [
-        "| metric | against | this model | the other | difference | 95% interval | items |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for c in rows:
-        low, high = c["ci95"] or (None, None)
-        interval = "n/a" if low is None else f"[{low:+.3g}, {high:+.3g}]"
-        table.append(
-            f"| {c['metric']} | {c['against']} | {c['value']:.4g} | {c['against_value']:.4g} | "
-            f"{c['difference']:+.3g} | {interval} | {c['items']} |"
-        )
-    note = (
-        "Paired bootstrap over the same held-out items. An interval that contains 0 means this evaluation "
-        "cannot tell the two models apart. Lower is better for heldout_nll and degenerate_share; higher "
-        "for relevance.pmi and judge.win_rate."
-    )
-    return "\n".join([*table, "", note])
+COMPARISON_NOTE = (
+    "Lower is better for heldout_nll and degenerate_share; higher for relevance.pmi and judge.win_rate."
+)
 
 
 def backtranslation_card(
@@ -159,7 +141,7 @@ def backtranslation_card(
         extra["Curation"] = curation_section(config, own)
     if results:
         extra["How it was evaluated"] = EVALUATION
-    if comparisons and (text := comparison_section(comparisons, name)):
+    if comparisons and (text := comparison_table(comparisons, name, COMPARISON_NOTE)):
         extra["Compared with the model before it and the base"] = text
     return CardContent(
         model_name=f"{config.run_dir.rstrip('/').split('/')[-1]}-{name}",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from selftaught.distill.config import SELF_TEACHER, DistillConfig
 from selftaught.models.naming import model_label
-from selftaught.training.model_card import CardContent, EvalRow, declared_base_model
+from selftaught.training.model_card import CardContent, EvalRow, comparison_table, declared_base_model
 
 GKD_CITATION = """@inproceedings{agarwal2024onpolicy,
   title     = {On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes},
@@ -157,8 +157,20 @@ def distillation_card(
         tags=["selftaught", "distillation", "gkd", "on-policy-distillation"]
         + (["self-distillation", "opsd"] if self_taught else []),
         datasets=[config.data] if not Path(config.data).expanduser().exists() else [],
-        extra_sections={"Warning": warning} if warning else {},
+        extra_sections=({"Warning": warning} if warning else {})
+        | ({"Closer to the teacher?": closer} if (closer := closeness(results)) else {}),
     )
+
+
+CLOSENESS_NOTE = (
+    "The student after training minus before, per token on the teacher's greedy answers to the held-out "
+    "prompts: lower is closer for forward_kl, reverse_kl and jsd; higher for top1_agreement."
+)
+
+
+def closeness(results: dict) -> str:
+    """The trained student against its start on every distance to the teacher, with 95% intervals."""
+    return comparison_table(results.get("comparisons") or [], "student_after", CLOSENESS_NOTE)
 
 
 def student_origin(student: str) -> str:

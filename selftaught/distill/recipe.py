@@ -195,6 +195,7 @@ def run_distillation(config: DistillConfig) -> dict:
         if evaluation is not None:
             evaluation.path("student_after").unlink(missing_ok=True)
             results["student_after"] = evaluation.metrics(trainer.model, "student_after")
+            results["comparisons"] = evaluation.changes("student_after", "student_before")
             before, after = results["student_before"], results["student_after"]
             if warnings := [w for w in (collapse_warning(before, after), drift_warning(before, after)) if w]:
                 results["warning"] = " ".join(warnings)

@@ -79,17 +79,25 @@ def rules_for(mode: str, config: CurationEvalConfig) -> list[SelectionRule]:
     )
     if score in ("pmi", "ifd"):
         rules.append(SelectionRule(score))
+    if score == "pmi":
+        rules.append(SelectionRule("pmi_no_echo"))
     if config.min_score is not None or config.select_top is not None:
         rules.append(SelectionRule(score, config.min_score, config.select_top))
     return rules
 
 
 def curation_metrics(
-    scored: list[dict], labels: list[int], mode: str, rules: list[SelectionRule], kinds=None
+    scored: list[dict],
+    labels: list[int],
+    mode: str,
+    rules: list[SelectionRule],
+    kinds=None,
+    ranked_by: str | None = None,
 ) -> dict:
-    """AUC of the mode's ranking score (with its interval), precision/recall at each rule, and the AUC of
-    the positives against each kind of negative when the rows have kinds."""
-    score = RANKED_BY[mode]
+    """AUC of the mode's ranking score (or of `ranked_by`, another score its rows carry) with its interval,
+    precision/recall at each rule, and the AUC of the positives against each kind of negative when the rows
+    have kinds."""
+    score = ranked_by or RANKED_BY[mode]
     values = [score_value(r, score) for r in scored]
     metrics = {"mode": mode, "ranked_by": score, **auc_with_interval(values, labels)}
     for rule in rules:

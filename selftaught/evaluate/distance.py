@@ -8,7 +8,9 @@
 - for rows with a gold answer, greedy accuracy by \\boxed{} extraction and math-verify, and the share of
   answers that box an answer at all;
 - whether each model still writes text (`scoring.degeneration`): degenerate share, distinct-2, mean
-  length in tokens and EOS share, for the teacher as for the student, so a collapse is never silent.
+  length in tokens and EOS share, for the teacher as for the student, so a collapse is never silent;
+- how a student moved from another (`HeldOutEvaluation.changes`): each distance's change with a 95% paired
+  bootstrap interval over the prompts, so "no change" reads as an interval across 0, not as a sign.
 
 When the teacher sees privileged context (`Example.teacher_prompt`, see `distill.context`), it answers and
 scores under its own prompt, as in training: the student's distance is to that teacher.
@@ -17,6 +19,7 @@ scores under its own prompt, as in training: the student's distance is to that t
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,7 @@ from selftaught.data.formats import Example, to_examples, tokenize_prompt
 from selftaught.data.shards import read_parquet, write_parquet
 from selftaught.evaluate.common import answer_degeneration, load_eval_rows, required, required_model
 from selftaught.evaluate.config import DistanceEvalConfig
+from selftaught.evaluate.intervals import paired_difference_interval, ratio
 from selftaught.evaluate.math import answers_match, last_boxed, math_accuracy, score_math
 from selftaught.evaluate.results import write_result
 from selftaught.generation.hf import SamplingParams, eos_ids_of, generate_all, left_pad, right_pad
@@ -48,6 +52,9 @@ def _completion_inputs(
     return {k: v.to(device) for k, v in inputs.items()}, completion_mask.to(device)
 
 
+DISTANCE_NAMES = ("forward_kl", "reverse_kl", "jsd", "top1_agreement")
+
+
 @torch.no_grad()
 def teacher_distance(
     student: PreTrainedModel,
@@ -58,26 +65,68 @@ def teacher_distance(
     pad_id: int,
     batch_size: int = 8,
     teacher_prompts: list[list[int]] | None = None,
-) -> dict[str, float]:
-    """Mean per-token forward KL, reverse KL, Jensen-Shannon divergence (beta 0.5, at most ln 2) and
-    top-1 agreement over the given completions; the teacher reads them after `teacher_prompts` (default:
-    the student's `prompts`)."""
+) -> dict[str, list[float]]:
+    """Per prompt: the sums over its completion's tokens of forward KL, reverse KL, Jensen-Shannon
+    divergence (beta 0.5, at most ln 2) and top-1 agreement, and its token count (`tokens`); the teacher
+    reads the completions after `teacher_prompts` (default: the student's `prompts`). Sums, not means, so
+    that a resample of prompts gives the per-token mean over its tokens (`per_token`, `distance_changes`)."""
     device = next(student.parameters()).device
     teacher_prompts = teacher_prompts or prompts
-    totals = {"forward_kl": 0.0, "reverse_kl": 0.0, "jsd": 0.0, "top1_agreement": 0.0}
-    tokens = 0
+    sums: dict[str, list[float]] = {name: [] for name in (*DISTANCE_NAMES, "tokens")}
     for start in range(0, len(prompts), batch_size):
         batch = slice(start, start + batch_size)
         inputs, mask = _completion_inputs(prompts[batch], completions[batch], pad_id, device)
         teacher_inputs, _ = _completion_inputs(teacher_prompts[batch], completions[batch], pad_id, device)
         s = completion_logits(student, inputs, mask, vocab_size).float()
         t = completion_logits(teacher, teacher_inputs, mask, vocab_size).float()
-        totals["forward_kl"] += generalized_jsd(s, t, beta=0.0).sum().item()
-        totals["reverse_kl"] += generalized_jsd(s, t, beta=1.0).sum().item()
-        totals["jsd"] += generalized_jsd(s, t, beta=0.5).sum().item()
-        totals["top1_agreement"] += (s.argmax(-1) == t.argmax(-1)).sum().item()
-        tokens += int(mask.sum())
-    return {name: value / max(tokens, 1) for name, value in totals.items()} | {"tokens": tokens}
+        row = mask.bool().nonzero()[:, 0]  # the prompt of each completion token, in the logits' order
+        per_token = {
+            "forward_kl": generalized_jsd(s, t, beta=0.0),
+            "reverse_kl": generalized_jsd(s, t, beta=1.0),
+            "jsd": generalized_jsd(s, t, beta=0.5),
+            "top1_agreement": (s.argmax(-1) == t.argmax(-1)).float(),
+            "tokens": torch.ones_like(row, dtype=torch.float32),
+        }
+        for name, values in per_token.items():
+            sums[name] += torch.zeros(mask.shape[0], device=device).index_add_(0, row, values).tolist()
+    return sums
+
+
+def per_token(sums: dict[str, list[float]]) -> dict[str, float]:
+    """The means per completion token over all prompts, and the token count."""
+    tokens = sum(sums["tokens"])
+    return {name: sum(sums[name]) / max(tokens, 1) for name in DISTANCE_NAMES} | {"tokens": int(tokens)}
+
+
+def per_token_mean(sums: dict[str, list[float]], name: str) -> Callable[[list[int]], float | None]:
+    """`name`'s mean per completion token over a list of prompt indices."""
+    return lambda idx: ratio(sums[name], sums["tokens"], idx)
+
+
+def distance_changes(
+    after: dict[str, list[float]], before: dict[str, list[float]], model: str, against: str
+) -> list[dict]:
+    """`model` minus `against` on every distance, both measured on the same teacher answers: the change in
+    the per-token mean with its 95% paired bootstrap interval over the prompts (an interval across 0: the
+    held-out set cannot tell the two apart). Entries as `evaluate.suite` writes its comparisons."""
+    n = len(after["tokens"])
+    found = []
+    for name in DISTANCE_NAMES:
+        mine, theirs = per_token_mean(after, name), per_token_mean(before, name)
+        everything = list(range(n))
+        found.append(
+            {
+                "model": model,
+                "against": against,
+                "metric": name,
+                "value": mine(everything),
+                "against_value": theirs(everything),
+                "difference": mine(everything) - theirs(everything),
+                "ci95": paired_difference_interval(mine, theirs, n),
+                "items": n,
+            }
+        )
+    return found
 
 
 def answers_agree(reference: str, candidate: str) -> bool:
@@ -135,6 +184,7 @@ class HeldOutEvaluation:
         self.questions = [e.prompt[-1]["content"] for e in examples]
         self.teacher_questions = [(e.teacher_prompt or e.prompt)[-1]["content"] for e in examples]
         self.teacher_ids, self.teacher_rows = self.greedy_answers(teacher, "teacher")
+        self.distance_sums: dict[str, dict[str, list[float]]] = {}  # per student: `teacher_distance`
 
     def _ids(self, prompt: list[dict[str, str]]) -> list[int]:
         return tokenize_prompt(self.tokenizer, prompt)[-self.settings.max_prompt_length :]
@@ -182,7 +232,7 @@ class HeldOutEvaluation:
             answers_agree(t["completion"], s["completion"])
             for t, s in zip(self.teacher_rows, rows, strict=True)
         )
-        distance = teacher_distance(
+        self.distance_sums[name] = teacher_distance(
             model,
             self.teacher,
             self.prompts,
@@ -192,7 +242,13 @@ class HeldOutEvaluation:
             self.settings.batch_size,
             self.teacher_prompts,
         )
+        distance = per_token(self.distance_sums[name])
         return results | distance | {"answer_agreement": agreeing / len(rows)}
+
+    def changes(self, name: str, against: str) -> list[dict]:
+        """How student `name` moved from student `against` (both measured by `metrics`) on every distance,
+        with 95% paired intervals over the held-out prompts."""
+        return distance_changes(self.distance_sums[name], self.distance_sums[against], name, against)
 
 
 # (name, True when smaller is closer to the teacher) of the distances a distillation is meant to shrink

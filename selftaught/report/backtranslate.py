@@ -6,9 +6,16 @@ import re
 from pathlib import Path
 
 from selftaught.report import plots
-from selftaught.report.page import Plot, Section, Table, format_number
+from selftaught.report.page import Plot, Section, Table
 from selftaught.report.readers import card_tables, curve, is_number, numeric_results, read_json, read_jsonl
-from selftaught.report.sections import answers_section, cell, evaluation_section, key_value_table, ordered
+from selftaught.report.sections import (
+    answers_section,
+    cell,
+    comparison_section,
+    evaluation_section,
+    key_value_table,
+    ordered,
+)
 
 MODELS = ("base", "M0", "M1", "M2")
 COUNTS = ("rows_in", "rows_out", "seconds", "rows_per_second", "score_histogram", "kept_histogram")  # plotted
@@ -69,47 +76,11 @@ def scores_section(summary: dict) -> Section:
     return section
 
 
-def comparison_section(results: dict | None) -> Section:
-    """Each model against the one before it and the base: paired differences with 95% intervals."""
-    section = Section(
-        "M1 against M0 and the base",
-        "Each model minus the model before it and minus the base, on the same held-out items; the bar is a "
-        "95% paired bootstrap interval. An interval across 0 (grey) means the evaluation cannot tell the two "
-        "apart. Held-out NLL: lower is better; relevance (PMI under the base) and win rate: higher is "
-        "better; degenerate share: lower is better.",
-    )
-    comparisons = (results or {}).get("comparisons") or []
-    if not comparisons:
-        section.notes.append("No comparisons yet: written by the evaluation at the end of `run`.")
-        return section
-    rows, table = [], []
-    for c in comparisons:
-        label = f"{c['model']} - {c['against']}: {c['metric']}"
-        rows.append((label, c["difference"], c["ci95"]))
-        low, high = c["ci95"] or (None, None)
-        apart = low is not None and (low > 0 or high < 0)
-        interval = "n/a" if low is None else f"[{format_number(low)}, {format_number(high)}]"
-        numbers = [format_number(c[key]) for key in ("value", "against_value", "difference")]
-        table.append(
-            [
-                c["model"],
-                c["against"],
-                c["metric"],
-                *numbers,
-                interval,
-                "differ" if apart else "cannot tell apart",
-            ]
-        )
-    for metric in dict.fromkeys(c["metric"] for c in comparisons):
-        picked = [r for r, c in zip(rows, comparisons, strict=True) if c["metric"] == metric]
-        title = f"Paired differences: {metric}"
-        name = "compare_" + re.sub(r"\W+", "_", metric)
-        section.plots.append(
-            Plot(name, title, plots.interval_plot(picked, title, "difference (model - other)"))
-        )
-    header = ["model", "against", "metric", "model's", "other's", "difference", "95% interval", "verdict"]
-    section.tables.append(Table(header, table, "paired bootstrap over the evaluated items"))
-    return section
+COMPARISON_INTRO = (
+    "Each model minus the model before it and minus the base, on the same held-out items. Held-out NLL: "
+    "lower is better; relevance (PMI under the base) and win rate: higher is better; degenerate share: "
+    "lower is better."
+)
 
 
 def throughput_section(summary: dict) -> Section:
@@ -194,7 +165,12 @@ def backtranslation_sections(run: Path) -> list[Section]:
         funnel_section(summary),
         scores_section(summary),
         evaluation,
-        comparison_section(results),
+        comparison_section(
+            (results or {}).get("comparisons"),
+            "M1 against M0 and the base",
+            COMPARISON_INTRO,
+            "No comparisons yet: written by the evaluation at the end of `run`.",
+        ),
         *([answers] if answers else []),
         throughput_section(summary),
         sft_section(run),

@@ -7,7 +7,13 @@ from pathlib import Path
 from selftaught.report import plots
 from selftaught.report.page import Plot, Section
 from selftaught.report.readers import card_tables, curve, is_number, numeric_results, read_json, read_jsonl
-from selftaught.report.sections import answers_section, evaluation_section, key_value_table, ordered
+from selftaught.report.sections import (
+    answers_section,
+    comparison_section,
+    evaluation_section,
+    key_value_table,
+    ordered,
+)
 
 MODELS = ("teacher", "student_before", "student_after")
 ANSWER_COLUMNS = {"teacher": "teacher", "student_before": "student before", "student_after": "student after"}
@@ -120,6 +126,13 @@ def distill_sections(run: Path) -> list[Section]:
     return [
         loss_section(rows, objective),
         evaluation_section_of(results),
+        comparison_section(
+            (results or {}).get("comparisons"),
+            "Did the student get closer to its teacher?",
+            "The student after training minus before, per token on the teacher's held-out answers. KL and "
+            "JSD: lower is closer; top-1 agreement: higher is closer.",
+            "No comparison: the run has no held-out evaluation after training.",
+        ),
         *([answers] if answers else []),
         throughput_section(rows),
         settings_section(card, (results or {}).get("train")),

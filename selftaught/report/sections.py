@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from selftaught.data.shards import read_parquet
@@ -52,6 +53,38 @@ def evaluation_section(results: dict[str, dict[str, float]], title: str, intro: 
         for metric in metrics
     ]
     section.tables.append(Table(["metric", *results], rows, "exact values"))
+    return section
+
+
+def comparison_section(comparisons: list[dict] | None, title: str, intro: str, missing: str) -> Section:
+    """Paired differences (entries as `evaluate.suite` and `evaluate.distance` write them: model, against,
+    metric, value, against_value, difference, ci95) as one forest plot per metric and a table."""
+    section = Section(
+        title,
+        intro + " The bar is a 95% paired bootstrap interval; an interval across 0 (grey) means the "
+        "evaluation cannot tell the two apart.",
+    )
+    if not comparisons:
+        section.notes.append(missing)
+        return section
+    rows, table = [], []
+    for c in comparisons:
+        rows.append((f"{c['model']} - {c['against']}: {c['metric']}", c["difference"], c["ci95"]))
+        low, high = c["ci95"] or (None, None)
+        apart = low is not None and (low > 0 or high < 0)
+        interval = "n/a" if low is None else f"[{format_number(low)}, {format_number(high)}]"
+        numbers = [format_number(c[key]) for key in ("value", "against_value", "difference")]
+        verdict = "differ" if apart else "cannot tell apart"
+        table.append([c["model"], c["against"], c["metric"], *numbers, interval, verdict])
+    for metric in dict.fromkeys(c["metric"] for c in comparisons):
+        picked = [r for r, c in zip(rows, comparisons, strict=True) if c["metric"] == metric]
+        plot_title = f"Paired differences: {metric}"
+        name = "compare_" + re.sub(r"\W+", "_", metric)
+        section.plots.append(
+            Plot(name, plot_title, plots.interval_plot(picked, plot_title, "difference (model - other)"))
+        )
+    header = ["model", "against", "metric", "model's", "other's", "difference", "95% interval", "verdict"]
+    section.tables.append(Table(header, table, "paired bootstrap over the evaluated items"))
     return section
 
 

@@ -6,13 +6,16 @@ Modes (a curation may compute several; each adds its own fields to a row):
   P("1".."5") read after our "Score: " (ratings.py);
 - generate: the rubric's fields after the rater's own brief reasoning (the paper's way), plus reasoning,
   generated, regex_score;
-- pmi: pmi, logprob_given_instruction, logprob_without_instruction, scored_tokens (likelihood.py);
+- pmi: pmi, logprob_given_instruction, logprob_without_instruction, scored_tokens, echoed_share
+  (likelihood.py);
 - ifd: ifd, ppl_given_instruction, ppl_alone, scored_tokens (likelihood.py);
 - backward: backward_logprob, instruction_tokens (likelihood.py, under the backward model).
 
 Scores a rule can select by, each oriented so that higher means "keep first":
 - `argmax`, `expectation`: the rubric's (rubric or generate mode);
 - `pmi`: PMI itself;
+- `pmi_no_echo`: PMI, except that a response echoing its instruction (`echoed_share` >= ECHO_LIMIT: most
+  of its word trigrams are the instruction's) ranks below every other row, whatever its PMI;
 - `ifd`: Superfiltering's order: a pair with IFD >= 1 (the instruction does not help) comes after every
   pair under 1, and among those the highest IFD comes first (the hardest to predict);
 - `backward`: the backward log-prob;
@@ -38,6 +41,7 @@ SCORES = {
     "argmax": (RUBRIC_MODES, "score_argmax"),
     "expectation": (RUBRIC_MODES, "score_expectation"),
     "pmi": (("pmi",), "pmi"),
+    "pmi_no_echo": (("pmi",), "pmi"),
     "ifd": (("ifd",), "ifd"),
     "backward": (("backward",), "backward_logprob"),
 }
@@ -55,7 +59,11 @@ SELECTED_BY = RANKED_BY | {"rubric": "argmax", "generate": "argmax"}
 # "the instruction makes the response likelier" for PMI (>= 0), and Superfiltering's IFD < 1 (in the
 # oriented value, IFD < 1 is exactly a value above 0). The backward log-prob and combinations have no
 # natural threshold: their rules must give one.
-NATURAL_THRESHOLD = {"argmax": 4.0, "expectation": 4.0, "pmi": 0.0, "ifd": 0.0}
+NATURAL_THRESHOLD = {"argmax": 4.0, "expectation": 4.0, "pmi": 0.0, "pmi_no_echo": 0.0, "ifd": 0.0}
+# A response whose word trigrams are at least this share its instruction's repeats it more than it answers:
+# real answers on the labelled dev set echo at most 0.26 of their trigrams, 13 of its 15 restatements 0.5 or
+# more (bench/data/curation_dev.jsonl).
+ECHO_LIMIT = 0.5
 
 
 def parse_modes(text: str) -> list[str]:
@@ -93,6 +101,8 @@ def score_value(row: dict, score: str) -> float:
         return -math.inf
     if score == "ifd":  # Superfiltering: every IFD >= 1 after every IFD < 1, which rank highest first
         return value if value < 1 else -value
+    if score == "pmi_no_echo" and row.get("echoed_share", 0.0) >= ECHO_LIMIT:
+        return -math.inf  # an echo: last, as a row with nothing to score
     return float(value)
 
 

@@ -27,11 +27,19 @@ that repeats or paraphrases its instruction is very predictable given it (high P
 on-topic non-answer shares the instruction's words (PMI above a mismatched answer's), and an
 instruction that quotes its response makes backward high. `bench/curation.py` measures each on such
 adversarial negatives.
+
+Against the first of these, PMI rows also carry `echoed_share`, the share of the response's word
+trigrams that occur in its instruction (no model: counted on the text), and a rule can select by
+`pmi_no_echo` (`scoring.curation`): PMI, with a response that mostly echoes its instruction ranked
+last. It is counted, not learned, because an echo is exactly what a likelihood score cannot see: the
+more a response repeats the instruction, the likelier the instruction makes it. A paraphrase, which
+repeats the request in other words, passes the guard.
 """
 
 from __future__ import annotations
 
 import math
+import re
 
 from selftaught.data.formats import tokenize_prompt
 from selftaught.generation.engines import GenerationEngine
@@ -61,6 +69,23 @@ def document_start(tokenizer) -> list[int]:
     return tokenizer.encode("", add_special_tokens=True) or [tokenizer.eos_token_id]
 
 
+def words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def echoed_share(instruction: str, response: str, n: int = 3) -> float:
+    """The share of the response's word n-grams that occur in the instruction (shorter n-grams when either
+    text has fewer than n words): 1.0 for a response that only repeats its instruction, near 0 for one that
+    answers it."""
+    said, heard = words(response), words(instruction)
+    n = min(n, len(said), len(heard))
+    if n == 0:
+        return 0.0
+    grams = [tuple(said[i : i + n]) for i in range(len(said) - n + 1)]
+    known = {tuple(heard[i : i + n]) for i in range(len(heard) - n + 1)}
+    return sum(g in known for g in grams) / len(grams)
+
+
 def mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -88,7 +113,8 @@ def response_means(
 def pmi_scores(
     engine: GenerationEngine, tokenizer, pairs: list[tuple[str, str]], max_tokens: int = MAX_SCORED_TOKENS
 ) -> list[dict]:
-    """Per pair: `pmi` and its two terms (mean log-probs of the response with and without the instruction)."""
+    """Per pair: `pmi`, its two terms (mean log-probs of the response with and without the instruction),
+    and `echoed_share`."""
     means = response_means(engine, tokenizer, pairs, user_prompt(tokenizer, ""), max_tokens, "pmi")
     return [
         {
@@ -96,8 +122,9 @@ def pmi_scores(
             "logprob_given_instruction": a,
             "logprob_without_instruction": b,
             "scored_tokens": n,
+            "echoed_share": echoed_share(instruction, response),
         }
-        for a, b, n in means
+        for (a, b, n), (instruction, response) in zip(means, pairs, strict=True)
     ]
 
 

@@ -209,6 +209,30 @@ def _evaluation_table(results: list[EvalRow]) -> str:
     return _table(["Task", "Dataset", "Metric", *(_cell(m) for m in models)], rows)
 
 
+def comparison_table(comparisons: list[dict], model: str, note: str) -> str:
+    """`model` against other models: markdown rows of paired differences with their 95% intervals (entries
+    as `evaluate.suite` and `evaluate.distance` write them), then how to read them and `note`."""
+    rows = [c for c in comparisons if c["model"] == model]
+    if not rows:
+        return ""
+    table = [
+        "| metric | against | this model | the other | difference | 95% interval | items |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in rows:
+        low, high = c["ci95"] or (None, None)
+        interval = "n/a" if low is None else f"[{low:+.3g}, {high:+.3g}]"
+        table.append(
+            f"| {c['metric']} | {c['against']} | {c['value']:.4g} | {c['against_value']:.4g} | "
+            f"{c['difference']:+.3g} | {interval} | {c['items']} |"
+        )
+    reading = (
+        "Paired bootstrap over the same held-out items. An interval that contains 0 means this evaluation "
+        "cannot tell the two models apart."
+    )
+    return "\n".join([*table, "", f"{reading} {note}"])
+
+
 def _hub_link(name: str, kind: str) -> str:
     """A Hub id as a link (kind "" for models, "datasets/" for datasets); a local path as code."""
     return f"[{name}](https://huggingface.co/{kind}{name})" if looks_like_hub_id(name) else f"`{name}`"
