@@ -30,7 +30,7 @@ from selftaught.data.formats import Example, to_examples, tokenize_prompt
 from selftaught.data.shards import read_parquet, write_parquet
 from selftaught.evaluate.common import answer_degeneration, load_eval_rows, required, required_model
 from selftaught.evaluate.config import DistanceEvalConfig
-from selftaught.evaluate.intervals import paired_difference_interval, ratio
+from selftaught.evaluate.intervals import paired_comparison, ratio
 from selftaught.evaluate.math import answers_match, last_boxed, math_accuracy, score_math
 from selftaught.evaluate.results import write_result
 from selftaught.generation.hf import SamplingParams, eos_ids_of, generate_all, left_pad, right_pad
@@ -110,23 +110,10 @@ def distance_changes(
     the per-token mean with its 95% paired bootstrap interval over the prompts (an interval across 0: the
     held-out set cannot tell the two apart). Entries as `evaluate.suite` writes its comparisons."""
     n = len(after["tokens"])
-    found = []
-    for name in DISTANCE_NAMES:
-        mine, theirs = per_token_mean(after, name), per_token_mean(before, name)
-        everything = list(range(n))
-        found.append(
-            {
-                "model": model,
-                "against": against,
-                "metric": name,
-                "value": mine(everything),
-                "against_value": theirs(everything),
-                "difference": mine(everything) - theirs(everything),
-                "ci95": paired_difference_interval(mine, theirs, n),
-                "items": n,
-            }
-        )
-    return found
+    return [
+        paired_comparison(model, against, name, per_token_mean(after, name), per_token_mean(before, name), n)
+        for name in DISTANCE_NAMES
+    ]
 
 
 def answers_agree(reference: str, candidate: str) -> bool:

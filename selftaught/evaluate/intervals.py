@@ -63,3 +63,27 @@ def paired_difference_interval(
         return None if a is None or b is None else a - b
 
     return bootstrap_interval(n, difference, **kwargs)
+
+
+def paired_comparison(
+    model: str,
+    against: str,
+    metric: str,
+    mine: Callable[[list[int]], float | None],
+    theirs: Callable[[list[int]], float | None],
+    n: int,
+) -> dict:
+    """One comparison as the reports and cards read it: both values on all `n` items, their difference
+    (model - against) and its paired 95% interval."""
+    everything = list(range(n))
+    value, against_value = mine(everything), theirs(everything)
+    return {
+        "model": model,
+        "against": against,
+        "metric": metric,
+        "value": value,
+        "against_value": against_value,
+        "difference": value - against_value,
+        "ci95": paired_difference_interval(mine, theirs, n),
+        "items": n,
+    }

@@ -27,7 +27,7 @@ from selftaught.data.shards import read_parquet, write_json, write_parquet
 from selftaught.evaluate.common import eval_engine
 from selftaught.evaluate.config import CurationEvalConfig, JudgeEvalConfig
 from selftaught.evaluate.curation import evaluate_rater
-from selftaught.evaluate.intervals import mean_interval, paired_difference_interval, ratio, ratio_interval
+from selftaught.evaluate.intervals import mean_interval, paired_comparison, ratio, ratio_interval
 from selftaught.evaluate.judge import OUTCOME_SCORE, chats, greedy_answers, judge_answers
 from selftaught.evaluate.results import flat_metrics, read_result, write_result
 from selftaught.generation.engines import GenerationEngine
@@ -257,19 +257,7 @@ class ModelSuite:
                     if metric not in stats[other]:
                         continue
                     theirs = stats[other][metric][0]
-                    everything = list(range(n))
-                    found.append(
-                        {
-                            "model": label,
-                            "against": other,
-                            "metric": metric,
-                            "value": mine(everything),
-                            "against_value": theirs(everything),
-                            "difference": mine(everything) - theirs(everything),
-                            "ci95": paired_difference_interval(mine, theirs, n),
-                            "items": n,
-                        }
-                    )
+                    found.append(paired_comparison(label, other, metric, mine, theirs, n))
         written = self.folder / "comparisons.json"
         fresh = json.loads(json.dumps({"comparisons": found}))  # as JSON holds it: tuples as lists
         if not written.is_file() or json.loads(written.read_text()) != fresh:
