@@ -8,6 +8,7 @@ import pytest
 
 from selftaught.evaluate.math import (
     answers_match,
+    boxes_an_answer,
     check_answer,
     last_boxed,
     math_accuracy,
@@ -33,6 +34,12 @@ from selftaught.evaluate.math import (
 )
 def test_last_boxed_extracts(text, expected):
     assert last_boxed(text) == expected
+
+
+def test_an_empty_box_is_not_a_boxed_answer():
+    assert boxes_an_answer(last_boxed(r"So, the answer is $\boxed{12}$."))
+    for text in (r"So, the answer is $\boxed{}$.", r"$\boxed{ }$", "no box at all"):
+        assert not boxes_an_answer(last_boxed(text)), text
 
 
 @pytest.mark.parametrize(

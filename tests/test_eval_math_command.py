@@ -43,7 +43,12 @@ def test_breakdown_groups_accuracy_and_counts():
 
 
 def test_math_metrics_from_known_verdicts():
-    answers = [("So $\\boxed{5}$.", "5", 9, True), ("It is 7.", None, 5, True), (" " * 12, None, 12, False)]
+    # the second answer boxes nothing: an empty box is not a boxed answer
+    answers = [
+        ("So $\\boxed{5}$.", "5", 9, True),
+        ("It is $\\boxed{}$.", "", 5, True),
+        (" " * 12, None, 12, False),
+    ]
     greedy = [
         {"index": i, "correct": ok, "generated": text, "extracted": box, "tokens": n, "ended_with_eos": eos}
         for i, ((text, box, n, eos), ok) in enumerate(zip(answers, [True, False, False], strict=True))

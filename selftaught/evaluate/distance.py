@@ -31,7 +31,7 @@ from selftaught.data.shards import read_parquet, write_parquet
 from selftaught.evaluate.common import answer_degeneration, load_eval_rows, required, required_model
 from selftaught.evaluate.config import DistanceEvalConfig
 from selftaught.evaluate.intervals import paired_comparison, ratio
-from selftaught.evaluate.math import answers_match, last_boxed, math_accuracy, score_math
+from selftaught.evaluate.math import answers_match, boxes_an_answer, last_boxed, math_accuracy, score_math
 from selftaught.evaluate.results import write_result
 from selftaught.generation.hf import SamplingParams, eos_ids_of, generate_all, left_pad, right_pad
 from selftaught.models import check_same_vocabulary, load_model, load_tokenizer, shared_vocab_size
@@ -133,7 +133,7 @@ def answer_metrics(rows: list[dict]) -> dict[str, float]:
     return {
         "math_accuracy": math_accuracy(graded),
         "math_unverifiable": sum(r.get("verdict") == "unverifiable" for r in graded),
-        "boxed_share": sum(r["extracted"] is not None for r in graded) / len(graded),
+        "boxed_share": sum(boxes_an_answer(r["extracted"]) for r in graded) / len(graded),
     }
 
 

@@ -78,6 +78,12 @@ def last_boxed(text: str) -> str | None:
     return token.group(0).rstrip(".,;") or None
 
 
+def boxes_an_answer(extracted: str | None) -> bool:
+    """Whether an extracted box holds an answer: `\\boxed{}` ends many a small model's text, empty, and
+    counting it as boxed made a share of boxed answers rise while no answer was given."""
+    return bool(extracted and extracted.strip())
+
+
 def _wrap(expr: str) -> str:
     """Put plain text in math mode so math-verify reads it as one LaTeX expression."""
     expr = expr.strip()

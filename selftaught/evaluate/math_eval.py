@@ -19,7 +19,15 @@ from selftaught.data.loading import DataError
 from selftaught.data.shards import write_parquet
 from selftaught.evaluate.common import eval_engine, load_eval_rows, required, required_model
 from selftaught.evaluate.config import ID_COLUMNS, MathEvalConfig
-from selftaught.evaluate.math import GoldAnswer, breakdown, math_accuracy, parse_gold, pass_at_k, score_math
+from selftaught.evaluate.math import (
+    GoldAnswer,
+    boxes_an_answer,
+    breakdown,
+    math_accuracy,
+    parse_gold,
+    pass_at_k,
+    score_math,
+)
 from selftaught.evaluate.results import write_result
 from selftaught.generation.engines import GenerationEngine
 from selftaught.generation.hf import SamplingParams
@@ -100,7 +108,7 @@ def math_metrics(greedy: list[dict], sampled: list[dict], rows, ks: list[int], s
     scored = [r["index"] for r in greedy if r["correct"] is not None]
     metrics = {
         "accuracy": math_accuracy(greedy),
-        "boxed_share": sum(r["extracted"] is not None for r in greedy) / len(greedy),
+        "boxed_share": sum(boxes_an_answer(r["extracted"]) for r in greedy) / len(greedy),
         "problems": len(greedy),
         "scored": len(scored),
         "unverifiable": len(greedy) - len(scored),
