@@ -97,6 +97,8 @@ def print_summary(output_dir: str, results: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from selftaught.evaluate.intervals import excludes_zero
+
     columns = [k for k in ("teacher", "student_before", "student_after") if k in results]
     if columns:
         table = Table(title="held-out evaluation")
@@ -115,9 +117,9 @@ def print_summary(output_dir: str, results: dict) -> None:
             table.add_column(column, justify="left" if column == "distance" else "right")
         for c in changes:
             low, high = c["ci95"] or (None, None)
-            apart = low is not None and (low > 0 or high < 0)
             interval = "n/a" if low is None else f"[{low:+.3g}, {high:+.3g}]"
-            table.add_row(c["metric"], f"{c['difference']:+.3g}", interval, "moved" if apart else "no change")
+            moved = "moved" if excludes_zero(c["ci95"]) else "no change"
+            table.add_row(c["metric"], f"{c['difference']:+.3g}", interval, moved)
         Console().print(table)
     print(f"model, card, metrics: {output_dir}")
     if results.get("warning"):  # the last thing said: the answers degenerated, or the student drifted away

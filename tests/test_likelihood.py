@@ -147,6 +147,9 @@ def test_a_response_that_echoes_its_instruction_is_ranked_last_by_pmi_no_echo():
     assert SelectionRule("pmi_no_echo").keep(rows) == [False, True, False]
     assert SelectionRule("pmi_no_echo", top=0.3).keep(rows) == [False, True, False]
     assert SelectionRule("pmi_no_echo").describe() == "pmi_no_echo >= 0"
+    # a row curated before the share was recorded has it counted from its text
+    older = {"instruction": instruction, "response": echo, "pmi": 0.9}
+    assert SelectionRule("pmi_no_echo").keep([older]) == [False]
 
 
 def test_pmi_rows_carry_their_echoed_share(tokenizer, engine):

@@ -65,6 +65,11 @@ def paired_difference_interval(
     return bootstrap_interval(n, difference, **kwargs)
 
 
+def excludes_zero(interval: Sequence[float] | None) -> bool:
+    """Whether a difference's interval lies wholly above or below 0: the two models differ."""
+    return interval is not None and (interval[0] > 0 or interval[1] < 0)
+
+
 def paired_comparison(
     model: str,
     against: str,

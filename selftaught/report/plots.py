@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from selftaught.evaluate.intervals import excludes_zero
 from selftaught.report.page import format_number
 
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
@@ -148,7 +149,7 @@ def interval_plot(rows: list[tuple[str, float, list[float] | None]], title: str,
     figure = new_figure(0.4 * len(rows) + 1.6)
     ax = figure.add_subplot()
     for position, (_, value, interval) in enumerate(rows):
-        apart = interval is not None and (interval[0] > 0 or interval[1] < 0)
+        apart = excludes_zero(interval)
         color = COLORS[0] if apart else "#888888"
         if interval is not None:
             ax.plot(interval, [position, position], color=color, linewidth=2)

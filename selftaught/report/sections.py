@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from selftaught.data.shards import read_parquet
+from selftaught.evaluate.intervals import excludes_zero
 from selftaught.report import plots
 from selftaught.report.page import Plot, Section, Table, format_number
 from selftaught.report.readers import is_number
@@ -71,10 +72,9 @@ def comparison_section(comparisons: list[dict] | None, title: str, intro: str, m
     for c in comparisons:
         rows.append((f"{c['model']} - {c['against']}: {c['metric']}", c["difference"], c["ci95"]))
         low, high = c["ci95"] or (None, None)
-        apart = low is not None and (low > 0 or high < 0)
         interval = "n/a" if low is None else f"[{format_number(low)}, {format_number(high)}]"
         numbers = [format_number(c[key]) for key in ("value", "against_value", "difference")]
-        verdict = "differ" if apart else "cannot tell apart"
+        verdict = "differ" if excludes_zero(c["ci95"]) else "cannot tell apart"
         table.append([c["model"], c["against"], c["metric"], *numbers, interval, verdict])
     for metric in dict.fromkeys(c["metric"] for c in comparisons):
         picked = [r for r, c in zip(rows, comparisons, strict=True) if c["metric"] == metric]

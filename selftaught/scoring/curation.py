@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass
 
 from selftaught.generation.engines import GenerationEngine
-from selftaught.scoring.likelihood import MAX_SCORED_TOKENS, likelihood_scores
+from selftaught.scoring.likelihood import MAX_SCORED_TOKENS, echoed_share, likelihood_scores
 from selftaught.scoring.ratings import ALIASES, rate_pairs
 
 CURATION_MODES = ("rubric", "generate", "pmi", "ifd", "backward")
@@ -101,9 +101,16 @@ def score_value(row: dict, score: str) -> float:
         return -math.inf
     if score == "ifd":  # Superfiltering: every IFD >= 1 after every IFD < 1, which rank highest first
         return value if value < 1 else -value
-    if score == "pmi_no_echo" and row.get("echoed_share", 0.0) >= ECHO_LIMIT:
+    if score == "pmi_no_echo" and echo_of(row) >= ECHO_LIMIT:
         return -math.inf  # an echo: last, as a row with nothing to score
     return float(value)
+
+
+def echo_of(row: dict) -> float:
+    """The row's `echoed_share`, counted from its text when it was curated before the share was recorded."""
+    if row.get("echoed_share") is not None:
+        return row["echoed_share"]
+    return echoed_share(row.get("instruction", ""), row.get("response", ""))
 
 
 def average_ranks(values: list[float]) -> list[float]:
