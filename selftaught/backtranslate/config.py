@@ -112,9 +112,10 @@ class BacktranslateConfig(EngineSettings):
     select_by: str = field(
         default="auto",
         metadata={
-            "help": "The score the rule ranks by: argmax or expectation (rubric / generate), pmi, ifd "
-            "(Superfiltering's order: IFD < 1 first, highest first), backward, or a combination a+b (the "
-            "mean of their percentile ranks). auto: the first curation mode's (argmax for the rubric)."
+            "help": "The score the rule ranks by: argmax or expectation (rubric / generate), pmi, "
+            "pmi_no_echo (PMI, a response that mostly repeats its instruction last), ifd (Superfiltering's "
+            "order: IFD < 1 first, highest first), backward, or a combination a+b (the mean of their "
+            "percentile ranks). auto: the first curation mode's (argmax for the rubric, pmi_no_echo for pmi)."
         },
     )
     min_score: float | None = field(

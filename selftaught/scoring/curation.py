@@ -53,8 +53,9 @@ RANKED_BY = {
     "ifd": "ifd",
     "backward": "backward",
 }
-# What `select_by auto` selects by: the first mode's score, the paper's argmax digit for the rubric.
-SELECTED_BY = RANKED_BY | {"rubric": "argmax", "generate": "argmax"}
+# What `select_by auto` selects by: the first mode's score, the paper's argmax digit for the rubric, and
+# PMI with its echo guard (raw PMI keeps a response that only repeats its instruction first).
+SELECTED_BY = RANKED_BY | {"rubric": "argmax", "generate": "argmax", "pmi": "pmi_no_echo"}
 # The threshold a score is kept at when a rule gives neither min_score nor top: the paper's 4 on the rubric,
 # "the instruction makes the response likelier" for PMI (>= 0), and Superfiltering's IFD < 1 (in the
 # oriented value, IFD < 1 is exactly a value above 0). The backward log-prob and combinations have no
