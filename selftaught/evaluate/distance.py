@@ -80,14 +80,14 @@ def teacher_distance(
         s = completion_logits(student, inputs, mask, vocab_size).float()
         t = completion_logits(teacher, teacher_inputs, mask, vocab_size).float()
         row = mask.bool().nonzero()[:, 0]  # the prompt of each completion token, in the logits' order
-        per_token = {
+        token_values = {
             "forward_kl": generalized_jsd(s, t, beta=0.0),
             "reverse_kl": generalized_jsd(s, t, beta=1.0),
             "jsd": generalized_jsd(s, t, beta=0.5),
             "top1_agreement": (s.argmax(-1) == t.argmax(-1)).float(),
             "tokens": torch.ones_like(row, dtype=torch.float32),
         }
-        for name, values in per_token.items():
+        for name, values in token_values.items():
             sums[name] += torch.zeros(mask.shape[0], device=device).index_add_(0, row, values).tolist()
     return sums
 
