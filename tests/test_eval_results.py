@@ -21,13 +21,23 @@ def judge_result(win_rate: float) -> dict:
 
 def test_write_result_round_trips_with_settings_and_models(tmp_path):
     config = CurationEvalConfig(output_dir=str(tmp_path), model="m", data="d.jsonl")
-    metrics = {"auc": 0.75, "argmax>=4": {"kept": 2, "precision": None, "recall": 0.5}}
+    metrics = {
+        "auc": 0.75,
+        "pmi >= 0.5": {"kept": 2, "precision": None, "recall": 0.5},
+        "by_kind": {"x": {"auc": 1}},
+    }
     written = write_result(tmp_path, "curation", metrics, config, {"model": "m"}, "d.jsonl")
     assert read_result(tmp_path / "curation.json") == written
     assert written["settings"]["threshold"] == 4.0 and written["models"] == {"model": "m"}
     assert written["settings"]["output_dir"] == tmp_path.name  # no path of this machine in a result
-    # nested metrics flatten to dotted names; None (an undefined precision) is left out, not written as 0
-    assert flat_metrics(written) == {"auc": 0.75, "argmax>=4.kept": 2.0, "argmax>=4.recall": 0.5}
+    # nested metrics flatten to dotted names, a rule's after its numbers; None (an undefined precision) is
+    # left out, not written as 0
+    assert flat_metrics(written) == {
+        "auc": 0.75,
+        "kept (pmi >= 0.5)": 2.0,
+        "recall (pmi >= 0.5)": 0.5,
+        "by_kind.x.auc": 1.0,
+    }
 
 
 def test_eval_rows_put_the_numbers_in_the_cards_model_index():

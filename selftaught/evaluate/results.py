@@ -61,14 +61,19 @@ def read_result(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _numbers(metrics: dict, prefix: str = "") -> dict[str, float]:
-    """Nested metrics flattened to `a.b` names, keeping numbers only (counts included, None dropped)."""
+def _numbers(metrics: dict, prefix: str = "", suffix: str = "") -> dict[str, float]:
+    """Nested metrics flattened to `a.b` names, keeping numbers only (counts included, None dropped).
+
+    A key that is a phrase rather than a name (a selection rule such as "pmi >= 0.5") names its numbers
+    after them, "kept (pmi >= 0.5)": dotted onto the phrase, its dots would read as part of a number."""
     flat: dict[str, float] = {}
     for key, value in metrics.items():
-        if isinstance(value, dict):
-            flat |= _numbers(value, f"{prefix}{key}.")
+        if isinstance(value, dict) and key.isidentifier():
+            flat |= _numbers(value, f"{prefix}{key}.", suffix)
+        elif isinstance(value, dict):
+            flat |= _numbers(value, prefix, f" ({key}){suffix}")
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[f"{prefix}{key}"] = float(value)
+            flat[f"{prefix}{key}{suffix}"] = float(value)
     return flat
 
 
