@@ -19,7 +19,8 @@ steps, each method trains a fresh copy of the student, once per seed:
 Every trained student is then evaluated on the held-out math test prompts exactly as `selftaught distill`
 evaluates (`HeldOutEvaluation`): forward KL, reverse KL and top-1 agreement to SmolLM2-135M-Instruct on
 its greedy answers, degenerate share, the share of answers with a \\boxed{} answer, and accuracy. The table
-gives mean and standard deviation over the seeds, and the training wall time per run.
+gives mean and standard deviation over the seeds, and the training wall time per run; the JSON keeps every
+model's greedy answers too, to read what each method taught it to write.
 
 The learning rate is low (2e-5, constant) because the healed student starts close to its teacher: Adam's
 first updates move every weight by about the learning rate whatever its gradient, and at 1e-4 two steps of
@@ -46,6 +47,7 @@ import torch
 
 from selftaught.data.formats import to_examples, tokenize_examples
 from selftaught.data.loading import load_rows
+from selftaught.data.shards import read_parquet
 from selftaught.distill.config import DistillConfig
 from selftaught.distill.context import add_teacher_context
 from selftaught.distill.recipe import load_teacher
@@ -158,6 +160,12 @@ def train_sft(args, seed: int, student_dir: str, tokenizer, output_dir: str):
     return trainer.model
 
 
+def answers(evaluation: HeldOutEvaluation, name: str) -> list[str]:
+    """A model's greedy held-out answers, kept in the results: what each method taught it to write can be
+    read, and recounted when a metric's definition changes."""
+    return [row["completion"] for row in read_parquet(evaluation.path(name))]
+
+
 def summary(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
@@ -176,8 +184,10 @@ def main() -> None:
         args.eval_max_new_tokens, 16, shared_vocab_size(tokenizer, start, teacher), 512
     )
     evaluation = HeldOutEvaluation(teacher, tokenizer, held_out, Path(scratch.name) / "answers", settings)
-    baseline = {"teacher": evaluation.metrics(teacher, "teacher")}
-    baseline["start"] = evaluation.metrics(start, "start")
+    baseline = {
+        "teacher": evaluation.metrics(teacher, "teacher") | {"answers": answers(evaluation, "teacher")},
+        "start": evaluation.metrics(start, "start") | {"answers": answers(evaluation, "start")},
+    }
     del start
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     for seed in seeds:
@@ -191,7 +201,11 @@ def main() -> None:
                 model = train_gkd(args, method, seed, student_dir, teacher, tokenizer, output_dir)
             seconds = time.perf_counter() - began
             metrics = evaluation.metrics(model.eval(), f"{method}-{seed}")
-            runs[method].append({"seed": seed, "train_seconds": seconds} | metrics)
+            runs[method].append(
+                {"seed": seed, "train_seconds": seconds}
+                | metrics
+                | {"answers": answers(evaluation, f"{method}-{seed}")}
+            )
             print(
                 f"{method} seed {seed}: {seconds:.0f} s, "
                 + ", ".join(f"{k} {metrics.get(k, float('nan')):.4g}" for k in REPORTED),
