@@ -98,6 +98,7 @@ def print_summary(output_dir: str, results: dict) -> None:
     from rich.table import Table
 
     from selftaught.evaluate.intervals import excludes_zero
+    from selftaught.training.model_card import signed_interval
 
     columns = [k for k in ("teacher", "student_before", "student_after") if k in results]
     if columns:
@@ -116,10 +117,8 @@ def print_summary(output_dir: str, results: dict) -> None:
         for column in ("distance", "change", "95% interval", "verdict"):
             table.add_column(column, justify="left" if column == "distance" else "right")
         for c in changes:
-            low, high = c["ci95"] or (None, None)
-            interval = "n/a" if low is None else f"[{low:+.3g}, {high:+.3g}]"
             moved = "moved" if excludes_zero(c["ci95"]) else "no change"
-            table.add_row(c["metric"], f"{c['difference']:+.3g}", interval, moved)
+            table.add_row(c["metric"], f"{c['difference']:+.3g}", signed_interval(c["ci95"]), moved)
         Console().print(table)
     print(f"model, card, metrics: {output_dir}")
     if results.get("warning"):  # the last thing said: the answers degenerated, or the student drifted away

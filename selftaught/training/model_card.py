@@ -209,6 +209,11 @@ def _evaluation_table(results: list[EvalRow]) -> str:
     return _table(["Task", "Dataset", "Metric", *(_cell(m) for m in models)], rows)
 
 
+def signed_interval(ci95: list[float] | None) -> str:
+    """A difference's interval as cards and the console print it: "[-0.036, -0.0194]", or "n/a"."""
+    return "n/a" if ci95 is None else f"[{ci95[0]:+.3g}, {ci95[1]:+.3g}]"
+
+
 def comparison_table(comparisons: list[dict], model: str, note: str) -> str:
     """`model` against other models: markdown rows of paired differences with their 95% intervals (entries
     as `evaluate.suite` and `evaluate.distance` write them), then how to read them and `note`."""
@@ -220,11 +225,9 @@ def comparison_table(comparisons: list[dict], model: str, note: str) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for c in rows:
-        low, high = c["ci95"] or (None, None)
-        interval = "n/a" if low is None else f"[{low:+.3g}, {high:+.3g}]"
         table.append(
             f"| {c['metric']} | {c['against']} | {c['value']:.4g} | {c['against_value']:.4g} | "
-            f"{c['difference']:+.3g} | {interval} | {c['items']} |"
+            f"{c['difference']:+.3g} | {signed_interval(c['ci95'])} | {c['items']} |"
         )
     reading = (
         "Paired bootstrap over the same held-out items. An interval that contains 0 means this evaluation "
