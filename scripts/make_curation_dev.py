@@ -360,83 +360,111 @@ PARAPHRASED: list[tuple[str, str]] = [
 NON_ANSWERS: list[tuple[str, str]] = [
     (
         "How long should I rest a steak",
-        "Steak is one of the most popular dishes in the world, and people have cooked beef over fire for thousands of years. Cuts such as ribeye, sirloin and fillet each have their fans, and every family seems to have its own traditions around cooking meat.",
+        "Steak is one of the most popular dishes in the world, and people have cooked beef over fire for "
+        "thousands of years. Cuts such as ribeye, sirloin and fillet each have their fans, and every family "
+        "seems to have its own traditions around cooking meat.",
     ),
     (
         "How do vaccines work?",
-        "Vaccines are a big topic in medicine and public health. They have a long history, are discussed often in the news, and many people have strong opinions about them. Scientists continue to study vaccines every year.",
+        "Vaccines are a big topic in medicine and public health. They have a long history, are discussed "
+        "often in the news, and many people have strong opinions about them. Scientists continue to study "
+        "vaccines every year.",
     ),
     (
         "Why does ice float on water?",
-        "Ice and water are two forms of the same substance, and both are very common on Earth. Ice appears in winter, in glaciers and in drinks, while water covers most of the planet's surface.",
+        "Ice and water are two forms of the same substance, and both are very common on Earth. Ice appears "
+        "in winter, in glaciers and in drinks, while water covers most of the planet's surface.",
     ),
     (
         "What is the tallest mountain in the world?",
-        "Mountains are found on every continent, and climbing them has fascinated people for centuries. Some of the world's mountain ranges are very old, others are still rising, and many are popular with hikers and photographers.",
+        "Mountains are found on every continent, and climbing them has fascinated people for centuries. "
+        "Some of the world's mountain ranges are very old, others are still rising, and many are popular "
+        "with hikers and photographers.",
     ),
     (
         "How do I centre a div in CSS?",
-        "CSS is the language that styles web pages, and divs are among the most common HTML elements. Layout in CSS has changed a lot over the years, and web developers often discuss the best practices for it.",
+        "CSS is the language that styles web pages, and divs are among the most common HTML elements. "
+        "Layout in CSS has changed a lot over the years, and web developers often discuss the best "
+        "practices for it.",
     ),
     (
         "What caused the fall of the Berlin Wall?",
-        "The Berlin Wall is one of the best-known structures of the twentieth century. Pieces of it are now displayed in museums around the world, and many tourists visit the remaining sections in Berlin every year.",
+        "The Berlin Wall is one of the best-known structures of the twentieth century. Pieces of it are now "
+        "displayed in museums around the world, and many tourists visit the remaining sections in Berlin "
+        "every year.",
     ),
     (
         "How can I save money on groceries?",
-        "Groceries are a regular part of every household budget. Supermarkets, local markets and online shops all sell food, and prices vary from place to place and from season to season.",
+        "Groceries are a regular part of every household budget. Supermarkets, local markets and online "
+        "shops all sell food, and prices vary from place to place and from season to season.",
     ),
     (
         "What is the greenhouse effect?",
-        "The greenhouse effect is a subject that comes up in science classes, newspapers and political debates. It is connected to many discussions about the planet and its future, and it is often mentioned in documentaries.",
+        "The greenhouse effect is a subject that comes up in science classes, newspapers and political "
+        "debates. It is connected to many discussions about the planet and its future, and it is often "
+        "mentioned in documentaries.",
     ),
     (
         "How do I read a text file line by line in Python?",
-        "Python is a popular programming language, and text files are one of the most common kinds of files. Many Python programs work with files of some kind, and there is a lot written about Python online.",
+        "Python is a popular programming language, and text files are one of the most common kinds of "
+        "files. Many Python programs work with files of some kind, and there is a lot written about Python "
+        "online.",
     ),
     (
         "Why do heavy and light objects fall",
-        "Falling objects have interested thinkers since ancient times. Aristotle, Galileo and Newton all wrote about motion, and the history of physics is full of famous experiments with things that fall.",
+        "Falling objects have interested thinkers since ancient times. Aristotle, Galileo and Newton all "
+        "wrote about motion, and the history of physics is full of famous experiments with things that fall.",
     ),
     (
         "How can I tell if an egg is still fresh?",
-        "Eggs are used in cooking all over the world, in breakfasts, cakes, sauces and many other dishes. Chickens, ducks and quails all lay eggs, and egg sizes and shell colours differ between breeds.",
+        "Eggs are used in cooking all over the world, in breakfasts, cakes, sauces and many other dishes. "
+        "Chickens, ducks and quails all lay eggs, and egg sizes and shell colours differ between breeds.",
     ),
     (
         "What does the `yield` keyword do in Python?",
-        "Python has many keywords, and `yield` is one of them. Keywords are reserved words of the language, and every Python programmer meets them sooner or later while reading or writing code.",
+        "Python has many keywords, and `yield` is one of them. Keywords are reserved words of the language, "
+        "and every Python programmer meets them sooner or later while reading or writing code.",
     ),
     (
         "How do I get a red wine stain out of a carpet?",
-        "Red wine is enjoyed at dinners and parties everywhere, and carpets are found in many homes. Both come in many varieties, and spills are a common part of life in any household.",
+        "Red wine is enjoyed at dinners and parties everywhere, and carpets are found in many homes. Both "
+        "come in many varieties, and spills are a common part of life in any household.",
     ),
     (
         "What was the Silk Road?",
-        "The Silk Road is a famous name from history that still appears in books, films and travel brochures today. Many places along it have become popular destinations for travellers interested in the past.",
+        "The Silk Road is a famous name from history that still appears in books, films and travel "
+        "brochures today. Many places along it have become popular destinations for travellers interested "
+        "in the past.",
     ),
     (
         "How early should I arrive at the airport",
-        "Airports are busy places with shops, restaurants and long corridors. International flights connect cities all over the world, and millions of passengers travel through airports every day.",
+        "Airports are busy places with shops, restaurants and long corridors. International flights connect "
+        "cities all over the world, and millions of passengers travel through airports every day.",
     ),
     (
         "Why is the Magna Carta important?",
-        "The Magna Carta is a document from medieval England that many people have heard of. Copies of it are kept in several places, and it is often mentioned in discussions about history and law.",
+        "The Magna Carta is a document from medieval England that many people have heard of. Copies of it "
+        "are kept in several places, and it is often mentioned in discussions about history and law.",
     ),
     (
         "What is a placebo?",
-        "Placebos come up often in conversations about medicine and research. The word itself is old, and people are frequently curious about it when they read about medical studies.",
+        "Placebos come up often in conversations about medicine and research. The word itself is old, and "
+        "people are frequently curious about it when they read about medical studies.",
     ),
     (
         "How do I write a strong thesis statement?",
-        "Thesis statements are part of academic writing, and students write them in many subjects. Teachers, textbooks and writing centres all talk about thesis statements in their own way.",
+        "Thesis statements are part of academic writing, and students write them in many subjects. "
+        "Teachers, textbooks and writing centres all talk about thesis statements in their own way.",
     ),
     (
         "What is an algorithm?",
-        "Algorithms are mentioned everywhere today, from news articles about social media to computer science classes. The word has become very common, and many people use it in everyday conversation.",
+        "Algorithms are mentioned everywhere today, from news articles about social media to computer "
+        "science classes. The word has become very common, and many people use it in everyday conversation.",
     ),
     (
         "Is it bad to crack your knuckles?",
-        "Knuckle cracking is a habit that many people have, and it is something people notice and talk about. Some do it often, others never, and it can be heard in classrooms and offices alike.",
+        "Knuckle cracking is a habit that many people have, and it is something people notice and talk "
+        "about. Some do it often, others never, and it can be heard in classrooms and offices alike.",
     ),
 ]
 
