@@ -110,6 +110,15 @@ def test_links_inside_prose_are_kept_and_code_is_left_alone():
     assert "# not a heading" in segment
 
 
+def test_a_segment_never_starts_with_whitespace_and_keeps_its_relative_indentation():
+    """A segment is a response: a leading space would merge with the chat template's newline before it."""
+    item = f"  - {prose(52, 200)}\n    continued under its item.\n  - {prose(53, 200)}"
+    (segment,) = split_document(item, min_chars=100)
+    assert segment.startswith("- ") and "\n  continued under its item.\n- " in segment
+    (segment,) = split_document(f"  {prose(54, 150)}\n{prose(55, 150)}", min_chars=100)
+    assert not segment[0].isspace() and "\n" + prose(55, 150)[:20] in segment
+
+
 # --- duplicates and ids ----------------------------------------------------------------------------
 
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import textwrap
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
@@ -416,7 +417,10 @@ def pack(paragraphs: list[str], min_chars: int, max_chars: int, stats: Counter) 
     current: list[str] = []
 
     def flush() -> None:
-        text = "\n\n".join(current)
+        # A segment becomes a response: its indentation is relative to the segment, not the page. A
+        # leading space would also merge with the chat template's "\n" before the answer, so the tokens
+        # the model trains on would differ from those it answers after (TRL warns of exactly this).
+        text = textwrap.dedent("\n\n".join(current)).lstrip()
         if len(text) >= min_chars:
             segments.append(text)
         elif text:
