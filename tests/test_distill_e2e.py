@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from selftaught.cli import main
+from selftaught.distill.card import hyperparameters
 from selftaught.distill.config import DistillConfig
 from selftaught.distill.recipe import load_teacher
 from selftaught.distill.trainer import GKDistillTrainer
@@ -142,6 +143,26 @@ def test_model_card(finished_run):
     assert "2306.13649" in card.text
     for name in HYPERPARAMETERS:
         assert f"| {name} |" in card.text, name
+
+
+def test_saved_weights_are_as_readable_as_the_files_beside_them(finished_run):
+    """safetensors creates its file 0o600; a model for a serving user or a container must not be."""
+    out, _ = finished_run
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == (out / "config.json").stat().st_mode & 0o777
+
+
+def test_card_names_the_dtype_the_teacher_was_loaded_in(tmp_path, tiny_student, tiny_teacher):
+    """An unset teacher_dtype is resolved as its help says; the card records the dtype used, not None."""
+    settings = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    settings |= dict(student=str(tiny_student), teacher=str(tiny_teacher))
+    for flags, expected in (
+        ({}, "float32"),
+        ({"bf16": True}, "bfloat16"),
+        ({"teacher_dtype": "float16"}, "float16"),
+    ):
+        config = DistillConfig(**settings, **flags)
+        assert hyperparameters(config)["teacher_dtype"] == expected
+        assert load_teacher(config, None).dtype == getattr(torch, expected)
 
 
 def test_card_says_what_happened_and_names_no_path(finished_run, tiny_student, tiny_teacher):

@@ -104,7 +104,7 @@ def teacher_label(config: DistillConfig) -> str:
 
 def hyperparameters(config: DistillConfig) -> dict[str, object]:
     """The knobs that shaped the run; num_train_epochs only when max_steps did not override it."""
-    knobs = {k: getattr(config, k) for k in KNOBS}
+    knobs = {k: getattr(config, k) for k in KNOBS} | {"teacher_dtype": config.teacher_dtype_used}
     if config.max_steps > 0:
         del knobs["num_train_epochs"]
     if not config.teacher_context:

@@ -54,7 +54,7 @@ class DistillConfig(TrainingArguments):
     )
     teacher_dtype: str | None = field(
         default=None,
-        metadata={"help": "Dtype of the teacher. Default: bfloat16 when --bf16 is set, else float32."},
+        metadata={"help": "Dtype of the teacher. Default: bfloat16 when --bf16 is set, else student_dtype."},
     )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow model code from the Hub. Off by default: it runs their code."}
@@ -205,6 +205,11 @@ class DistillConfig(TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the trainer needs its own prompt/completion columns."}
     )
+
+    @property
+    def teacher_dtype_used(self) -> str:
+        """The dtype the teacher is loaded in: `teacher_dtype` when given, else as its help says."""
+        return self.teacher_dtype or ("bfloat16" if self.bf16 else self.student_dtype)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -110,7 +110,7 @@ def resume_checkpoint(config: DistillConfig) -> str | bool | None:
 def load_teacher(config: DistillConfig, student) -> object:
     """The frozen teacher: the named model, or for `--teacher self` a copy of the student's starting weights
     (taken before any LoRA adapter is added, so it is exactly the start)."""
-    dtype = config.teacher_dtype or ("bfloat16" if config.bf16 else config.student_dtype)
+    dtype = config.teacher_dtype_used
     if config.teacher == SELF_TEACHER:
         teacher = copy.deepcopy(student)
         return teacher.to(resolved) if isinstance(resolved := resolve_dtype(dtype), torch.dtype) else teacher
