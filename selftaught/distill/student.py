@@ -43,7 +43,7 @@ from selftaught.distill.trainer import GKDistillTrainer
 from selftaught.evaluate.distance import HeldOutEvaluation, HeldOutSettings
 from selftaught.generation.engines import EngineSettings, make_engine
 from selftaught.generation.hf import SamplingParams
-from selftaught.models import load_model, load_tokenizer, shared_vocab_size
+from selftaught.models import load_model, load_tokenizer, restore_weights_mode, shared_vocab_size
 from selftaught.models.embedded import (
     TEACHER_HUB_ID,
     TEACHER_NAME,
@@ -168,6 +168,7 @@ def heal(student_dir: Path, teacher_dir: Path, examples: list[Example], out: Pat
         seconds = time.perf_counter() - started
     tokens = sum(int(log.get("completion_tokens", 0)) for log in trainer.state.log_history)
     trainer.model.save_pretrained(out)
+    restore_weights_mode(out)
     tokenizer.save_pretrained(out)
     return {
         "steps": output.global_step,

@@ -1,6 +1,6 @@
 """Model loading and the checks that keep a student and a teacher compatible."""
 
-from selftaught.models.loading import load_model, load_tokenizer
+from selftaught.models.loading import load_model, load_tokenizer, restore_weights_mode
 from selftaught.models.vocab import TokenizerMismatchError, check_same_vocabulary, shared_vocab_size
 
 __all__ = [
@@ -8,5 +8,6 @@ __all__ = [
     "check_same_vocabulary",
     "load_model",
     "load_tokenizer",
+    "restore_weights_mode",
     "shared_vocab_size",
 ]

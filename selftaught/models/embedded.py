@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from selftaught.models.loading import load_model, load_tokenizer
+from selftaught.models.loading import load_model, load_tokenizer, restore_weights_mode
 
 TEACHER_NAME = "SmolLM2-135M-Instruct"
 TEACHER_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -65,6 +65,7 @@ def _save_atomically(model, tokenizer, folder: Path, card: str) -> None:
     """Write to a temporary sibling, then publish it."""
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
+    restore_weights_mode(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "README.md").write_text(card)
     publish(tmp, folder)

@@ -4,11 +4,13 @@ A GGUF file is dequantised by transformers on load; we then drop its quantizer s
 trains and saves like any full-precision model (safetensors, no `quantization_config`). A PEFT adapter
 folder loads as its base model with the adapter applied (transformers does this); its tokenizer is the
 base model's unless the folder holds its own. Callers check model arguments first (`models/check.py`);
-a Hub id that still fails to load raises a `ModelArgumentError` with the Hub's own message.
+a Hub id that still fails to load raises a `ModelArgumentError` with the Hub's own message. What selftaught
+saves, it leaves readable like any other file (`restore_weights_mode`).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -26,6 +28,19 @@ def resolve_dtype(name: str | None) -> torch.dtype | str:
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}: use one of {sorted(DTYPES)} or 'auto'")
     return DTYPES[name]
+
+
+def restore_weights_mode(folder: str | Path) -> None:
+    """Give the folder's *.safetensors the mode every other new file gets: 0o666 less the umask.
+
+    safetensors 0.8 writes through a temporary file created 0o600 and renames it into place (its issue
+    #782), so a saved model would be readable by its writer alone (not by a serving user, a container or
+    a colleague) while the config and tokenizer beside it are.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in Path(folder).glob("*.safetensors"):
+        path.chmod(0o666 & ~umask)
 
 
 def _source(name_or_path: str) -> tuple[str, dict]:

@@ -38,7 +38,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from trl import SFTConfig, SFTTrainer
 
 from selftaught.data.loading import DataError
-from selftaught.models import load_model, load_tokenizer
+from selftaught.models import load_model, load_tokenizer, restore_weights_mode
 from selftaught.training.callbacks import (
     MetricsFileCallback,
     quiet_tied_weights_on_resume,
@@ -269,6 +269,7 @@ def save_final_model(trainer: Trainer, out: Path, merge_lora: bool) -> None:
     if trainer.is_fsdp_enabled:
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(out))
+    restore_weights_mode(out)
 
 
 def train_sft(
