@@ -71,14 +71,15 @@ def load_dev_rows(path: Path, limit: int | None) -> list[dict]:
     return rows
 
 
-def demo_rule() -> tuple[str, SelectionRule]:
-    """(the demo's curation mode, its selection rule), as `backtranslate run` reads default.yaml."""
+def demo_rule() -> tuple[str, SelectionRule, int]:
+    """(the demo's curation mode, its selection rule, the response tokens it scores), as `backtranslate
+    run` reads default.yaml."""
     from selftaught.backtranslate.config import BacktranslateConfig
 
     values = yaml.safe_load(DEMO.read_text())
-    keys = ("curation_mode", "select_by", "min_score", "select_top")
+    keys = ("curation_mode", "select_by", "min_score", "select_top", "max_scored_tokens")
     config = BacktranslateConfig(**{k: values[k] for k in keys if k in values})
-    return config.curation_modes[0], config.selection_rule()
+    return config.curation_modes[0], config.selection_rule(), config.max_scored_tokens
 
 
 # --- the ways to score -------------------------------------------------------------------------------
@@ -129,7 +130,7 @@ def summarise(
     name = mode.partition("@")[0]
     ranked = "rubric" if name == "free+regex" else name  # the parsed digit sits in the rubric's fields
     labels, kinds = [r["label"] for r in rows], [r["kind"] for r in rows]
-    demo_mode, rule = demo
+    demo_mode, rule, _ = demo
     rules = [rule] if name == demo_mode and (ranked_by or RANKED_BY[name]) == rule.score else []
     metrics = curation_metrics(scored, labels, ranked, rules, kinds, ranked_by)
     if name in ("rubric", "generate", "free+regex"):
@@ -261,7 +262,9 @@ def main() -> None:
             summaries[guarded] = summarise(mode, results[mode], seconds, rows, demo, "pmi_no_echo")
             print(f"  {guarded}: AUC {interval(summaries[guarded])}", flush=True)
 
-    pmi = next((m for m in reversed(summaries) if m.startswith("pmi_no_echo@")), None)
+    # the target is the demo's score at the demo's K; else the last guarded PMI that ran
+    guarded = [m for m in summaries if m.startswith("pmi_no_echo@")]
+    pmi = f"pmi_no_echo@{demo[2]}" if f"pmi_no_echo@{demo[2]}" in guarded else (guarded or [None])[-1]
     ratios, targets = {}, {}
     if pmi and "free+regex" in summaries:
         ratio = summaries[pmi]["pairs_per_second"] / summaries["free+regex"]["pairs_per_second"]
@@ -275,7 +278,11 @@ def main() -> None:
             )
     if pmi:
         targets[f"{pmi}: AUC >= {TARGET_AUC}"] = (summaries[pmi]["auc"] or 0) >= TARGET_AUC
-    comparison = {"ratios": ratios, "targets": targets, "demo": {"mode": demo[0], "rule": demo[1].describe()}}
+    comparison = {
+        "ratios": ratios,
+        "targets": targets,
+        "demo": {"mode": demo[0], "rule": demo[1].describe(), "max_scored_tokens": demo[2]},
+    }
     print_report(summaries, comparison, args, len(rows))
 
     per_row = [
@@ -299,6 +306,7 @@ def main() -> None:
             "python": sys.version.split()[0], "torch": torch.__version__,
             "transformers": transformers.__version__, "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
+            "accelerator": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         },
         "results": summaries,
         "comparison": comparison,
