@@ -9,7 +9,8 @@ import torch
 from conftest import build_tiny_model
 from transformers import AutoModelForCausalLM
 
-from selftaught.models import load_model, load_tokenizer
+from selftaught.generation.engines import EngineSettings, make_engine
+from selftaught.models import load_for_inference, load_model, load_tokenizer
 from selftaught.models.embedded import cache_dir, keep_decoder_layers, packaged_gguf
 from selftaught.models.loading import _source
 
@@ -59,3 +60,15 @@ def test_cut_student_keeps_the_chosen_layers_and_generates_with_its_cache(tmp_pa
     cached = model.generate(ids, max_new_tokens=5, do_sample=False, use_cache=True)
     uncached = model.generate(ids, max_new_tokens=5, do_sample=False, use_cache=False)
     assert torch.equal(cached, uncached)
+
+
+def test_inference_loads_run_on_the_accelerator_in_its_usual_dtype(monkeypatch, tiny_teacher):
+    """An engine's model on a GPU machine must run on the GPU (hf engines stayed on the CPU there); the
+    `meta` device stands in for the accelerator this machine does not have."""
+    model = load_for_inference(str(tiny_teacher))
+    assert (model.device.type, model.dtype, model.training) == ("cpu", torch.float32, False)
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda: torch.device("meta"))
+    engine = make_engine(EngineSettings(), str(tiny_teacher))
+    assert (engine.model.device.type, engine.model.dtype) == ("meta", torch.bfloat16)
+    assert load_for_inference(str(tiny_teacher), "float32").dtype == torch.float32  # asked for, kept

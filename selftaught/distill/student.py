@@ -43,7 +43,13 @@ from selftaught.distill.trainer import GKDistillTrainer
 from selftaught.evaluate.distance import HeldOutEvaluation, HeldOutSettings
 from selftaught.generation.engines import EngineSettings, make_engine
 from selftaught.generation.hf import SamplingParams
-from selftaught.models import load_model, load_tokenizer, restore_weights_mode, shared_vocab_size
+from selftaught.models import (
+    load_for_inference,
+    load_model,
+    load_tokenizer,
+    restore_weights_mode,
+    shared_vocab_size,
+)
 from selftaught.models.embedded import (
     TEACHER_HUB_ID,
     TEACHER_NAME,
@@ -108,7 +114,10 @@ def healing_prompts() -> list[tuple[str, list[dict[str, str]]]]:
 
 def write_teacher_answers(engine: str = "hf", path: Path = TEACHER_ANSWERS) -> None:
     """Regenerate `TEACHER_ANSWERS`: the teacher's greedy answer to every healing prompt, as chat rows."""
-    generator = make_engine(EngineSettings(engine=engine), str(embedded_teacher()), 16, name=TEACHER_NAME)
+    # float32 on any device: the shipped file is rewritten byte for byte
+    generator = make_engine(
+        EngineSettings(engine=engine), str(embedded_teacher()), 16, dtype="float32", name=TEACHER_NAME
+    )
     tokenizer, prompts = generator.tokenizer, healing_prompts()
     params = SamplingParams(max_new_tokens=TEACHER_ANSWER_TOKENS, temperature=0.0)
     answers = generator.generate([tokenize_prompt(tokenizer, p) for _, p in prompts], params, "teacher")
@@ -184,11 +193,11 @@ def held_out_numbers(
     """Each model's held-out metrics against the teacher on the first math test prompts (never trained on);
     every answer is saved in `answers` (`<model>.parquet`) for a person to read."""
     tokenizer = load_tokenizer(str(teacher_dir))
-    teacher = load_model(str(teacher_dir)).eval()
+    teacher = load_for_inference(str(teacher_dir), "float32")  # the card's numbers: float32 everywhere
     examples = to_examples(load_rows(str(MATH_PROMPTS), "test"), str(MATH_PROMPTS))[: healing.eval_prompts]
     numbers = {}
     for name, folder in models.items():
-        model = load_model(str(folder)).eval()
+        model = load_for_inference(str(folder), "float32")
         settings = HeldOutSettings(
             healing.eval_max_new_tokens, 16, shared_vocab_size(tokenizer, model, teacher), 512
         )

@@ -34,7 +34,7 @@ from selftaught.evaluate.intervals import paired_comparison, ratio
 from selftaught.evaluate.math import answers_match, boxes_an_answer, last_boxed, math_accuracy, score_math
 from selftaught.evaluate.results import write_result
 from selftaught.generation.hf import SamplingParams, eos_ids_of, generate_all, left_pad, right_pad
-from selftaught.models import check_same_vocabulary, load_model, load_tokenizer, shared_vocab_size
+from selftaught.models import check_same_vocabulary, load_for_inference, load_tokenizer, shared_vocab_size
 from selftaught.models.naming import model_label
 from selftaught.scoring.logits import completion_logits, join_prompt_completion
 from selftaught.training.losses import generalized_jsd
@@ -267,7 +267,7 @@ def run_distance(config: DistanceEvalConfig) -> dict:
     examples = to_examples(load_eval_rows(data, config), data)
     tokenizer = load_tokenizer(names["student"], config.trust_remote_code)
     check_same_vocabulary(tokenizer, load_tokenizer(names["teacher"], config.trust_remote_code))
-    student, teacher = (load_model(names[r], config.dtype, config.trust_remote_code).eval() for r in names)
+    student, teacher = (load_for_inference(names[r], config.dtype, config.trust_remote_code) for r in names)
     folder = Path(config.output_dir) / TASK
     shutil.rmtree(folder, ignore_errors=True)  # answers saved by an earlier run are not these models'
     settings = HeldOutSettings(

@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 
 from selftaught.generation.hf import SamplingParams, generate_all
 from selftaught.generation.next_token import completion_logprobs, next_token_probs
-from selftaught.models.loading import load_model, load_tokenizer
+from selftaught.models.loading import load_for_inference, load_tokenizer
 
 ENGINES = ("hf", "vllm", "openai")
 # A candidate the server left out of its top log-probs was less likely than every token it listed; we
@@ -175,12 +175,13 @@ def make_engine(
     model_path: str,
     batch_size: int = 8,
     trust_remote_code: bool = False,
-    dtype: str | None = "float32",
+    dtype: str | None = None,
     name: str | None = None,
 ) -> GenerationEngine:
     """The engine `settings.engine` names for the model at `model_path` (which gives the tokenizer);
-    `dtype` is the weights dtype of hf (vLLM's is `settings.vllm_dtype`, a server's its own); `name` is
-    how outputs name a local model (default: `model_path`)."""
+    `dtype` is the weights dtype of hf (default: bfloat16 on an accelerator, float32 on a CPU; vLLM's is
+    `settings.vllm_dtype`, a server's its own); `name` is how outputs name a local model (default:
+    `model_path`)."""
     tokenizer = load_tokenizer(model_path, trust_remote_code)
     if settings.engine == "openai":
         from selftaught.generation.openai_engine import OpenAIEngine
@@ -190,5 +191,5 @@ def make_engine(
         from selftaught.generation.vllm_engine import VLLMEngine
 
         return VLLMEngine(settings, model_path, tokenizer, trust_remote_code, name)
-    model = load_model(model_path, dtype, trust_remote_code)
+    model = load_for_inference(model_path, dtype, trust_remote_code)
     return HFEngine(model, tokenizer, batch_size, name or model_path)

@@ -30,6 +30,25 @@ def resolve_dtype(name: str | None) -> torch.dtype | str:
     return DTYPES[name]
 
 
+def inference_device() -> torch.device:
+    """Where a model that generates or scores runs: this process's accelerator (the GPU a launcher,
+    CUDA_VISIBLE_DEVICES or a Ray actor gave it) when it has one, else the CPU. A Trainer places the
+    models it trains itself; nothing else does, so every inference load goes through here."""
+    return (
+        torch.accelerator.current_accelerator() if torch.accelerator.is_available() else torch.device("cpu")
+    )
+
+
+def load_for_inference(
+    name_or_path: str, dtype: str | None = None, trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """A model in eval mode on `inference_device()`; `dtype` None is the device's usual one: bfloat16 on an
+    accelerator, float32 on a CPU (whose bf16 kernels need AVX512-BF16 or AMX, as vLLM's CPU backend's)."""
+    device = inference_device()
+    dtype = dtype or ("float32" if device.type == "cpu" else "bfloat16")
+    return load_model(name_or_path, dtype, trust_remote_code).to(device).eval()
+
+
 def restore_weights_mode(folder: str | Path) -> None:
     """Give the folder's *.safetensors the mode every other new file gets: 0o666 less the umask.
 
