@@ -1,7 +1,6 @@
 """Model loading and the checks that keep a student and a teacher compatible."""
 
 from selftaught.models.loading import (
-    inference_device,
     load_for_inference,
     load_model,
     load_tokenizer,
@@ -12,7 +11,6 @@ from selftaught.models.vocab import TokenizerMismatchError, check_same_vocabular
 __all__ = [
     "TokenizerMismatchError",
     "check_same_vocabulary",
-    "inference_device",
     "load_for_inference",
     "load_model",
     "load_tokenizer",
