@@ -9,6 +9,9 @@ import torch
 from conftest import build_tiny_model
 from transformers import AutoModelForCausalLM
 
+from selftaught.evaluate.common import eval_engine
+from selftaught.evaluate.config import MathEvalConfig
+from selftaught.evaluate.results import recorded_settings
 from selftaught.generation.engines import EngineSettings, make_engine
 from selftaught.models import load_for_inference, load_model, load_tokenizer
 from selftaught.models.embedded import cache_dir, keep_decoder_layers, packaged_gguf
@@ -72,3 +75,17 @@ def test_inference_loads_run_on_the_accelerator_in_its_usual_dtype(monkeypatch, 
     engine = make_engine(EngineSettings(), str(tiny_teacher))
     assert (engine.model.device.type, engine.model.dtype) == ("meta", torch.bfloat16)
     assert load_for_inference(str(tiny_teacher), "float32").dtype == torch.float32  # asked for, kept
+
+
+def test_evaluations_take_the_accelerators_dtype_unless_asked_and_record_it(monkeypatch, tiny_teacher):
+    """`eval` (and the backtranslate evaluation, which builds the same configs) evaluated a GPU's 7B
+    model in float32 (28 GB) when no --dtype was given; it now takes bfloat16 there, float32 on a CPU,
+    and the result JSON records the dtype used, not `null`."""
+    assert recorded_settings(MathEvalConfig())["dtype"] == "float32"
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda: torch.device("meta"))
+    assert eval_engine(str(tiny_teacher), MathEvalConfig()).model.dtype == torch.bfloat16
+    assert recorded_settings(MathEvalConfig())["dtype"] == "bfloat16"
+    asked = MathEvalConfig(dtype="float32")
+    assert eval_engine(str(tiny_teacher), asked).model.dtype == torch.float32
+    assert recorded_settings(asked)["dtype"] == "float32"

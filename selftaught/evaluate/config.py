@@ -26,8 +26,12 @@ class EvalConfig:
     )
     limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N rows."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per generation / forward batch."})
-    dtype: str = field(
-        default="float32", metadata={"help": "Weights dtype: float32, bfloat16, float16, auto."}
+    dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "Weights dtype (hf): float32, bfloat16, float16, auto. Default: bfloat16 on an "
+            "accelerator (a 7B model's float32 copy alone takes 28 GB), float32 on a CPU."
+        },
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub."})
 

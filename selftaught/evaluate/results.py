@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from selftaught.data.shards import write_json
+from selftaught.models.loading import inference_dtype
 from selftaught.models.naming import is_local, model_label
 from selftaught.training.model_card import EvalRow
 
@@ -18,7 +19,10 @@ from selftaught.training.model_card import EvalRow
 def recorded_settings(config) -> dict:
     """The config as a result records it: a local path (model, data, output folder) by its name as
     `model_label` gives it, never a path of this machine; an API key never."""
-    return {key: _recorded(value) for key, value in asdict(config).items() if key != "api_key"}
+    settings = {key: _recorded(value) for key, value in asdict(config).items() if key != "api_key"}
+    if "dtype" in settings and settings["dtype"] is None:  # left to the device: record what it chose
+        settings["dtype"] = inference_dtype()
+    return settings
 
 
 def _recorded(value: object) -> object:

@@ -44,9 +44,13 @@ def load_for_inference(
 ) -> PreTrainedModel:
     """A model in eval mode on `inference_device()`; `dtype` None is the device's usual one: bfloat16 on an
     accelerator, float32 on a CPU (whose bf16 kernels need AVX512-BF16 or AMX, as vLLM's CPU backend's)."""
-    device = inference_device()
-    dtype = dtype or ("float32" if device.type == "cpu" else "bfloat16")
-    return load_model(name_or_path, dtype, trust_remote_code).to(device).eval()
+    model = load_model(name_or_path, dtype or inference_dtype(), trust_remote_code)
+    return model.to(inference_device()).eval()
+
+
+def inference_dtype() -> str:
+    """The dtype an inference load takes when none is asked for: bfloat16 on an accelerator, else float32."""
+    return "float32" if inference_device().type == "cpu" else "bfloat16"
 
 
 def restore_weights_mode(folder: str | Path) -> None:
