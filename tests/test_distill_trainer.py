@@ -31,7 +31,7 @@ from selftaught.distill.config import DistillConfig
 from selftaught.distill.context import with_context
 from selftaught.distill.recipe import check_completions
 from selftaught.distill.trainer import GKDistillTrainer
-from selftaught.generation.hf import eos_ids_of, generate_completions, mask_through_first_eos
+from selftaught.generation.hf import eos_ids_of, generate_completions, left_pad, mask_through_first_eos
 from selftaught.models import (
     TokenizerMismatchError,
     check_same_vocabulary,
@@ -695,10 +695,10 @@ def test_student_engine_gets_the_weights_once_per_step_and_samples_a_step_in_one
     assert events == [("sync", 2), ("generate", 2, 4), ("generate", 2, 4)]
 
 
-def test_engine_samples_each_micro_batch_as_generate_does(tmp_path, tiny_student, tiny_teacher, tokenizer):
-    """Through the engine, a step's samples are what `model.generate` draws for each micro-batch from the
-    same random state: the engine changes where sampling runs, not what is sampled (nor, so, the loss
-    the benchmark compares with TRL's)."""
+def test_engine_samples_a_whole_step_in_one_generate_call(tmp_path, tiny_student, tiny_teacher, tokenizer):
+    """Through the engine, a step's samples are what one `model.generate` call draws for all its
+    micro-batches' prompts, from the same random state: the engine changes where sampling runs, not what
+    is sampled, and a step decodes once (the weights are read once per token, not once per micro-batch)."""
     trainer = make_trainer(
         tmp_path,
         tiny_student,
@@ -713,14 +713,16 @@ def test_engine_samples_each_micro_batch_as_generate_does(tmp_path, tiny_student
     batches, _ = trainer.get_batch_samples(iter(raw), 2, trainer.args.device)
     torch.manual_seed(7)
     pad = tokenizer.pad_token_id
-    for completed, batch in zip(batches, raw, strict=True):
-        expected, mask = generate_completions(
-            trainer.model, batch["prompt_ids"], batch["prompt_mask"], trainer.sampling,
-            eos_ids_of(trainer.model, tokenizer), pad, trainer.vocab_size,
-        )  # fmt: skip
-        assert [c for _, c in rows_of(completed)] == [
-            ids[m.bool()].tolist() for ids, m in zip(expected, mask, strict=True)
-        ]
+    prompts = [
+        ids[m.bool()].tolist() for b in raw for ids, m in zip(b["prompt_ids"], b["prompt_mask"], strict=True)
+    ]
+    expected, mask = generate_completions(
+        trainer.model, *left_pad(prompts, pad), trainer.sampling,
+        eos_ids_of(trainer.model, tokenizer), pad, trainer.vocab_size,
+    )  # fmt: skip
+    sampled = [c for completed in batches for _, c in rows_of(completed)]
+    assert len(sampled) == 4
+    assert sampled == [ids[m.bool()].tolist() for ids, m in zip(expected, mask, strict=True)]
 
 
 # --------------------------------------------------------------------------------------------------------

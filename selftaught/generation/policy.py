@@ -57,7 +57,7 @@ class HFPolicyEngine:
     def generate(
         self, prompts: list[list[int]], params: SamplingParams, desc: str | None = None
     ) -> list[list[int]]:
-        with self.unwrapped() as model:  # in the given order: the trainer's micro-batches, one call each
+        with self.unwrapped() as model:  # in the given order: a whole optimizer step, in one batch
             return generate_all(
                 model, self.tokenizer, prompts, params, self.batch_size, desc, by_length=False
             )
