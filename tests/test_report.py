@@ -19,6 +19,7 @@ from selftaught.distill.card import distillation_card
 from selftaught.distill.config import DistillConfig
 from selftaught.report import detect_kind, write_report
 from selftaught.report.distill import by_policy
+from selftaught.report.sections import direction_hints
 from selftaught.training.model_card import write_model_card
 from selftaught.training.sft import SFTSettings
 
@@ -283,3 +284,20 @@ def test_cli_writes_the_report_and_names_a_folder_that_is_not_a_run(tmp_path, ca
     with pytest.raises(SystemExit) as stopped:
         main(["report", str(tmp_path / "missing")])
     assert stopped.value.code == 2 and "no such run folder" in capsys.readouterr().err
+
+
+def test_every_panel_with_a_better_way_says_which():
+    """The degeneration and likelihood panels said nothing while the distance panels beside them said
+    'lower is better': a reader had to guess which way degenerate_share or heldout_nll should move."""
+    hints = direction_hints(
+        ["degenerate_share", "answers.distinct_2", "heldout_nll.per_token", "math_unverifiable", "forward_kl"]
+        + ["boxed_share", "mean_tokens", "eos_share"]
+    )
+    assert hints == {
+        "degenerate_share": "lower is better",
+        "answers.distinct_2": "higher is better",
+        "heldout_nll.per_token": "lower is better",
+        "math_unverifiable": "lower is better",
+        "forward_kl": "lower is better",
+        "boxed_share": "higher is better",
+    }  # mean length and EOS share have no better way: they are read against the teacher's

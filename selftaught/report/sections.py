@@ -27,6 +27,11 @@ DIRECTIONS = {
     "auc": "higher is better",
     "precision": "higher is better",
     "recall": "higher is better",
+    "nll": "lower is better",
+    "degenerate": "lower is better",
+    "distinct": "higher is better",
+    "unverifiable": "lower is better",
+    "boxed": "higher is better",  # the prompts ask for a boxed final answer
 }
 
 
