@@ -172,6 +172,8 @@ def test_card_says_what_happened_and_names_no_path(finished_run, tiny_student, t
     assert "on 4 of the 12 training prompts of `data`" in text
     assert "| num_train_epochs |" not in text and "| max_steps | 2 |" in text
     assert f"| student | {tiny_student.name} |" in text and f"| teacher | {tiny_teacher.name} |" in text
+    # the summary names each model on a line of its own (a label with commas never runs into the next)
+    assert f"- Student (the starting weights): {tiny_student.name}\n- Teacher: {tiny_teacher.name}\n" in text
     assert str(out.parent) not in text and str(tiny_student.parent) not in text
     for name in ("degenerate_share", "distinct_2", "mean_tokens", "eos_share"):
         assert f"| {name} |" in text, name

@@ -126,11 +126,7 @@ def distillation_card(
     student_name = Path(config.student).name
     data = data_name(config.data)
     self_taught = config.teacher == SELF_TEACHER
-    how = (
-        "self-distilled on-policy with privileged context"
-        if self_taught
-        else f"distilled on-policy from the teacher {teacher_label(config)}"
-    )
+    how = "Self-distilled on-policy with privileged context" if self_taught else "Distilled on-policy"
     warning = results.get("warning")
     return CardContent(
         model_name=f"{student_name}-opsd"
@@ -139,8 +135,10 @@ def distillation_card(
         base_model=model_label(declared_base_model(config.student)),  # a Hub id, else a name, never a path
         summary=(
             (f"**{warning}**\n\n" if warning else "")
-            + f"{model_label(config.student)} {how} with selftaught's `selftaught distill`, "
-            f"{trained_on(prompts, data)}. " + student_origin(config.student)
+            # the labels hold commas of their own ("X, dequantised from ..."): one line each, not one sentence
+            + f"{how} with `selftaught distill`, {trained_on(prompts, data)}.\n\n"
+            f"- Student (the starting weights): {model_label(config.student)}\n"
+            f"- Teacher: {teacher_label(config)}\n\n" + student_origin(config.student)
         ),
         method=METHOD + (SELF_METHOD if self_taught else ""),
         citations=[GKD_CITATION] + ([OPSD_CITATION] if self_taught else []),
