@@ -143,7 +143,7 @@ def generate_all(
     """Completion ids (through EOS, or cut before a stop string) for every prompt, in the given order.
 
     `by_length` sorts the prompts into batches by length (least padding); False batches them in the given
-    order (a trainer's micro-batches, sampled as any other trainer samples them). `desc=None` shows no
+    order (a trainer's optimizer step: its micro-batches' prompts, in order). `desc=None` shows no
     progress bar. Padded embedding rows (`padded_rows`) are never sampled.
     """
     if params.seed is not None:
