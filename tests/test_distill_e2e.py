@@ -171,6 +171,7 @@ def test_card_says_what_happened_and_names_no_path(finished_run, tiny_student, t
     # 2 steps of 2 prompts reached 4 of the 12 training prompts, and max_steps overrode the epochs
     assert "on 4 of the 12 training prompts of `data`" in text
     assert "| num_train_epochs |" not in text and "| max_steps | 2 |" in text
+    assert "| use_peft | False |" in text and "| lora_r |" not in text  # no LoRA knobs for a full run
     assert f"| student | {tiny_student.name} |" in text and f"| teacher | {tiny_teacher.name} |" in text
     # the summary names each model on a line of its own (a label with commas never runs into the next)
     assert f"- Student (the starting weights): {tiny_student.name}\n- Teacher: {tiny_teacher.name}\n" in text
@@ -299,6 +300,7 @@ def test_lora_run_saves_a_plain_merged_model(tmp_path, tiny_student, tiny_teache
     model = AutoModelForCausalLM.from_pretrained(out)
     assert weights_hash(model) != weights_hash(AutoModelForCausalLM.from_pretrained(tiny_student))
     assert [r["step"] for r in training_logs(out)] == [1]
+    assert "| lora_r | 4 |" in (out / "README.md").read_text()  # the card says which adapters were trained
 
 
 # --- two processes ----------------------------------------------------------------------------------

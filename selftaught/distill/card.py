@@ -103,12 +103,15 @@ def teacher_label(config: DistillConfig) -> str:
 
 
 def hyperparameters(config: DistillConfig) -> dict[str, object]:
-    """The knobs that shaped the run; num_train_epochs only when max_steps did not override it."""
+    """The knobs that shaped the run: num_train_epochs only when max_steps did not override it, the LoRA
+    knobs only when LoRA was trained."""
     knobs = {k: getattr(config, k) for k in KNOBS} | {"teacher_dtype": config.teacher_dtype_used}
     if config.max_steps > 0:
         del knobs["num_train_epochs"]
     if not config.teacher_context:
         del knobs["teacher_context"]
+    if not config.use_peft:
+        knobs = {k: v for k, v in knobs.items() if not k.startswith("lora_")}
     return knobs | {"student": model_label(config.student), "teacher": teacher_label(config)}
 
 
