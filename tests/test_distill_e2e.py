@@ -253,6 +253,33 @@ def test_resume_after_a_crash_neither_loses_nor_repeats_steps(
     assert "student_after" in json.loads((out / "eval_results.json").read_text())
 
 
+def test_a_fresh_run_replaces_a_finished_run_and_refuses_an_unfinished_one(
+    tmp_path, tiny_student, tiny_teacher, math_data, capsys
+):
+    """Starting over in a folder with another run's checkpoints: a finished run's checkpoints went stale
+    beside the new run's, and a later `--resume_from_checkpoint last` took the newest, the old run's;
+    an unfinished run's steps were silently thrown away."""
+    out = tmp_path / "out"
+    argv = distill_argv(tiny_student, tiny_teacher, math_data, out, "--eval_size", "0")
+    distill(*argv)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+
+    distill(*argv, "--max_steps", "1")  # a finished run is replaced, its checkpoints first
+    assert "holds a finished run: replacing it" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert [r["step"] for r in training_logs(out)] == [1]
+
+    (out / "eval_results.json").unlink()  # as a run killed before its end leaves it
+    with pytest.raises(SystemExit) as exit_info:
+        distill(*argv)
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "checkpoint-1 of an unfinished run" in message and "--resume_from_checkpoint last" in message
+    assert (out / "checkpoint-1").is_dir()  # nothing lost
+    distill(*argv, "--resume_from_checkpoint", "last")  # the advised flag continues it
+    assert [r["step"] for r in training_logs(out)] == [1, 2]
+
+
 @pytest.mark.parametrize("existing", [False, True], ids=["no-output-dir", "empty-output-dir"])
 def test_resume_last_without_checkpoints_starts_fresh(
     tmp_path, tiny_student, tiny_teacher, math_data, existing

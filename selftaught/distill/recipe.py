@@ -25,6 +25,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from selftaught.data.formats import Example, rename_columns, to_examples, tokenize_examples
 from selftaught.data.loading import DataError, available_splits, load_rows
+from selftaught.data.shards import StageMismatchError
 from selftaught.distill.card import distillation_card
 from selftaught.distill.config import SELF_TEACHER, DistillConfig
 from selftaught.distill.context import add_teacher_context
@@ -107,6 +108,25 @@ def resume_checkpoint(config: DistillConfig) -> str | bool | None:
     return value
 
 
+def replace_earlier_run(config: DistillConfig, out: Path) -> None:
+    """A fresh run (no `--resume_from_checkpoint`) into a folder that holds another run's checkpoints.
+
+    A finished run (it wrote eval_results.json) is replaced, and its checkpoints go first: left beside this
+    run's, a later `--resume_from_checkpoint last` would pick the newest of them, the old run's. An
+    unfinished one is refused, as starting over would throw its steps away."""
+    if resume_checkpoint(config) or not out.is_dir() or not (earlier := get_last_checkpoint(str(out))):
+        return
+    if not (out / "eval_results.json").is_file():
+        raise StageMismatchError(
+            f"{out.name} holds {Path(earlier).name} of an unfinished run. To continue it, add "
+            "--resume_from_checkpoint last; to start over, delete the folder or give another --output_dir."
+        )
+    print(f"[distill] {out.name} holds a finished run: replacing it (its checkpoints are deleted first)")
+    for checkpoint in out.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    (out / "eval_results.json").unlink()  # present again only when this run finishes
+
+
 def load_teacher(config: DistillConfig, student) -> object:
     """The frozen teacher: the named model, or for `--teacher self` a copy of the student's starting weights
     (taken before any LoRA adapter is added, so it is exactly the start)."""
@@ -130,6 +150,8 @@ def run_distillation(config: DistillConfig) -> dict:
     config = resolve_defaults(config)
     out = Path(config.output_dir)
     train_examples, eval_examples = load_examples(config)  # data first: it fails fast and cheap
+    with config.main_process_first(local=False):  # the others then find nothing left to replace
+        replace_earlier_run(config, out)
     check_completions(train_examples, config)
     tokenizer = load_tokenizer(config.student, config.trust_remote_code)
     if config.teacher != SELF_TEACHER:
