@@ -108,13 +108,13 @@ def resume_checkpoint(config: DistillConfig) -> str | bool | None:
     return value
 
 
-def replace_earlier_run(config: DistillConfig, out: Path) -> None:
+def replace_earlier_run(out: Path) -> None:
     """A fresh run (no `--resume_from_checkpoint`) into a folder that holds another run's checkpoints.
 
     A finished run (it wrote eval_results.json) is replaced, and its checkpoints go first: left beside this
     run's, a later `--resume_from_checkpoint last` would pick the newest of them, the old run's. An
     unfinished one is refused, as starting over would throw its steps away."""
-    if resume_checkpoint(config) or not out.is_dir() or not (earlier := get_last_checkpoint(str(out))):
+    if not out.is_dir() or not (earlier := get_last_checkpoint(str(out))):
         return
     if not (out / "eval_results.json").is_file():
         raise StageMismatchError(
@@ -150,8 +150,10 @@ def run_distillation(config: DistillConfig) -> dict:
     config = resolve_defaults(config)
     out = Path(config.output_dir)
     train_examples, eval_examples = load_examples(config)  # data first: it fails fast and cheap
-    with config.main_process_first(local=False):  # the others then find nothing left to replace
-        replace_earlier_run(config, out)
+    resume = resume_checkpoint(config)
+    if not resume:
+        with config.main_process_first(local=False):  # the others then find nothing left to replace
+            replace_earlier_run(out)
     check_completions(train_examples, config)
     tokenizer = load_tokenizer(config.student, config.trust_remote_code)
     if config.teacher != SELF_TEACHER:
@@ -192,7 +194,6 @@ def run_distillation(config: DistillConfig) -> dict:
 
     results: dict = {}
     evaluation = None
-    resume = resume_checkpoint(config)
     if main and not resume:  # a fresh run must not reuse answers saved by an earlier one
         shutil.rmtree(out / "evaluation", ignore_errors=True)
     if eval_examples and main:
