@@ -165,6 +165,14 @@ def test_card_names_the_dtype_the_teacher_was_loaded_in(tmp_path, tiny_student, 
         assert load_teacher(config, None).dtype == getattr(torch, expected)
 
 
+def test_card_gives_warmup_as_steps_or_a_ratio(tmp_path, tiny_student, tiny_teacher):
+    """transformers types warmup_steps float: `--warmup_steps 1` (one step) must not read 1.0 on the card."""
+    settings = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    settings |= dict(student=str(tiny_student), teacher=str(tiny_teacher))
+    assert str(hyperparameters(DistillConfig(**settings, warmup_steps=1.0))["warmup_steps"]) == "1"
+    assert hyperparameters(DistillConfig(**settings, warmup_steps=0.1))["warmup_steps"] == 0.1  # a ratio
+
+
 def test_card_says_what_happened_and_names_no_path(finished_run, tiny_student, tiny_teacher):
     out, _ = finished_run
     text = (out / "README.md").read_text()

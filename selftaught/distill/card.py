@@ -104,7 +104,7 @@ def teacher_label(config: DistillConfig) -> str:
 
 def hyperparameters(config: DistillConfig) -> dict[str, object]:
     """The knobs that shaped the run: num_train_epochs only when max_steps did not override it, the LoRA
-    knobs only when LoRA was trained."""
+    knobs only when LoRA was trained, warmup in steps when it is a count of steps."""
     knobs = {k: getattr(config, k) for k in KNOBS} | {"teacher_dtype": config.teacher_dtype_used}
     if config.max_steps > 0:
         del knobs["num_train_epochs"]
@@ -112,6 +112,9 @@ def hyperparameters(config: DistillConfig) -> dict[str, object]:
         del knobs["teacher_context"]
     if not config.use_peft:
         knobs = {k: v for k, v in knobs.items() if not k.startswith("lora_")}
+    if float(config.warmup_steps).is_integer():
+        # transformers types it float (below 1, a ratio of the steps): `--warmup_steps 1` is 1 step, not 1.0.
+        knobs["warmup_steps"] = int(config.warmup_steps)
     return knobs | {"student": model_label(config.student), "teacher": teacher_label(config)}
 
 
