@@ -725,6 +725,36 @@ def test_engine_samples_a_whole_step_in_one_generate_call(tmp_path, tiny_student
     assert sampled == [ids[m.bool()].tolist() for ids, m in zip(expected, mask, strict=True)]
 
 
+def test_generation_batch_size_caps_the_prompts_per_generate_call(
+    tmp_path, tiny_student, tiny_teacher, tokenizer
+):
+    """Where a whole step's sampling does not fit in memory, generation_batch_size splits it: 4 prompts
+    at a cap of 3 are two generate calls (3, then 1), and every prompt still gets its completion."""
+    trainer = make_trainer(
+        tmp_path,
+        tiny_student,
+        tiny_teacher,
+        tokenizer,
+        dataset(tokenizer, with_completions=False),
+        lmbda=1.0,
+        gradient_accumulation_steps=2,
+        generation_batch_size=3,
+    )
+    calls = []
+    generate = trainer.model.generate
+
+    def counting_generate(*args, **kwargs):
+        calls.append(len(kwargs["input_ids"]))
+        return generate(*args, **kwargs)
+
+    trainer.model.generate = counting_generate
+    batches, _ = trainer.get_batch_samples(iter(trainer.get_train_dataloader()), 2, trainer.args.device)
+    assert calls == [3, 1]
+    assert len([c for completed in batches for _, c in rows_of(completed)]) == 4
+    with pytest.raises(ValueError, match="generation_batch_size must be at least 1"):
+        DistillConfig(output_dir=str(tmp_path), generation_batch_size=0)
+
+
 # --------------------------------------------------------------------------------------------------------
 # 12. Privileged context: the teacher reads its own, longer prompt and scores the student's tokens
 # --------------------------------------------------------------------------------------------------------

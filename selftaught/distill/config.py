@@ -144,6 +144,14 @@ class DistillConfig(TrainingArguments):
             "on-policy."
         },
     )
+    generation_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Most prompts the hf engine samples in one generate call. Default: a whole optimizer "
+            "step's (per_device_train_batch_size x gradient_accumulation_steps), which reads the weights "
+            "once per token for the step; lower it if sampling a large step runs out of memory."
+        },
+    )
     vllm_mode: str = field(
         default="colocate",
         metadata={
@@ -224,6 +232,8 @@ class DistillConfig(TrainingArguments):
             raise ValueError(f"temperature must be > 0 for sampling, got {self.temperature}")
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
+        if self.generation_batch_size is not None and self.generation_batch_size < 1:
+            raise ValueError(f"generation_batch_size must be at least 1, got {self.generation_batch_size}")
         if self.engine == "openai":
             raise ValueError(
                 "engine=openai cannot sample on-policy: the server's weights stay fixed while the student "

@@ -87,14 +87,16 @@ class GKDistillTrainer(Trainer):
         self.teacher = self._prepare_teacher(teacher)
         self.sampling = SamplingParams(args.max_new_tokens, args.temperature, args.top_p)
         # every sampler draws an optimizer step's completions in one batch: decoding a small model reads
-        # all its weights per token whatever the batch (on 2 CPU cores 16 prompts take 1.5x the time of 4)
+        # all its weights per token whatever the batch (on 2 CPU cores 16 prompts take 1.5x the time of 4);
+        # generation_batch_size caps the hf engine's batch where memory, not bandwidth, is the limit
         self.prompts_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        hf_batch = args.generation_batch_size or self.prompts_per_step
         self.samplers = {
-            "student": self._student_sampler(),
+            "student": self._student_sampler(hf_batch),
             "teacher": HFPolicyEngine(
                 lambda: self.unwrapped_for_generation(self.teacher),
                 processing_class,
-                self.prompts_per_step,
+                hf_batch,
                 "hf (teacher)",
             ),
         }
@@ -113,14 +115,14 @@ class GKDistillTrainer(Trainer):
             return prepare_fsdp(teacher, self.accelerator)
         return self.accelerator.prepare_model(teacher, evaluation_mode=True)
 
-    def _student_sampler(self) -> PolicyEngine:
+    def _student_sampler(self, hf_batch: int) -> PolicyEngine:
         """The engine `args.engine` names, sampling the student being trained."""
         args = self.args
         if args.engine == "hf":
             return HFPolicyEngine(
                 lambda: self.unwrapped_for_generation(self.model_wrapped),
                 self.processing_class,
-                self.prompts_per_step,
+                hf_batch,
                 "hf (live student)",
             )
         from selftaught.generation.vllm_engine import VLLMPolicyEngine
