@@ -114,8 +114,8 @@ def print_summary(output_dir: str, results: dict) -> None:
         Console().print(table)
     if changes := results.get("comparisons"):
         table = Table(title="student after - before (95% paired interval over the held-out prompts)")
-        for column in ("distance", "change", "95% interval", "verdict"):
-            table.add_column(column, justify="left" if column == "distance" else "right")
+        for column in ("metric", "change", "95% interval", "verdict"):
+            table.add_column(column, justify="left" if column == "metric" else "right")
         for c in changes:
             moved = "moved" if excludes_zero(c["ci95"]) else "no change"
             table.add_row(c["metric"], f"{c['difference']:+.3g}", signed_interval(c["ci95"]), moved)

@@ -217,7 +217,10 @@ def test_eval_results(finished_run):
     assert "held-out evaluation" in stdout and str(out) in stdout
     # how the student moved, each distance with its paired interval, in the JSON, on the console and card
     changes = {c["metric"]: c for c in results["comparisons"]}
-    assert set(changes) == {"forward_kl", "reverse_kl", "jsd", "top1_agreement"}
+    assert set(changes) == {"forward_kl", "reverse_kl", "jsd", "top1_agreement", "degenerate_share"}
+    loops = changes["degenerate_share"]
+    assert loops["value"] == results["student_after"]["degenerate_share"]
+    assert loops["against_value"] == results["student_before"]["degenerate_share"]
     moved = changes["forward_kl"]
     after, before = results["student_after"]["forward_kl"], results["student_before"]["forward_kl"]
     assert moved["difference"] == pytest.approx(after - before)

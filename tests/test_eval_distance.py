@@ -9,6 +9,7 @@ from datasets import Dataset
 
 from selftaught.cli import main
 from selftaught.data.formats import Example
+from selftaught.data.shards import write_parquet
 from selftaught.evaluate.distance import HeldOutEvaluation, HeldOutSettings, drift_warning
 from selftaught.models import load_model, load_tokenizer
 
@@ -105,7 +106,8 @@ def test_a_change_in_distance_carries_a_paired_interval(tmp_path, tiny_student, 
     assert close["forward_kl"] == pytest.approx(0, abs=1e-5) and far["forward_kl"] > 0
 
     changes = {c["metric"]: c for c in evaluation.changes("close", "far")}
-    assert set(changes) == {"forward_kl", "reverse_kl", "jsd", "top1_agreement"}
+    assert set(changes) == {"forward_kl", "reverse_kl", "jsd", "top1_agreement", "degenerate_share"}
+    assert changes["degenerate_share"]["value"] == close["degenerate_share"]
     kl = changes["forward_kl"]
     assert kl["value"] == pytest.approx(close["forward_kl"]) and kl["against_value"] == pytest.approx(
         far["forward_kl"]
@@ -116,3 +118,44 @@ def test_a_change_in_distance_carries_a_paired_interval(tmp_path, tiny_student, 
         assert same["difference"] == pytest.approx(0, abs=1e-6) and same["ci95"] == pytest.approx(
             [0, 0], abs=1e-6
         )
+
+
+def test_a_change_in_the_degenerate_share_carries_a_paired_interval(
+    tmp_path, tiny_student, tiny_teacher, math_data
+):
+    """Students whose answers are saved (read back, not generated): one that loops on every prompt where
+    another loops on none has moved, with the interval [1, 1]; one more looping answer in 4 is a change the
+    interval cannot tell from none (it reaches 0)."""
+    tokenizer = load_tokenizer(str(tiny_teacher))
+    student, teacher = load_model(str(tiny_student)).eval(), load_model(str(tiny_teacher)).eval()
+    rows = [json.loads(line) for line in (math_data / "test.jsonl").read_text().splitlines()]
+    examples = [Example([{"role": "user", "content": r["problem"]}]) for r in rows]
+    settings = HeldOutSettings(
+        max_new_tokens=6, batch_size=4, vocab_size=len(tokenizer), max_prompt_length=64
+    )
+    folder = tmp_path / "answers"
+    evaluation = HeldOutEvaluation(teacher, tokenizer, examples, folder, settings)
+    fluent = "We add the two numbers and then write the sum as the answer."
+    looping = "the sum " * 12
+    for name, texts in {
+        "fluent": [fluent] * len(examples),
+        "looping": [looping] * len(examples),
+        "one_loop": [looping] + [fluent] * (len(examples) - 1),
+    }.items():
+        saved = [
+            {
+                "prompt": r["problem"],
+                "completion": t,
+                "completion_ids": tokenizer(t).input_ids,
+                "gold_answer": None,
+            }
+            for r, t in zip(rows, texts, strict=True)
+        ]
+        write_parquet(evaluation.path(name), saved)
+        assert evaluation.metrics(student, name)["degenerate_share"] == sum(
+            t == looping for t in texts
+        ) / len(texts)
+    everything = {c["metric"]: c for c in evaluation.changes("looping", "fluent")}["degenerate_share"]
+    assert everything["difference"] == 1 and everything["ci95"] == [1, 1]
+    one = {c["metric"]: c for c in evaluation.changes("one_loop", "fluent")}["degenerate_share"]
+    assert one["difference"] == pytest.approx(1 / len(examples)) and one["ci95"][0] == 0

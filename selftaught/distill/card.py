@@ -168,7 +168,8 @@ def distillation_card(
 
 CLOSENESS_NOTE = (
     "The student after training minus before, per token on the teacher's greedy answers to the held-out "
-    "prompts: lower is closer for forward_kl, reverse_kl and jsd; higher for top1_agreement."
+    "prompts: lower is closer for forward_kl, reverse_kl and jsd; higher for top1_agreement. "
+    "degenerate_share is the share of the student's own answers that loop or are empty: lower is better."
 )
 
 

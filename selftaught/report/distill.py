@@ -130,7 +130,8 @@ def distill_sections(run: Path) -> list[Section]:
             (results or {}).get("comparisons"),
             "Did the student get closer to its teacher?",
             "The student after training minus before, per token on the teacher's held-out answers. KL and "
-            "JSD: lower is closer; top-1 agreement: higher is closer.",
+            "JSD: lower is closer; top-1 agreement: higher is closer. And the share of the student's own "
+            "answers that loop or are empty (degenerate share): lower is better.",
             "No comparison: the run has no held-out evaluation after training.",
         ),
         *([answers] if answers else []),
