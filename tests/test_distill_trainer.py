@@ -101,6 +101,12 @@ def make_trainer(
     return trainer
 
 
+def on_policy_trainer(tmp_path, student_dir, teacher_dir, tokenizer, **overrides) -> GKDistillTrainer:
+    """`make_trainer` on prompts alone, every step on-policy (lmbda 1): the student samples completions."""
+    prompts = dataset(tokenizer, with_completions=False)
+    return make_trainer(tmp_path, student_dir, teacher_dir, tokenizer, prompts, lmbda=1.0, **overrides)
+
+
 class Recorder:
     """Wraps a trainer's `get_batch_samples` and `compute_loss` to keep what they returned."""
 
@@ -372,13 +378,11 @@ def test_teacher_stays_frozen_in_eval_mode(tmp_path, tiny_student, tiny_teacher,
 def test_sampling_uses_the_kv_cache_with_gradient_checkpointing(
     tmp_path, tiny_student, tiny_teacher, tokenizer
 ):
-    trainer = make_trainer(
+    trainer = on_policy_trainer(
         tmp_path,
         tiny_student,
         tiny_teacher,
         tokenizer,
-        dataset(tokenizer, with_completions=False),
-        lmbda=1.0,
         max_steps=2,  # the second step samples after a training step has put the model in training mode
         gradient_checkpointing=True,
     )
@@ -427,14 +431,12 @@ class CheckpointingSnapshot(TrainerCallback):
 
 def test_sampling_keeps_the_gradient_checkpointing_settings(tmp_path, tiny_student, tiny_teacher, tokenizer):
     snapshot = CheckpointingSnapshot()
-    trainer = make_trainer(
+    trainer = on_policy_trainer(
         tmp_path,
         tiny_student,
         tiny_teacher,
         tokenizer,
-        dataset(tokenizer, with_completions=False),
         callbacks=[snapshot],
-        lmbda=1.0,
         max_new_tokens=2,
         gradient_checkpointing=True,
         gradient_checkpointing_kwargs={"use_reentrant": True},  # not the default (False)
@@ -460,9 +462,7 @@ def test_prompt_only_data_needs_lmbda_one(tmp_path):
 
 
 def test_prompt_only_data_trains_on_policy_with_a_real_loss(tmp_path, tiny_student, tiny_teacher, tokenizer):
-    trainer = make_trainer(
-        tmp_path, tiny_student, tiny_teacher, tokenizer, dataset(tokenizer, with_completions=False), lmbda=1.0
-    )
+    trainer = on_policy_trainer(tmp_path, tiny_student, tiny_teacher, tokenizer)
     recorder = Recorder(trainer)
     trainer.train()
     assert recorder.token_counts and recorder.token_counts[0] > 0
@@ -699,14 +699,8 @@ def test_engine_samples_a_whole_step_in_one_generate_call(tmp_path, tiny_student
     """Through the engine, a step's samples are what one `model.generate` call draws for all its
     micro-batches' prompts, from the same random state: the engine changes where sampling runs, not what
     is sampled, and a step decodes once (the weights are read once per token, not once per micro-batch)."""
-    trainer = make_trainer(
-        tmp_path,
-        tiny_student,
-        tiny_teacher,
-        tokenizer,
-        dataset(tokenizer, with_completions=False),
-        lmbda=1.0,
-        gradient_accumulation_steps=2,
+    trainer = on_policy_trainer(
+        tmp_path, tiny_student, tiny_teacher, tokenizer, gradient_accumulation_steps=2
     )
     raw = list(trainer.get_train_dataloader())  # read first: a loader draws a seed from the random state
     torch.manual_seed(7)
@@ -730,13 +724,11 @@ def test_generation_batch_size_caps_the_prompts_per_generate_call(
 ):
     """Where a whole step's sampling does not fit in memory, generation_batch_size splits it: 4 prompts
     at a cap of 3 are two generate calls (3, then 1), and every prompt still gets its completion."""
-    trainer = make_trainer(
+    trainer = on_policy_trainer(
         tmp_path,
         tiny_student,
         tiny_teacher,
         tokenizer,
-        dataset(tokenizer, with_completions=False),
-        lmbda=1.0,
         gradient_accumulation_steps=2,
         generation_batch_size=3,
     )

@@ -88,17 +88,24 @@ def test_a_student_that_moved_away_on_every_distance_is_warned_and_one_that_help
     assert drift_warning({}, worse) is None  # a run evaluated without distances
 
 
-def test_a_change_in_distance_carries_a_paired_interval(tmp_path, tiny_student, tiny_teacher, math_data):
-    """The teacher measured as a student is at distance 0 from itself: against the tiny student it is closer
-    on every prompt, so the interval lies below 0; a student against itself has the interval [0, 0]."""
-    tokenizer = load_tokenizer(str(tiny_teacher))
-    student, teacher = load_model(str(tiny_student)).eval(), load_model(str(tiny_teacher)).eval()
+def held_out(tmp_path, student_dir, teacher_dir, math_data):
+    """The tokenizer, the tiny student, the held-out examples of `math_data` and their evaluation against
+    the tiny teacher (6 greedy tokens, answers saved under `tmp_path`)."""
+    tokenizer = load_tokenizer(str(teacher_dir))
+    student, teacher = load_model(str(student_dir)).eval(), load_model(str(teacher_dir)).eval()
     rows = [json.loads(line) for line in (math_data / "test.jsonl").read_text().splitlines()]
     examples = [Example([{"role": "user", "content": r["problem"]}]) for r in rows]
     settings = HeldOutSettings(
         max_new_tokens=6, batch_size=3, vocab_size=len(tokenizer), max_prompt_length=64
     )
     evaluation = HeldOutEvaluation(teacher, tokenizer, examples, tmp_path / "answers", settings)
+    return tokenizer, student, examples, evaluation
+
+
+def test_a_change_in_distance_carries_a_paired_interval(tmp_path, tiny_student, tiny_teacher, math_data):
+    """The teacher measured as a student is at distance 0 from itself: against the tiny student it is closer
+    on every prompt, so the interval lies below 0; a student against itself has the interval [0, 0]."""
+    tokenizer, student, examples, evaluation = held_out(tmp_path, tiny_student, tiny_teacher, math_data)
     twin = load_model(str(tiny_teacher)).eval()  # the teacher's weights, measured as a student
     far, again, close = (
         evaluation.metrics(m, n) for m, n in ((student, "far"), (student, "again"), (twin, "close"))
@@ -126,15 +133,7 @@ def test_a_change_in_the_degenerate_share_carries_a_paired_interval(
     """Students whose answers are saved (read back, not generated): one that loops on every prompt where
     another loops on none has moved, with the interval [1, 1]; one more looping answer in 4 is a change the
     interval cannot tell from none (it reaches 0)."""
-    tokenizer = load_tokenizer(str(tiny_teacher))
-    student, teacher = load_model(str(tiny_student)).eval(), load_model(str(tiny_teacher)).eval()
-    rows = [json.loads(line) for line in (math_data / "test.jsonl").read_text().splitlines()]
-    examples = [Example([{"role": "user", "content": r["problem"]}]) for r in rows]
-    settings = HeldOutSettings(
-        max_new_tokens=6, batch_size=4, vocab_size=len(tokenizer), max_prompt_length=64
-    )
-    folder = tmp_path / "answers"
-    evaluation = HeldOutEvaluation(teacher, tokenizer, examples, folder, settings)
+    tokenizer, student, examples, evaluation = held_out(tmp_path, tiny_student, tiny_teacher, math_data)
     fluent = "We add the two numbers and then write the sum as the answer."
     looping = "the sum " * 12
     for name, texts in {
@@ -144,12 +143,12 @@ def test_a_change_in_the_degenerate_share_carries_a_paired_interval(
     }.items():
         saved = [
             {
-                "prompt": r["problem"],
+                "prompt": e.prompt[-1]["content"],
                 "completion": t,
                 "completion_ids": tokenizer(t).input_ids,
                 "gold_answer": None,
             }
-            for r, t in zip(rows, texts, strict=True)
+            for e, t in zip(examples, texts, strict=True)
         ]
         write_parquet(evaluation.path(name), saved)
         assert evaluation.metrics(student, name)["degenerate_share"] == sum(
