@@ -87,7 +87,7 @@ def demo_rule() -> tuple[str, SelectionRule, int]:
 
 def free_generation(engine, pairs: list[tuple[str, str]], args: argparse.Namespace) -> list[dict]:
     """The peers' way: greedy reasoning-then-score reply, the last "Score: d" taken from the text."""
-    from selftaught.generation.hf import SamplingParams
+    from selftaught.generation.base import SamplingParams
     from selftaught.scoring.ratings import parse_generated_score, rating_prompt_ids
 
     prompts = [rating_prompt_ids(engine.tokenizer, i, r, "generate") for i, r in pairs]

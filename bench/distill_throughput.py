@@ -324,10 +324,10 @@ def prompts_needed(args: argparse.Namespace) -> int:
 def effective_settings(trainer) -> dict:
     """The defaults that matter for speed, as the built trainer holds them (not as we assume them)."""
     if hasattr(trainer, "sampling"):  # selftaught: SamplingParams builds its GenerationConfig per call
-        from selftaught.generation.hf import eos_ids_of
+        from selftaught.generation.hf import eos_ids_of, generation_config
 
         eos_ids = eos_ids_of(trainer.model, trainer.processing_class)
-        generation = trainer.sampling.generation_config(eos_ids, trainer.processing_class.pad_token_id)
+        generation = generation_config(trainer.sampling, eos_ids, trainer.processing_class.pad_token_id)
     else:  # both TRL trainers keep theirs on the trainer
         generation = trainer.generation_config
     use_cache = generation.use_cache
@@ -395,18 +395,11 @@ def measure_parts(args: argparse.Namespace) -> dict:
     import torch
 
     from selftaught.data.formats import tokenize_prompt
-    from selftaught.generation.hf import SamplingParams, eos_ids_of, generate_completions, left_pad
+    from selftaught.generation.base import SamplingParams, left_pad
+    from selftaught.generation.hf import eos_ids_of, generate_completions
     from selftaught.models.vocab import shared_vocab_size
     from selftaught.scoring.logits import completion_logits, join_prompt_completion
     from selftaught.training.losses import generalized_jsd
-
-    class FullLength(SamplingParams):
-        """selftaught's sampling with EOS suppressed until max_new_tokens, so every row has all of them."""
-
-        def generation_config(self, eos_token_id, pad_token_id, suppress_tokens=None):
-            config = super().generation_config(eos_token_id, pad_token_id, suppress_tokens)
-            config.min_new_tokens = self.max_new_tokens
-            return config
 
     torch.manual_seed(SEED)
     tokenizer, teacher, student = load_models()
@@ -416,7 +409,8 @@ def measure_parts(args: argparse.Namespace) -> dict:
     pad, eos_ids = tokenizer.pad_token_id, eos_ids_of(student, tokenizer)
     prompts = [tokenize_prompt(tokenizer, e.prompt) for e in load_examples(args.batch_size)]
     prompt_ids, prompt_mask = left_pad(prompts, pad)
-    sampling = FullLength(args.max_new_tokens, TEMPERATURE)
+    # EOS suppressed until max_new_tokens, so every row has all of them
+    sampling = SamplingParams(args.max_new_tokens, TEMPERATURE, min_new_tokens=args.max_new_tokens)
 
     samples = []
     sample_s, sample_all = timed(

@@ -173,13 +173,14 @@ class Runner:
     vllm run under way."""
 
     def __init__(self, model, tokenizer, max_new_tokens: int, device: str) -> None:
-        from selftaught.generation.hf import SamplingParams, eos_ids_of
+        from selftaught.generation.base import SamplingParams
+        from selftaught.generation.hf import eos_ids_of, generation_config
 
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.llm = self.vllm_params = None
         self.params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0)
         self.eos_ids = eos_ids_of(model, tokenizer)
-        self.config = self.params.generation_config(self.eos_ids, tokenizer.pad_token_id)
+        self.config = generation_config(self.params, self.eos_ids, tokenizer.pad_token_id)
 
     def hf_engine(self, prompts: list[list[int]], batch_size: int) -> list[list[int]]:
         from selftaught.generation.hf import generate_all

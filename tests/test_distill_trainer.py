@@ -31,7 +31,8 @@ from selftaught.distill.config import DistillConfig
 from selftaught.distill.context import with_context
 from selftaught.distill.recipe import check_completions
 from selftaught.distill.trainer import GKDistillTrainer
-from selftaught.generation.hf import eos_ids_of, generate_completions, left_pad, mask_through_first_eos
+from selftaught.generation.base import left_pad
+from selftaught.generation.hf import eos_ids_of, generate_completions, mask_through_first_eos
 from selftaught.models import (
     TokenizerMismatchError,
     check_same_vocabulary,

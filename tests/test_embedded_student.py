@@ -17,7 +17,8 @@ from selftaught.distill.student import (
     healing_examples,
     healing_prompts,
 )
-from selftaught.generation.hf import SamplingParams, generate_all
+from selftaught.generation.base import SamplingParams
+from selftaught.generation.hf import generate_all
 from selftaught.models import load_model, load_tokenizer
 from selftaught.models.embedded import TEACHER_NAME, embedded_teacher
 from selftaught.scoring.degeneration import is_degenerate

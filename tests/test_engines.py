@@ -22,8 +22,8 @@ from selftaught.backtranslate.config import BacktranslateConfig
 from selftaught.backtranslate.recipe import RunFolder, run_all
 from selftaught.cli import main as cli_main
 from selftaught.data.shards import read_shards, write_parquet
-from selftaught.generation.engines import EngineSettings, make_engine
-from selftaught.generation.hf import SamplingParams
+from selftaught.generation.base import EngineSettings, SamplingParams
+from selftaught.generation.engines import make_engine
 from selftaught.generation.openai_engine import EchoUnsupportedError, echoed_logprobs
 from selftaught.models import load_tokenizer
 from selftaught.models.embedded import embedded_teacher

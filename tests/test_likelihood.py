@@ -194,7 +194,8 @@ def test_rules_the_curation_cannot_feed_are_refused(rule, modes, message):
 
 @pytest.mark.slow
 def test_real_model_pmi_prefers_the_relevant_answer():
-    from selftaught.generation.engines import EngineSettings, make_engine
+    from selftaught.generation.base import EngineSettings
+    from selftaught.generation.engines import make_engine
     from selftaught.models.embedded import embedded_teacher
 
     hf = make_engine(EngineSettings(), str(embedded_teacher()))

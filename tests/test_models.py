@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM
 from selftaught.evaluate.common import eval_engine
 from selftaught.evaluate.config import MathEvalConfig
 from selftaught.evaluate.results import recorded_settings
-from selftaught.generation.engines import EngineSettings, make_engine
+from selftaught.generation.base import EngineSettings
+from selftaught.generation.engines import make_engine
 from selftaught.models import load_for_inference, load_model, load_tokenizer
 from selftaught.models.embedded import cache_dir, keep_decoder_layers, packaged_gguf
 from selftaught.models.loading import _source

@@ -28,8 +28,9 @@ from selftaught.data.formats import Example, tokenize_examples
 from selftaught.data.shards import read_shards, write_parquet
 from selftaught.distill.config import DistillConfig
 from selftaught.distill.trainer import GKDistillTrainer
-from selftaught.generation.engines import EngineSettings, make_engine
-from selftaught.generation.hf import SamplingParams, generate_all
+from selftaught.generation.base import EngineSettings, SamplingParams
+from selftaught.generation.engines import make_engine
+from selftaught.generation.hf import generate_all
 from selftaught.generation.vllm_engine import cpu_serving_threads, vllm_on_cpu
 from selftaught.models import load_model, load_tokenizer
 from selftaught.models.embedded import embedded_student, embedded_teacher

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from selftaught.generation.engines import EngineSettings
+from selftaught.generation.base import EngineSettings
 from selftaught.models.check import check_model_argument
 from selftaught.scoring.curation import SELECTED_BY, SelectionRule, parse_modes
 

@@ -14,8 +14,8 @@ from selftaught.backtranslate.examples import backward_example
 from selftaught.backtranslate.runfolder import RunFolder
 from selftaught.data.ray_pipeline import ray_runner
 from selftaught.data.shards import check_folder, run_sharded
-from selftaught.generation.engines import GenerationEngine, make_engine
-from selftaught.generation.hf import SamplingParams
+from selftaught.generation.base import GenerationEngine, SamplingParams
+from selftaught.generation.engines import make_engine
 from selftaught.scoring.curation import score_pairs
 from selftaught.training.sft import SFTSettings
 

@@ -41,8 +41,8 @@ from selftaught.data.seed_pairs import BUILTIN_OASST_SEED, load_seed_pairs
 from selftaught.distill.config import DistillConfig
 from selftaught.distill.trainer import GKDistillTrainer
 from selftaught.evaluate.distance import HeldOutEvaluation, HeldOutSettings
-from selftaught.generation.engines import EngineSettings, make_engine
-from selftaught.generation.hf import SamplingParams
+from selftaught.generation.base import EngineSettings, SamplingParams
+from selftaught.generation.engines import make_engine
 from selftaught.models import (
     load_for_inference,
     load_model,

@@ -30,7 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 from trl.models.utils import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generation
 
 from selftaught.distill.config import DistillConfig
-from selftaught.generation.hf import SamplingParams, left_pad, right_pad
+from selftaught.generation.base import SamplingParams, left_pad, right_pad
 from selftaught.generation.policy import HFPolicyEngine, PolicyEngine
 from selftaught.models.vocab import shared_vocab_size
 from selftaught.scoring.logits import completion_logits, join_prompt_completion

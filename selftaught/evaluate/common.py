@@ -7,7 +7,8 @@ from datasets import Dataset
 
 from selftaught.data.loading import DataError, load_rows
 from selftaught.evaluate.config import EngineEvalConfig, EvalConfig
-from selftaught.generation.engines import GenerationEngine, make_engine
+from selftaught.generation.base import GenerationEngine
+from selftaught.generation.engines import make_engine
 from selftaught.models.check import check_model_argument
 from selftaught.models.naming import model_label
 from selftaught.scoring.degeneration import degeneration_metrics, ended_with_eos

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
-from selftaught.generation.engines import EngineSettings
+from selftaught.generation.base import EngineSettings
 from selftaught.scoring.curation import RANKED_BY, SelectionRule, parse_modes
 
 

@@ -34,7 +34,8 @@ from selftaught.evaluate.config import DistanceEvalConfig
 from selftaught.evaluate.intervals import paired_comparison, ratio
 from selftaught.evaluate.math import answers_match, boxes_an_answer, last_boxed, math_accuracy, score_math
 from selftaught.evaluate.results import write_result
-from selftaught.generation.hf import SamplingParams, eos_ids_of, generate_all, left_pad, right_pad
+from selftaught.generation.base import SamplingParams, left_pad, right_pad
+from selftaught.generation.hf import eos_ids_of, generate_all
 from selftaught.models import check_same_vocabulary, load_for_inference, load_tokenizer, shared_vocab_size
 from selftaught.models.naming import model_label
 from selftaught.scoring.degeneration import is_degenerate

@@ -23,8 +23,8 @@ from selftaught.evaluate.common import eval_engine, load_eval_rows, required, re
 from selftaught.evaluate.config import JudgeEvalConfig
 from selftaught.evaluate.intervals import mean_interval
 from selftaught.evaluate.results import write_result
+from selftaught.generation.base import SamplingParams
 from selftaught.generation.engines import as_engine
-from selftaught.generation.hf import SamplingParams
 from selftaught.generation.next_token import option_token_ids
 from selftaught.scoring.degeneration import ended_with_eos
 from selftaught.scoring.ratings import neutralise

@@ -29,8 +29,7 @@ from selftaught.evaluate.math import (
     score_math,
 )
 from selftaught.evaluate.results import write_result
-from selftaught.generation.engines import GenerationEngine
-from selftaught.generation.hf import SamplingParams
+from selftaught.generation.base import GenerationEngine, SamplingParams
 from selftaught.models.naming import model_label
 from selftaught.scoring.degeneration import degeneration_metrics, ended_with_eos
 

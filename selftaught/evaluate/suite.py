@@ -30,7 +30,7 @@ from selftaught.evaluate.curation import evaluate_rater
 from selftaught.evaluate.intervals import mean_interval, paired_comparison, ratio, ratio_interval
 from selftaught.evaluate.judge import OUTCOME_SCORE, chats, greedy_answers, judge_answers
 from selftaught.evaluate.results import flat_metrics, read_result, write_result
-from selftaught.generation.engines import GenerationEngine
+from selftaught.generation.base import GenerationEngine
 from selftaught.models.naming import model_label
 from selftaught.scoring.degeneration import degeneration_metrics, is_degenerate
 from selftaught.scoring.likelihood import pmi_scores

@@ -7,69 +7,11 @@ and returns completions in the caller's order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to decode. `temperature == 0` means greedy.
-
-    `stop`: strings that end a completion; the completion is cut before the first one (as OpenAI-style
-    servers do). `seed`: seeds the sampling of one call, so a rerun draws the same completions.
-    """
-
-    max_new_tokens: int = 128
-    temperature: float = 1.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-
-    def generation_config(
-        self, eos_token_id: int | list[int], pad_token_id: int, suppress_tokens: list[int] | None = None
-    ) -> GenerationConfig:
-        greedy = self.temperature == 0
-        # top_k=0 and no repetition penalty: sample from the model's own distribution, as GKD assumes,
-        # not from whatever defaults a checkpoint's generation_config.json carries.
-        return GenerationConfig(
-            max_new_tokens=self.max_new_tokens,
-            do_sample=not greedy,
-            temperature=None if greedy else self.temperature,
-            top_p=None if greedy else self.top_p,
-            top_k=None if greedy else 0,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
-            suppress_tokens=suppress_tokens or None,
-            stop_strings=list(self.stop) or None,
-            use_cache=True,
-        )
-
-
-def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack sequences flush right: (ids, attention mask)."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if seq:
-            ids[row, width - len(seq) :] = torch.tensor(seq)
-            mask[row, width - len(seq) :] = 1
-    return ids, mask
-
-
-def right_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack sequences flush left: (ids, mask)."""
-    width = max([len(s) for s in sequences] + [1])
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if seq:
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-    return ids, mask
+from selftaught.generation.base import SamplingParams, left_pad, padded_rows
 
 
 def mask_through_first_eos(completion_ids: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
@@ -90,10 +32,30 @@ def eos_ids_of(model: PreTrainedModel, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def padded_rows(model: PreTrainedModel, vocab_size: int) -> list[int]:
-    """Output rows past the tokenizer's `vocab_size`: embedding padding (Qwen2: 151,936 rows for 151,646
-    tokens), never a token, so never to be sampled."""
-    return list(range(vocab_size, model.config.get_text_config().vocab_size))
+def generation_config(
+    params: SamplingParams,
+    eos_token_id: int | list[int],
+    pad_token_id: int,
+    suppress_tokens: list[int] | None = None,
+) -> GenerationConfig:
+    """transformers' GenerationConfig for `params`.
+
+    top_k=0 and no repetition penalty: sample from the model's own distribution, as GKD assumes, not from
+    whatever defaults a checkpoint's generation_config.json carries."""
+    greedy = params.temperature == 0
+    return GenerationConfig(
+        max_new_tokens=params.max_new_tokens,
+        min_new_tokens=params.min_new_tokens or None,
+        do_sample=not greedy,
+        temperature=None if greedy else params.temperature,
+        top_p=None if greedy else params.top_p,
+        top_k=None if greedy else 0,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        suppress_tokens=suppress_tokens or None,
+        stop_strings=list(params.stop) or None,
+        use_cache=True,
+    )
 
 
 @torch.no_grad()
@@ -121,7 +83,7 @@ def generate_completions(
         output = model.generate(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
-            generation_config=params.generation_config(eos_ids, pad_id, suppressed),
+            generation_config=generation_config(params, eos_ids, pad_id, suppressed),
             tokenizer=tokenizer,
         )
     finally:

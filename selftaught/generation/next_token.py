@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from selftaught.generation.hf import left_pad, right_pad
+from selftaught.generation.base import left_pad, right_pad
 
 MIN_SHARED_PREFIX = 16  # below this, a second forward pass costs more than the reuse saves
 

@@ -19,8 +19,13 @@ import openai
 import torch
 from tqdm.auto import tqdm
 
-from selftaught.generation.engines import TOP_LOGPROBS, EngineSettings, api_key, candidate_distribution
-from selftaught.generation.hf import SamplingParams
+from selftaught.generation.base import (
+    TOP_LOGPROBS,
+    EngineSettings,
+    SamplingParams,
+    api_key,
+    candidate_distribution,
+)
 
 
 class OpenAIEngine:

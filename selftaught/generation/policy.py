@@ -18,7 +18,8 @@ from typing import Protocol
 
 from transformers import PreTrainedModel
 
-from selftaught.generation.hf import SamplingParams, generate_all
+from selftaught.generation.base import SamplingParams
+from selftaught.generation.hf import generate_all
 
 POLICY_ENGINES = ("hf", "vllm")
 VLLM_MODES = ("colocate", "server")

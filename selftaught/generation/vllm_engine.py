@@ -30,8 +30,13 @@ from functools import partial
 import numpy as np
 import torch
 
-from selftaught.generation.engines import TOP_LOGPROBS, EngineSettings, candidate_distribution
-from selftaught.generation.hf import SamplingParams, padded_rows
+from selftaught.generation.base import (
+    TOP_LOGPROBS,
+    EngineSettings,
+    SamplingParams,
+    candidate_distribution,
+    padded_rows,
+)
 
 GIB = 1 << 30
 
@@ -167,6 +172,7 @@ def vllm_sampling(params: SamplingParams, vocab_size: int, model_vocab_size: int
         top_p=1.0 if greedy else params.top_p,
         top_k=0,
         seed=params.seed,
+        min_tokens=params.min_new_tokens,
         stop=list(params.stop) or None,
         allowed_token_ids=allowed,
         **extra,

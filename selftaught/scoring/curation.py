@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from selftaught.generation.engines import GenerationEngine
+from selftaught.generation.base import GenerationEngine
 from selftaught.scoring.likelihood import MAX_SCORED_TOKENS, echoed_share, likelihood_scores
 from selftaught.scoring.ratings import ALIASES, rate_pairs
 

@@ -42,7 +42,7 @@ import math
 import re
 
 from selftaught.data.formats import tokenize_prompt
-from selftaught.generation.engines import GenerationEngine
+from selftaught.generation.base import GenerationEngine
 from selftaught.scoring.untrusted import special_token_strings, strip_special_tokens
 
 LIKELIHOOD_MODES = ("pmi", "ifd", "backward")

@@ -54,8 +54,8 @@ import re
 import torch
 from transformers import PreTrainedModel
 
-from selftaught.generation.engines import GenerationEngine, as_engine
-from selftaught.generation.hf import SamplingParams
+from selftaught.generation.base import GenerationEngine, SamplingParams
+from selftaught.generation.engines import as_engine
 from selftaught.generation.next_token import option_token_ids
 from selftaught.scoring.untrusted import datamark, special_token_strings, strip_special_tokens
 
