@@ -24,7 +24,6 @@ import math
 import os
 import platform
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -33,7 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "bench" / "results" / "sparse_loss_bias.json"
 
 
-def provenance(argv: list[str]) -> dict:
+def provenance(settings: dict) -> dict:
+    """Commit, command (from the settings, so no path of this machine), machine and date."""
     import torch
 
     def git(*args: str) -> str:
@@ -42,7 +42,11 @@ def provenance(argv: list[str]) -> dict:
     return {
         "commit": git("rev-parse", "HEAD"),
         "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "command": " ".join(["bench/sparse_loss_bias.py", *argv]),
+        "command": "bench/sparse_loss_bias.py "
+        + " ".join(
+            f"--{key.replace('_', '-')} " + " ".join(map(str, value if isinstance(value, list) else [value]))
+            for key, value in settings.items()
+        ),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -160,7 +164,7 @@ def measure(student, teacher_model, pairs, ks: list[int], betas: list[float], on
         logit_grad, *param_grads = torch.autograd.grad(
             per_token.mean(), [student_logits, *params], retain_graph=True
         )
-        return float(per_token.mean()), logit_grad, param_grads
+        return float(per_token.mean().detach()), logit_grad, param_grads
 
     sparse_teachers = {k: SparseTeacher.from_logits(teacher_logits, tokens, k) for k in ks}
     result = {
@@ -265,11 +269,8 @@ def main() -> None:
             run |= {"student": name, "source": source, "seconds": round(time.perf_counter() - start, 1)}
             print_run(name, source, run)
             runs.append(run)
-    report = {
-        "provenance": provenance(sys.argv[1:]),
-        "settings": {k: v for k, v in vars(args).items() if k != "output"},
-        "runs": runs,
-    }
+    settings = {k: v for k, v in vars(args).items() if k != "output"}
+    report = {"provenance": provenance(settings), "settings": settings, "runs": runs}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(
