@@ -47,7 +47,8 @@ def _mixture(teacher_lp: torch.Tensor, student_lp: torch.Tensor, beta: float) ->
     return torch.logaddexp(teacher_lp + math.log(beta), student_lp + math.log1p(-beta))
 
 
-def _jsd_rows(student_lp: torch.Tensor, teacher_lp: torch.Tensor, beta: float) -> torch.Tensor:
+def jsd_rows(student_lp: torch.Tensor, teacher_lp: torch.Tensor, beta: float) -> torch.Tensor:
+    """JSD_beta of each row, from normalised log-probabilities (the two limits as the plain KLs)."""
     if beta == 0.0:
         return kl_from_log_probs(teacher_lp, student_lp)
     if beta == 1.0:
@@ -58,8 +59,8 @@ def _jsd_rows(student_lp: torch.Tensor, teacher_lp: torch.Tensor, beta: float) -
     )
 
 
-def _grad_rows(student_lp: torch.Tensor, teacher_lp: torch.Tensor, beta: float) -> torch.Tensor:
-    """d JSD_beta / d student logits, for each row."""
+def jsd_grad_rows(student_lp: torch.Tensor, teacher_lp: torch.Tensor, beta: float) -> torch.Tensor:
+    """d JSD_beta / d student logits, for each row (the logits whose log-softmax is `student_lp`)."""
     s = student_lp.exp()
     if beta == 0.0:
         return s - teacher_lp.exp()
@@ -73,7 +74,7 @@ class _GeneralizedJSD(torch.autograd.Function):
     def forward(ctx, student_logits, teacher_logits, beta):
         dtype = torch.promote_types(student_logits.dtype, torch.float32)
         rows = [
-            _jsd_rows(_log_probs(s, dtype), _log_probs(t, dtype), beta)
+            jsd_rows(_log_probs(s, dtype), _log_probs(t, dtype), beta)
             for s, t in zip(student_logits.split(CHUNK_ROWS), teacher_logits.split(CHUNK_ROWS), strict=True)
         ]
         ctx.save_for_backward(student_logits, teacher_logits)
@@ -88,7 +89,7 @@ class _GeneralizedJSD(torch.autograd.Function):
             rows = slice(start, start + CHUNK_ROWS)
             s_lp = _log_probs(student_logits[rows], ctx.dtype)
             t_lp = _log_probs(teacher_logits[rows], ctx.dtype)
-            grad[rows] = (_grad_rows(s_lp, t_lp, ctx.beta) * grad_output[rows, None]).to(grad.dtype)
+            grad[rows] = (jsd_grad_rows(s_lp, t_lp, ctx.beta) * grad_output[rows, None]).to(grad.dtype)
         return grad, None, None
 
 
