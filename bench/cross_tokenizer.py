@@ -64,13 +64,15 @@ def student_completion(tokenizer, row: dict) -> list[int]:
     )
 
 
-def whole_teacher_tokens(cross: CrossTokenizer, completion: list[int], alignment) -> int:
-    """Student tokens whose start and end are both teacher boundaries."""
-    ends = set(cross.teacher.spans(alignment.teacher_completion_ids)[1]) | {0}
-    s_starts, s_ends = cross.student.spans(completion)
-    return sum(
-        aligned and start in ends and end in ends
-        for start, end, aligned in zip(s_starts, s_ends, alignment.aligned, strict=False)
+def whole_teacher_tokens(cross: CrossTokenizer, row: dict, completion: list[int], alignment) -> int:
+    """Student tokens whose start and end are both teacher boundaries (an end token, paired with the
+    teacher's, counts as one)."""
+    ended = row["ended_with_eos"]
+    text_ids = alignment.teacher_completion_ids[: len(alignment.teacher_completion_ids) - ended]
+    boundaries = set(cross.teacher.spans(text_ids)[1]) | {0}
+    starts, ends = cross.student.spans(completion[: len(completion) - ended])
+    return ended + sum(
+        start in boundaries and end in boundaries for start, end in zip(starts, ends, strict=True)
     )
 
 
@@ -85,7 +87,8 @@ def alignment_stats(cross: CrossTokenizer, rows: list[dict]) -> tuple[dict, list
         "answers": len(rows),
         "bytes": text_bytes,
         "whole_teacher_tokens": sum(
-            whole_teacher_tokens(cross, c, a) for c, a in zip(completions, alignments, strict=True)
+            whole_teacher_tokens(cross, r, c, a)
+            for r, c, a in zip(rows, completions, alignments, strict=True)
         )
         / stats["tokens"],
         "student_tokens_per_byte": sum(

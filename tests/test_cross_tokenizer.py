@@ -98,6 +98,9 @@ def test_the_students_end_is_the_teachers_end_of_turn_and_other_specials_are_tex
     assert (ended.student_index[-1], ended.teacher_index[-1], ended.share[-1]) == (2, 2, 1.0)
     cut_off = cross.align(PROMPT, student_ids(tokenizer, "Done.", ended=False))
     assert cut_off.teacher_completion_ids == ended.teacher_completion_ids[:-1]
+    at_once = cross.align(PROMPT, [tokenizer.eos_token_id])  # ended before writing anything
+    assert at_once.teacher_completion_ids == [ended.teacher_completion_ids[-1]]
+    assert at_once.spread(torch.tensor([-0.5])).tolist() == [-0.5]
     # a control token of the student's in mid-text is its text for the teacher
     inside = cross.align(PROMPT, tokenizer("a<|im_start|>b", add_special_tokens=False)["input_ids"])
     assert gemma_tokenizer.decode(inside.teacher_completion_ids) == "a<|im_start|>b"
