@@ -15,7 +15,8 @@ With --models, also on the real models (float32, CPU): the sequence identity (|s
 the teacher's log-probability of the whole answer|, largest over the answers), and each model's NLL per
 byte of the answers with its 95% interval (`selftaught.evaluate.per_byte`), and the sampled student's
 share of non-canonical completions (sampled ids that differ from the student tokenizer's own tokenisation
-of their text: with one tokenizer on both sides, those are where the text path re-tokenises).
+of their text: with one tokenizer on both sides, those are where the text path re-tokenises), at
+temperature 0.7, 128 new tokens.
 
 The packaged Gemma GGUF has no chat template; it gets Gemma 3's instruct template (TRL's copy).
 
@@ -104,10 +105,32 @@ def alignment_stats(cross: CrossTokenizer, rows: list[dict]) -> tuple[dict, list
     return stats, completions, alignments
 
 
-def is_canonical(tokenizer, ids: list[int]) -> bool:
-    """Whether sampled ids are what the tokenizer makes of their own text."""
-    body = ids[:-1] if ids and ids[-1] == tokenizer.eos_token_id else ids
-    return tokenizer(tokenizer.decode(body), add_special_tokens=False)["input_ids"] == body
+def non_canonical(same: CrossTokenizer, prompts: list, sampled: list[list[int]]) -> dict:
+    """Sampled completions against the tokenizer's own tokenisation of their text (the text path with one
+    tokenizer on both sides): how many differ, the share of tokens that start off its boundaries, and the
+    first differing tokens of a few."""
+    alignments = [same.align(p, ids) for p, ids in zip(prompts, sampled, strict=True)]
+    tokenizer = same.student.tokenizer
+    differing = [
+        (ids, a) for ids, a in zip(sampled, alignments, strict=True) if a.teacher_completion_ids != ids
+    ]
+    examples = []
+    for ids, alignment in differing[:5]:
+        at = next(
+            k for k, (a, b) in enumerate(zip(ids, alignment.teacher_completion_ids, strict=False)) if a != b
+        )
+        examples.append(
+            {
+                "sampled": tokenizer.convert_ids_to_tokens(ids[at : at + 3]),
+                "canonical": tokenizer.convert_ids_to_tokens(alignment.teacher_completion_ids[at : at + 3]),
+            }
+        )
+    return {
+        "completions": len(sampled),
+        "non_canonical": len(differing),
+        "tokens_off_canonical_boundaries": path_shares(alignments, sampled, same.support)["fallback"],
+        "examples": examples,
+    }
 
 
 def model_stats(cross: CrossTokenizer, rows: list[dict], completions: list, alignments: list) -> dict:
@@ -145,8 +168,9 @@ def model_stats(cross: CrossTokenizer, rows: list[dict], completions: list, alig
     return {
         "largest_sum_identity_gap": max(gaps),
         "nll_per_byte": nll,
-        "sampled_completions": len(sampled),
-        "non_canonical_sampled": sum(not is_canonical(student_tokenizer, ids) for ids in sampled),
+        "sampled_student": non_canonical(
+            CrossTokenizer.between(student_tokenizer, student_tokenizer), prompts, sampled
+        ),
     }
 
 
