@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: selftaught {{{','.join(COMMANDS)}}} [--config FILE] [flags]   (--help per command)")
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    from selftaught.data.folder_lock import FolderInUseError
     from selftaught.data.loading import DataError
     from selftaught.data.shards import StageMismatchError
     from selftaught.generation.openai_engine import EchoUnsupportedError
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         StageMismatchError,
         FileNotFoundError,
         EchoUnsupportedError,
+        FolderInUseError,
     ) as err:
         print(f"selftaught {argv[0]}: error: {err}", file=sys.stderr)  # the message says what to do
         sys.exit(2)

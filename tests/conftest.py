@@ -10,6 +10,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -189,3 +193,32 @@ def math_data(tmp_path) -> Path:
     write_jsonl(tmp_path / "data" / "train.jsonl", rows[:14])
     write_jsonl(tmp_path / "data" / "test.jsonl", rows[14:])
     return tmp_path / "data"
+
+
+# A separate process that takes a folder's writer lock through the same helper as every stage, says so,
+# and holds it until its stdin closes.
+LOCK_HOLDER = """
+import sys
+from selftaught.data.folder_lock import writing_to
+
+with writing_to(sys.argv[1], "a test holding the lock"):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextmanager
+def lock_held_elsewhere(folder: Path) -> Iterator[subprocess.Popen]:
+    """`folder`'s writer lock, held by another process while the block runs (the block may kill it)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield holder
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)

@@ -11,13 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import write_jsonl
 from test_backtranslate_e2e import PARAGRAPH
 
 from selftaught.backtranslate.card import backtranslation_card
 from selftaught.backtranslate.config import BacktranslateConfig
-from selftaught.backtranslate.runfolder import RunFolder, StageClock, dependents
+from selftaught.backtranslate.evaluation import evaluation_settings
+from selftaught.backtranslate.runfolder import RunFolder, StageClock, changed_settings, dependents
 from selftaught.cli import main
-from selftaught.data.shards import read_shards, run_sharded, shard_seconds
+from selftaught.data.shards import read_parquet, read_shards, run_sharded, shard_seconds
 from selftaught.training.sft import COMPLETE_MARKER, SFTSettings
 
 
@@ -104,6 +106,51 @@ def test_a_finished_stage_rerun_with_other_inputs_says_it_skipped_what_differs_a
     assert "seed_split" not in out  # only what differs
     assert "rerun `selftaught backtranslate seed` with --overwrite" in out
     assert summary(run)["seed"]["rows_out"] == 8  # the old pairs are kept, and said to be
+
+
+def test_a_seed_file_of_the_same_name_with_other_content_is_said_to_differ(tmp_path, capsys):
+    """A name is not an input: another seed.jsonl, in another folder, is other seed data."""
+    run = tmp_path / "bt"
+
+    def seed(folder: str, answer: str) -> list[str]:
+        rows = [{"instruction": f"Q{i}?", "response": f"{answer} {i}."} for i in range(8)]
+        data = write_jsonl(tmp_path / folder / "seed.jsonl", rows)
+        return ["backtranslate", "seed", "--run_dir", str(run), "--seed_data", str(data)]
+
+    main(seed("a", "Yes"))
+    capsys.readouterr()
+    main(seed("copy", "Yes"))
+    assert "skipped" not in capsys.readouterr().out  # the same content elsewhere is the same input
+    main(seed("b", "No"))
+    out = capsys.readouterr().out
+    assert "[seed] skipped: it finished earlier with other settings (seed_data_content: " in out
+    assert "seed_data: " not in out  # the name did not change, the content did
+    assert "rerun `selftaught backtranslate seed` with --overwrite" in out
+    main([*seed("b", "No"), "--overwrite"])
+    assert {p["response"].split()[0] for p in read_parquet(run / "seed" / "pairs.parquet")} == {"No"}
+
+
+def test_a_corpus_whose_files_were_edited_is_said_to_differ(tmp_path, corpus, capsys):
+    edited = shutil.copytree(corpus, tmp_path / "corpus")
+    segment = ["backtranslate", "segment", "--run_dir", str(tmp_path / "bt"), "--corpus", str(edited)]
+    segment += ["--min_chars", "100"]  # the fixture's documents are short
+    main(segment)
+    (edited / "doc0.md").write_text((edited / "doc0.md").read_text() + "\nOne more sentence.\n")
+    capsys.readouterr()
+    main(segment)
+    out = capsys.readouterr().out
+    assert "[segment] skipped" in out and "(corpus_content: " in out and "--overwrite" in out
+
+
+def test_the_evaluation_records_its_files_by_content(tmp_path):
+    run = RunFolder(tmp_path / "bt")
+    settings = []
+    for folder, prompt in (("a", "Say yes."), ("b", "Say no.")):
+        prompts = write_jsonl(tmp_path / folder / "prompts.jsonl", [{"prompt": prompt}])
+        config = BacktranslateConfig(run_dir=str(run.root), eval_prompts=str(prompts))
+        settings.append(evaluation_settings(config, run, [], "base"))
+    assert changed_settings(*settings).startswith("eval_prompts_content: ")
+    assert "eval_prompts:" not in changed_settings(*settings)
 
 
 # --- (c) one way to redo a stage and its dependents -------------------------------------------------

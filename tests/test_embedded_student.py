@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict
 
+import psutil
 import pytest
 import yaml
 
@@ -101,3 +107,53 @@ def test_a_killed_build_leaves_no_half_model(cache, monkeypatch):
         build_healed_student(TINY)
     assert not healed_folder(TINY).exists()
     assert not [p for p in cache.iterdir() if p.name.startswith(f".{healed_folder(TINY).name}")]
+
+
+# A run that needs the embedded student: it builds a real one (one layer), healing for ever, in a child.
+ENDLESS = Healing(layers=(0,), steps=10**6, batch_size=1, max_completion_tokens=8, eval_prompts=1)
+NEEDS_THE_STUDENT = f"""
+from selftaught.distill.student import Healing, healed_student
+healed_student(Healing(**{asdict(ENDLESS)!r}))
+"""
+
+
+def wait_until(condition, what: str, *alive: subprocess.Popen, seconds: float = 300):
+    """`condition()`'s first true value, polled while every process in `alive` runs."""
+    deadline = time.time() + seconds
+    while not (found := condition()):
+        assert all(p.poll() is None for p in alive), f"a process ended while waiting for {what}"
+        assert time.time() < deadline, f"no {what} in {seconds} s"
+        time.sleep(0.2)
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_run_takes_its_build_down_and_a_rerun_waits_for_a_live_build(cache, tmp_path):
+    """kill -9 of a run while its child builds the student: the child ends too. A second run, started while
+    the build is alive, waits for it, naming it: it neither deletes its scratch nor builds beside it."""
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "second.log"
+    scratch = lambda: [p for p in cache.glob(f".{healed_folder(ENDLESS).name}.*") if p.is_dir()]  # noqa: E731
+    first = subprocess.Popen([sys.executable, "-c", NEEDS_THE_STUDENT], env=env, stdout=subprocess.DEVNULL)
+    with log.open("w") as out:
+        second = None
+        try:
+            building = wait_until(scratch, "scratch folder of the build", first)
+            [build] = psutil.Process(first.pid).children()
+            second = subprocess.Popen([sys.executable, "-c", NEEDS_THE_STUDENT], env=env, stdout=out)
+            wait_until(lambda: f"Waiting for pid {first.pid} " in log.read_text(), "wait", second)
+            assert scratch() == building and not psutil.Process(second.pid).children()
+
+            first.kill()
+            first.wait()
+            assert not psutil.wait_procs([build], timeout=120)[1], "the build runs on without its run"
+            wait_until(lambda: psutil.Process(second.pid).children(), "build of the second run", second)
+            [second_build] = psutil.Process(second.pid).children()
+            second.kill()
+            second.wait()
+            assert not psutil.wait_procs([second_build], timeout=120)[1]
+        finally:
+            for process in (first, second):
+                if process is not None and process.poll() is None:
+                    process.kill()
+    assert not scratch()  # each build, ended by its run's death, removed its own scratch folder

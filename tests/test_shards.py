@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import lock_held_elsewhere
 
 from selftaught.data import shards
+from selftaught.data.folder_lock import FolderInUseError
 from selftaught.data.shards import (
     StageMismatchError,
     committed_shards,
@@ -132,16 +134,12 @@ def test_unknown_shards_without_manifest_are_refused(tmp_path):
         run_sharded(ROWS[:8], folder, 4, process, PARAMS)
 
 
-@pytest.mark.skipif(shards.fcntl is None, reason="POSIX file locks")
-def test_second_writer_is_refused(tmp_path):
+def test_second_writer_is_refused_with_the_error_the_command_line_reports(tmp_path):
     folder = tmp_path / "out"
-    folder.mkdir()
-    held = shards._lock(folder)
-    try:
-        with pytest.raises(RuntimeError, match="another process is writing"):
+    with lock_held_elsewhere(folder) as other:
+        with pytest.raises(FolderInUseError, match=f"pid {other.pid} on "):
             run_sharded(ROWS, folder, 4, process, PARAMS)
-    finally:
-        held.close()
+        assert not committed_shards(folder)
     run_sharded(ROWS, folder, 4, process, PARAMS)
 
 

@@ -17,7 +17,14 @@ from pathlib import Path
 from selftaught.backtranslate.card import backtranslation_card, train_sizes
 from selftaught.backtranslate.config import BacktranslateConfig
 from selftaught.backtranslate.examples import SEED_TAG
-from selftaught.backtranslate.runfolder import RunFolder, changed_settings, overwrite, say_skipped
+from selftaught.backtranslate.runfolder import (
+    RunFolder,
+    changed_settings,
+    overwrite,
+    say_skipped,
+    writes_run_folder,
+)
+from selftaught.data.loading import content_fingerprint
 from selftaught.data.seed_pairs import BUILTIN_OASST_SEED, load_seed_pairs
 from selftaught.data.shards import read_parquet, write_json
 from selftaught.evaluate.config import CurationEvalConfig, JudgeEvalConfig
@@ -90,14 +97,16 @@ def evaluation_inputs(
 
 
 def evaluation_settings(config: BacktranslateConfig, run: RunFolder, names: list[str], base: str) -> dict:
-    """What the kept evaluation pieces depend on: the models (a retrained one has a new identity) and the
-    evaluation's settings; files by name only, never a path of this machine."""
-    labelled = {k: model_label(v) if v else None for k, v in (("eval_prompts", config.eval_prompts),
-                ("eval_curation_data", config.eval_curation_data))}  # fmt: skip
+    """What the kept evaluation pieces depend on: the models (a retrained one has a new identity), the
+    evaluation's settings, and the files it reads, by name (never a path of this machine) and by content,
+    the seed data's too (its rows that the seed sample left out are the held-out pairs)."""
+    files = {"eval_prompts": config.eval_prompts, "eval_curation_data": config.eval_curation_data}
     return {
         "base_model": model_label(base),
         **{name: run.identity(run.model(name)) for name in names},
-        **labelled,
+        **{name: model_label(source) if source else None for name, source in files.items()},
+        **{f"{name}_content": content_fingerprint(source) for name, source in files.items()},
+        "seed_data_content": content_fingerprint(config.seed_data or str(BUILTIN_OASST_SEED)),
         **{
             k: getattr(config, k)
             for k in ("eval_prompt_count", "eval_curation_pairs", "eval_heldout_pairs", "eval_max_new_tokens")
@@ -125,6 +134,7 @@ def evaluation_is_current(run: RunFolder, settings: dict) -> bool:
     return True
 
 
+@writes_run_folder("evaluate")
 def stage_evaluate(config: BacktranslateConfig, settings: SFTSettings) -> dict:
     """Every finished model of the run on held-out data (see the module docstring).
 

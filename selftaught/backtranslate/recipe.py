@@ -42,10 +42,12 @@ from selftaught.backtranslate.runfolder import (
     record,
     sharded_seconds,
     stage_command,
+    writes_run_folder,
+    writing_run_folder,
 )
 from selftaught.backtranslate.segment import read_corpus, segment_corpus
 from selftaught.backtranslate.sharded import augment_shard_fn, curate_shard_fn, run_shards
-from selftaught.data.loading import DataError
+from selftaught.data.loading import DataError, content_fingerprint
 from selftaught.data.ray_pipeline import ray_map
 from selftaught.data.seed_pairs import BUILTIN_OASST_SEED, load_seed_pairs
 from selftaught.data.shards import export_jsonl, read_parquet, read_shards, write_parquet
@@ -67,12 +69,16 @@ def begin(config: BacktranslateConfig, stage: str) -> RunFolder:
 # --- stages --------------------------------------------------------------------------------------
 
 
+@writes_run_folder("seed")
 def stage_seed(config: BacktranslateConfig, settings: SFTSettings) -> list[dict]:
     run = begin(config, "seed")
+    source = config.seed_data or str(BUILTIN_OASST_SEED)
     knobs = {
         "seed_data": model_label(config.seed_data)
         if config.seed_data
         else "the shipped oasst1-format seed set",
+        # by content too: another file of the same name is other seed data (a Hub dataset: None)
+        "seed_data_content": content_fingerprint(source),
         "seed_split": config.seed_split,
         "seed_size": config.seed_size,
         "seed": settings.seed,
@@ -80,7 +86,6 @@ def stage_seed(config: BacktranslateConfig, settings: SFTSettings) -> list[dict]
     if finished(run, "seed", knobs):
         return read_parquet(run.seed_pairs)
     started = time.perf_counter()
-    source = config.seed_data or str(BUILTIN_OASST_SEED)
     pairs, stats = load_seed_pairs(source, config.seed_size, settings.seed, split=config.seed_split)
     if not pairs:
         raise DataError(f"{source}: no seed pairs survived the filters ({stats}); check lang/rank fields")
@@ -90,6 +95,7 @@ def stage_seed(config: BacktranslateConfig, settings: SFTSettings) -> list[dict]
     return pairs
 
 
+@writes_run_folder("train-seed")
 def stage_train_seed(config: BacktranslateConfig, settings: SFTSettings) -> Path:
     run = RunFolder(config.run_dir)
     pairs = read_parquet(run.require(run.seed_pairs, "seed"))
@@ -97,6 +103,7 @@ def stage_train_seed(config: BacktranslateConfig, settings: SFTSettings) -> Path
     return train_and_document(config, settings, "M0", examples, train_sizes(len(pairs)), iteration=0)
 
 
+@writes_run_folder("train-backward")
 def stage_train_backward(config: BacktranslateConfig, settings: SFTSettings) -> Path:
     run = RunFolder(config.run_dir)
     pairs = read_parquet(run.require(run.seed_pairs, "seed"))
@@ -104,10 +111,12 @@ def stage_train_backward(config: BacktranslateConfig, settings: SFTSettings) -> 
     return train_and_document(config, settings, "Myx", examples, {"seed pairs (reversed)": len(pairs)}, 0)
 
 
+@writes_run_folder("segment")
 def stage_segment(config: BacktranslateConfig, settings: SFTSettings) -> list[dict]:
     run = begin(config, "segment")
     knobs = {
         "corpus": model_label(config.corpus) if config.corpus else "installed packages",
+        "corpus_content": content_fingerprint(config.corpus),
         **asdict_subset(config, SEGMENT_KNOBS),
     }
     if finished(run, "segment", knobs):
@@ -132,6 +141,7 @@ def stage_segment(config: BacktranslateConfig, settings: SFTSettings) -> list[di
     return segments
 
 
+@writes_run_folder("augment")
 def stage_augment(config: BacktranslateConfig, settings: SFTSettings) -> Dataset:
     """Myx writes one instruction per segment (temperature 0.7, top-p 0.9), shard by shard."""
     run = begin(config, "augment")
@@ -162,6 +172,7 @@ def stage_augment(config: BacktranslateConfig, settings: SFTSettings) -> Dataset
     return pairs
 
 
+@writes_run_folder("curate")
 def stage_curate(config: BacktranslateConfig, settings: SFTSettings, k: int) -> Dataset:
     """Every (instruction, segment) pair scored in each curation mode; the scores are stored with each."""
     run = begin(config, f"curate_{k}")
@@ -181,6 +192,7 @@ def stage_curate(config: BacktranslateConfig, settings: SFTSettings, k: int) -> 
     return rated
 
 
+@writes_run_folder("select")
 def stage_select(config: BacktranslateConfig, settings: SFTSettings, k: int) -> list[dict]:
     """The pairs the selection rule keeps, with a histogram of the score it ranked them by."""
     run = begin(config, f"select_{k}")
@@ -209,6 +221,7 @@ def stage_select(config: BacktranslateConfig, settings: SFTSettings, k: int) -> 
     return selected
 
 
+@writes_run_folder("train")
 def stage_train(config: BacktranslateConfig, settings: SFTSettings, k: int) -> Path:
     run = RunFolder(config.run_dir)
     seed = read_parquet(run.require(run.seed_pairs, "seed"))
@@ -228,22 +241,23 @@ def run_all(config: BacktranslateConfig, settings: SFTSettings) -> dict:
             "of M(k-1)), or use --engine hf or vllm"
         )
     config.base()  # a bad --base_model stops the run before the first stage, not at the second
-    if config.overwrite:
-        overwrite_all(RunFolder(config.run_dir))
-        config = replace(config, overwrite=False)
-    stage_seed(config, settings)
-    stage_train_seed(config, settings)
-    stage_train_backward(config, settings)
-    stage_segment(config, settings)
-    stage_augment(config, settings)
-    for k in range(1, config.iterations + 1):
-        stage_curate(config, settings, k)
-        stage_select(config, settings, k)
-        stage_train(config, settings, k)
-    if PartialState().is_main_process:
-        stage_evaluate(config, settings)
-        write_report(config.run_dir)
-    return RunFolder(config.run_dir).read_summary()
+    with writing_run_folder(config.run_dir, "run"):  # once, for every stage (each takes it again)
+        if config.overwrite:
+            overwrite_all(RunFolder(config.run_dir))
+            config = replace(config, overwrite=False)
+        stage_seed(config, settings)
+        stage_train_seed(config, settings)
+        stage_train_backward(config, settings)
+        stage_segment(config, settings)
+        stage_augment(config, settings)
+        for k in range(1, config.iterations + 1):
+            stage_curate(config, settings, k)
+            stage_select(config, settings, k)
+            stage_train(config, settings, k)
+        if PartialState().is_main_process:
+            stage_evaluate(config, settings)
+            write_report(config.run_dir)
+        return RunFolder(config.run_dir).read_summary()
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -3,12 +3,15 @@
 Rules (each pinned by a test in tests/test_backtranslate_stages.py):
 - a stage is finished when summary.json has its line AND its output is whole (the file, the model's
   completion marker, every shard of its manifest): a stage whose output was deleted runs again;
-- summary.json records the settings each stage ran with; a finished stage rerun with other settings
-  is skipped with a message naming only what differs and how to redo it (`--overwrite`);
+- summary.json records the settings each stage ran with, the files it read by content (not by name: see
+  `content_fingerprint`); a finished stage rerun with other settings or files is skipped with a message
+  naming only what differs and how to redo it (`--overwrite`);
 - `--overwrite` redoes a stage and discards the output of every stage that depends on it (the stage
   graph below), so nothing downstream of new data is kept by mistake;
 - a stage's seconds add up every process that worked on it: a resumed stage's throughput counts all its
-  rows over all its processes' time.
+  rows over all its processes' time;
+- one process writes the run folder at a time (`writes_run_folder`): a second is refused at once, told
+  which process holds it; `run` holds it once for every stage it chains (tests/test_folder_lock.py).
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
+from functools import wraps
 from pathlib import Path
 
 from transformers import TrainerCallback
 
+from selftaught.data.folder_lock import writing_to
 from selftaught.data.shards import committed_shards, missing_shards, read_manifest, shard_seconds
 from selftaught.training.sft import COMPLETE_MARKER
 
@@ -100,6 +106,26 @@ class RunFolder:
         if stage == "augment" or stage.startswith("curate_"):
             return read_manifest(main) is not None and not missing_shards(main)
         return main.exists()
+
+
+def writing_run_folder(run_dir: str | Path, command: str):
+    """Hold the run folder's lock while the block runs (`folder_lock.writing_to`): a second process on the
+    same `--run_dir` is refused at once, naming this one. `command`: the subcommand the lock records."""
+    return writing_to(run_dir, f"selftaught backtranslate {command}", "another --run_dir")
+
+
+def writes_run_folder(command: str) -> Callable:
+    """Make a stage `(config, ...)` hold its run folder's lock while it runs (`writing_run_folder`)."""
+
+    def decorate(stage: Callable) -> Callable:
+        @wraps(stage)
+        def locked(config, *args, **kwargs):
+            with writing_run_folder(config.run_dir, command):
+                return stage(config, *args, **kwargs)
+
+        return locked
+
+    return decorate
 
 
 def inputs_of(stage: str, known: list[str] = ()) -> list[str]:

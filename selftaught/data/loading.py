@@ -6,6 +6,7 @@ Folders follow the Hub's convention: files whose names start with a split name (
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -94,3 +95,30 @@ def load_rows(source: str, split: str = "train", config: str | None = None) -> D
     if path.suffix in SUFFIXES or source.startswith((".", "/", "~")):
         raise DataError(f"{source}: no such file or folder")
     return load_dataset(source, config, split=split)
+
+
+def content_fingerprint(source: str | None) -> str | None:
+    """What a local file or folder holds: '<bytes> bytes, sha256 <16 hex digits>' (a folder: over the names
+    and contents of its files, hidden ones aside), so that a stage which skips finished work notices a file
+    whose content changed behind the same name. None for a Hub dataset: hashing it would mean downloading
+    it, so a stage records its name and split instead (`load_rows` pins no revision). None for no source."""
+    path = Path(source).expanduser() if source else None
+    if path is not None and path.is_file():
+        files = {"": path}  # the content alone: a renamed copy is the same input
+    elif path is not None and path.is_dir():
+        files = {
+            p.relative_to(path).as_posix(): p
+            for p in sorted(path.rglob("*"))
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        }
+    else:
+        return None
+    digest, size = hashlib.sha256(), 0
+    for name, file in files.items():
+        digest.update(name.encode() + b"\0")
+        with file.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+        digest.update(b"\0")
+    return f"{size} bytes, sha256 {digest.hexdigest()[:16]}"

@@ -10,7 +10,7 @@ Commit protocol, per shard: write a hidden temp file in the same folder, flush a
 not at all; temp files left by a killed run are deleted on the next start. `manifest.json` (written the
 same way) records what the stage was run with (input fingerprint, shard size, the caller's parameters
 such as the model), so a rerun with different settings is refused instead of mixing two runs' outputs.
-One writer per folder: an advisory lock on `.lock` enforces it (the OS drops it when a process dies).
+One writer per folder: the folder's lock (`folder_lock.writing_to`) refuses a second one at once.
 
 Each shard also records, in its Parquet metadata, the seconds its process spent on it (since the process
 started or committed its previous shard, so loading the model counts too): `shard_seconds` sums them,
@@ -30,10 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-try:  # POSIX only; elsewhere the single-writer rule is on the user
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None
+from selftaught.data.folder_lock import writing_to
 
 MANIFEST = "manifest.json"
 SECONDS_KEY = b"selftaught.seconds"
@@ -93,20 +90,6 @@ def _write_manifest(folder: Path, manifest: dict) -> None:
 def read_manifest(folder: Path) -> dict | None:
     path = Path(folder) / MANIFEST
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _lock(folder: Path):
-    """Hold an exclusive lock on the folder for this run; a second writer gets a clear error."""
-    handle = open(folder / ".lock", "a+")  # noqa: SIM115 - held for the whole run, closed by the caller
-    if fcntl is not None:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise RuntimeError(
-                f"another process is writing to {folder}; wait for it or use another folder"
-            ) from None
-    return handle
 
 
 def _clear(folder: Path) -> None:
@@ -196,8 +179,7 @@ def run_sharded(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     num_shards = manifest["num_shards"]
-    lock = _lock(folder)
-    try:
+    with writing_to(folder, desc):
         for stray in folder.glob(TEMP_GLOB):  # a killed run's half-written files; we hold the lock
             stray.unlink(missing_ok=True)
         _check_manifest(folder, manifest, overwrite, redo)
@@ -219,8 +201,6 @@ def run_sharded(
                 _commit(shard_path(folder, k), lambda f, t=table: pq.write_table(t, f))
                 bar.update(len(todo[k]))
                 bar.set_postfix(shards=f"{num_shards - len(todo) + count}/{num_shards}")
-    finally:
-        lock.close()
     return folder
 
 

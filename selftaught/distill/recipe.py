@@ -23,6 +23,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers.trainer_utils import get_last_checkpoint
 
+from selftaught.data.folder_lock import writing_to
 from selftaught.data.formats import Example, rename_columns, to_examples, tokenize_examples
 from selftaught.data.loading import DataError, available_splits, load_rows
 from selftaught.data.shards import StageMismatchError
@@ -144,10 +145,16 @@ def prompts_trained_on(config: DistillConfig, global_step: int, available: int) 
 
 
 def run_distillation(config: DistillConfig) -> dict:
-    """Train, save and evaluate; returns the evaluation results written to eval_results.json."""
+    """Train, save and evaluate; returns the evaluation results written to eval_results.json. One process
+    writes an output folder at a time: a second is refused at once, before the default models build."""
     teacher = None if config.teacher == SELF_TEACHER else config.teacher  # `self`: the student's own start
     check_model_flags({"--student": config.student, "--teacher": teacher})  # before the defaults build
-    config = resolve_defaults(config)
+    with writing_to(config.output_dir, "selftaught distill", "another --output_dir"):
+        return distill_into_output_dir(resolve_defaults(config))
+
+
+def distill_into_output_dir(config: DistillConfig) -> dict:
+    """`run_distillation`'s work, on resolved models, while it holds the output folder's lock."""
     out = Path(config.output_dir)
     train_examples, eval_examples = load_examples(config)  # data first: it fails fast and cheap
     resume = resume_checkpoint(config)

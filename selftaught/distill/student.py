@@ -16,16 +16,20 @@ held-out math prompts.
 
 The build runs in a child process (`python -m selftaught.distill.student`), under a file lock: the
 calling run's accelerate state (mixed precision, a distributed launch) stays its own, and of several
-processes started at once (`accelerate launch`), one builds while the others wait for it.
+processes started at once (`accelerate launch`), one builds while the others wait for it, told which
+process they wait for. The child holds the lock with its parent (it inherits the locked file) and ends
+with it (`end_with_parent`): a killed run leaves no build running on alone, and a rerun never takes the
+scratch folder of a live build for a dead one's.
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
+import ctypes
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +39,7 @@ from pathlib import Path
 
 import yaml
 
+from selftaught.data.folder_lock import holding
 from selftaught.data.formats import Example, to_examples, tokenize_examples, tokenize_prompt
 from selftaught.data.loading import load_rows
 from selftaught.data.seed_pairs import BUILTIN_OASST_SEED, load_seed_pairs
@@ -296,16 +301,41 @@ def healed_student(healing: Healing = HEALING) -> Path:
     if is_current(folder, healing):
         return folder
     cache_dir().mkdir(parents=True, exist_ok=True)
-    with open(cache_dir() / f".{folder.name}.lock", "a+") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # another process may be building it: wait for it
+
+    def wait(who: str) -> None:  # another process is building it: wait for it
+        print(f"Waiting for {who}: it is building the embedded student {folder.name}", flush=True)
+
+    with holding(cache_dir() / f".{folder.name}.lock", f"building {folder.name}", wait) as lock:
         if not is_current(folder, healing):
-            for stale in cache_dir().glob(f".{folder.name}.*"):  # what a killed build left; we hold the lock
+            for stale in cache_dir().glob(f".{folder.name}.*"):  # a dead build's: a live one holds the lock
                 if stale.is_dir():
                     shutil.rmtree(stale)
             print(f"Building the embedded student once: {folder.name} (cut, then healed; a few minutes)")
             env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
-            subprocess.run([sys.executable, "-m", "selftaught.distill.student"], env=env, check=True)
+            child = [sys.executable, "-m", "selftaught.distill.student", "--parent", str(os.getpid())]
+            child += ["--healing", json.dumps(settings_of(healing))]
+            subprocess.run(child, env=env, check=True, pass_fds=() if lock is None else (lock,))
     return folder
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def end_with_parent(parent: int) -> None:
+    """End this build when `parent`, the run that started it, ends, however it ends (kill -9 too).
+
+    On Linux the kernel sends SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG, called through ctypes:
+    Python has no binding), and SIGTERM ends the build as Ctrl-C does, removing its scratch folder. Where
+    there is no such call, an orphaned build runs on to its end, holding the lock it inherited, so that a
+    rerun waits for it rather than starting a second one.
+    """
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGTERM)) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # it ended before the kernel was told
+        sys.exit(128 + signal.SIGTERM)
 
 
 if __name__ == "__main__":
@@ -316,8 +346,15 @@ if __name__ == "__main__":
         help=f"instead, regenerate the shipped healing data ({TEACHER_ANSWERS.name}) with the teacher",
     )
     parser.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="for --write-teacher-answers")
+    parser.add_argument(
+        "--healing", type=json.loads, help="Healing's fields as JSON (default: HEALING); for a smaller build"
+    )
+    parser.add_argument("--parent", type=int, help="pid of the run that waits for this build: end with it")
     args = parser.parse_args()
+    if args.parent is not None:
+        end_with_parent(args.parent)
     if args.write_teacher_answers:
         write_teacher_answers(args.engine)
     else:
-        build_healed_student()
+        fields = asdict(HEALING) | (args.healing or {})
+        build_healed_student(Healing(**fields | {"layers": tuple(fields["layers"])}))
