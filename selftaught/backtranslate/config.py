@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from selftaught.arguments import ArgumentError, check_at_least, check_fraction, check_output_folder
 from selftaught.generation.base import EngineSettings
 from selftaught.models.check import check_model_argument
 from selftaught.scoring.curation import SELECTED_BY, SelectionRule, parse_modes
@@ -189,17 +190,33 @@ class BacktranslateConfig(EngineSettings):
         choices = {"output_format": ("parquet", "jsonl")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ArgumentError(f"--{name} must be one of {allowed}, got {getattr(self, name)!r}")
         self.curation_mode = ",".join(parse_modes(self.curation_mode))  # "probs" is read as "rubric"
         self.selection_rule().check(self.curation_modes)
-        if self.ray_actors < 1:
-            raise ValueError(f"ray_actors must be >= 1, got {self.ray_actors}")
         if self.iterations < 1 or self.iteration < 1:
-            raise ValueError("iterations and iteration start at 1")
+            raise ArgumentError("--iterations and --iteration start at 1")
         if not 0 < self.min_chars < self.max_chars:
-            raise ValueError("need 0 < min_chars < max_chars")
-        if self.max_scored_tokens < 1:
-            raise ValueError(f"max_scored_tokens must be >= 1, got {self.max_scored_tokens}")
+            raise ArgumentError("need 0 < --min_chars < --max_chars")
+        check_at_least(
+            self,
+            {
+                "ray_actors": 1,
+                "seed_size": 1,
+                "max_segments": 1,
+                "temperature": 0,
+                "max_instruction_tokens": 1,
+                "generation_batch_size": 1,
+                "shard_size": 1,
+                "max_reasoning_tokens": 1,
+                "max_scored_tokens": 1,
+                "eval_prompt_count": 0,
+                "eval_curation_pairs": 0,
+                "eval_heldout_pairs": 0,
+                "eval_max_new_tokens": 1,
+            },
+        )
+        check_fraction(self, "top_p")
+        check_output_folder(self.run_dir, "--run_dir")
 
     def base(self) -> str:
         """The base model: `--base_model`, checked before anything loads (a path that is not a model stops

@@ -10,6 +10,8 @@ import hashlib
 import json
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from datasets import Dataset, concatenate_datasets, load_dataset
 
 SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -26,7 +28,7 @@ def read_jsonl(path: Path) -> Dataset:
     Lines are split on bytes (\\n, \\r\\n), not with `str.splitlines`, which also breaks at U+2028, U+0085
     and other characters that JSON strings may hold unescaped; a leading UTF-8 BOM is accepted.
     """
-    rows = []
+    rows, numbers = [], []
     for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
         try:
             line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
@@ -44,11 +46,57 @@ def read_jsonl(path: Path) -> Dataset:
         if not isinstance(row, dict):
             raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
         rows.append(row)
+        numbers.append(number)
     if not rows:
         raise DataError(f"{path}: no rows; write one JSON object per line")
     # Dataset.from_list takes its columns from the first row; give every row every key instead.
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    return Dataset.from_list([{key: row.get(key) for key in columns} for row in rows])
+    rows = [{key: row.get(key) for key in columns} for row in rows]
+    for column in columns:
+        one_type_per_column(rows, numbers, column, path)
+    try:
+        return Dataset.from_list(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:  # types mixed deeper, inside lists or objects
+        raise DataError(
+            f"{path}: the rows do not share one type per field ({err}); write them alike"
+        ) from err
+
+
+KINDS = {
+    str: "text",
+    int: "a number",
+    float: "a number",
+    bool: "true/false",
+    list: "a list",
+    dict: "an object",
+}
+
+
+def one_type_per_column(rows: list[dict], numbers: list[int], column: str, path: Path) -> None:
+    """Arrow stores one type per column. Numbers, true/false and text mixed in a column are read as text
+    (an answer 2 on one line and "4" on another: "2" and "4"); a list or an object beside anything else
+    has no one reading, so the first row that differs is named."""
+    shapes: dict[type, tuple[str, int]] = {}  # scalar, list or dict: how its first value reads, and where
+    scalar_kinds = set()
+    for number, row in zip(numbers, rows, strict=True):
+        value = row[column]
+        if value is None:
+            continue
+        kind = KINDS[type(value)]
+        shape = type(value) if isinstance(value, (list, dict)) else str
+        shapes.setdefault(shape, (kind, number))
+        if shape is str:
+            scalar_kinds.add(kind)
+    if len(shapes) > 1:
+        (first, line), (other, number) = sorted(shapes.values(), key=lambda seen: seen[1])[:2]
+        raise DataError(
+            f"{path}:{number}: `{column}` is {other} here but {first} on line {line}; write every row's "
+            f"`{column}` as {first}"
+        )
+    if len(scalar_kinds) > 1:
+        for row in rows:
+            if row[column] is not None and not isinstance(row[column], str):
+                row[column] = json.dumps(row[column])
 
 
 def read_file(path: Path) -> Dataset:
@@ -56,6 +104,11 @@ def read_file(path: Path) -> Dataset:
         return read_jsonl(path)
     if path.suffix not in SUFFIXES:
         raise DataError(f"{path}: unsupported file type; use .jsonl, .json or .parquet")
+    if path.suffix == ".parquet":
+        try:
+            pq.read_metadata(path)  # the footer only: a file that is not Parquet fails here, in milliseconds
+        except pa.ArrowException as err:
+            raise DataError(f"{path}: not a Parquet file ({err}); write it as Parquet, or as .jsonl") from err
     return load_dataset(SUFFIXES[path.suffix], data_files=str(path), split="train")
 
 

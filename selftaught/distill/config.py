@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
+from selftaught.arguments import ArgumentError, check_at_least, check_output_folder, check_training_length
+from selftaught.generation.base import require_vllm
 from selftaught.generation.policy import POLICY_ENGINES, VLLM_MODES
-from selftaught.generation.vllm_engine import require_vllm
 
 SELF_TEACHER = "self"  # --teacher self: a frozen copy of the student's starting weights
 
@@ -227,34 +228,46 @@ class DistillConfig(TrainingArguments):
         for name in ("lmbda", "beta", "top_p"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {value}")
+                raise ArgumentError(f"--{name} must lie in [0, 1], got {value}")
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 for sampling, got {self.temperature}")
-        if self.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1")
-        if self.generation_batch_size is not None and self.generation_batch_size < 1:
-            raise ValueError(f"generation_batch_size must be at least 1, got {self.generation_batch_size}")
+            raise ArgumentError(f"--temperature must be > 0 for sampling, got {self.temperature}")
+        check_at_least(
+            self,
+            {
+                "max_new_tokens": 1,
+                "generation_batch_size": 1,
+                "per_device_train_batch_size": 1,
+                "per_device_eval_batch_size": 1,
+                "gradient_accumulation_steps": 1,
+                "max_prompt_length": 1,
+                "eval_max_new_tokens": 1,
+                "eval_size": 0,
+                "lora_r": 1,
+            },
+        )
+        check_training_length(self.max_steps, self.num_train_epochs)
+        check_output_folder(self.output_dir, "--output_dir")
         if self.engine == "openai":
-            raise ValueError(
-                "engine=openai cannot sample on-policy: the server's weights stay fixed while the student "
-                "trains. Use engine=vllm (vllm_mode=server for a separate `trl vllm-serve`), or hf."
+            raise ArgumentError(
+                "--engine openai cannot sample on-policy: the server's weights stay fixed while the student "
+                "trains. Use --engine vllm (--vllm_mode server for a separate `trl vllm-serve`), or hf."
             )
         if self.engine not in POLICY_ENGINES:
-            raise ValueError(f"engine must be one of {POLICY_ENGINES}, got {self.engine!r}")
+            raise ArgumentError(f"--engine must be one of {POLICY_ENGINES}, got {self.engine!r}")
         if self.vllm_mode not in VLLM_MODES:
-            raise ValueError(f"vllm_mode must be one of {VLLM_MODES}, got {self.vllm_mode!r}")
+            raise ArgumentError(f"--vllm_mode must be one of {VLLM_MODES}, got {self.vllm_mode!r}")
         if self.engine == "vllm":
             require_vllm()
         if self.teacher == SELF_TEACHER and not self.teacher_context:
-            raise ValueError(
-                "teacher=self without teacher_context would teach nothing: the frozen copy of the student's "
-                "starting weights, reading the same prompt, gives a loss of exactly 0 at the start and only "
-                "pulls the student back to where it began. Add --teacher_context (e.g. the reference "
-                "solution's column), or name another --teacher."
+            raise ArgumentError(
+                "--teacher self without --teacher_context would teach nothing: the frozen copy of the "
+                "student's starting weights, reading the same prompt, gives a loss of exactly 0 at the start "
+                "and only pulls the student back to where it began. Add --teacher_context (e.g. the "
+                "reference solution's column), or name another --teacher."
             )
         if self.seq_kd and self.lmbda == 1.0:
-            raise ValueError(
-                "seq_kd changes only the off-policy steps (teacher samples instead of the data's "
-                "completions), and lmbda=1 leaves none. Lower --lmbda, or drop --seq_kd."
+            raise ArgumentError(
+                "--seq_kd changes only the off-policy steps (teacher samples instead of the data's "
+                "completions), and --lmbda 1 leaves none. Lower --lmbda, or drop --seq_kd."
             )
         self.remove_unused_columns = False

@@ -4,6 +4,7 @@ tokenizer."""
 from __future__ import annotations
 
 from datasets import Dataset
+from transformers import PreTrainedTokenizerBase
 
 from selftaught.data.loading import DataError, load_rows
 from selftaught.evaluate.config import EngineEvalConfig, EvalConfig
@@ -40,11 +41,14 @@ def load_eval_rows(source: str, config: EvalConfig, columns: tuple[str, ...] = (
     return rows.select(range(min(len(rows), config.limit))) if config.limit else rows
 
 
-def eval_engine(name: str, config: EngineEvalConfig) -> GenerationEngine:
+def eval_engine(
+    name: str, config: EngineEvalConfig, tokenizer: PreTrainedTokenizerBase | None = None
+) -> GenerationEngine:
     """The engine `config.engine` names for model `name` (hf: loaded in `config.dtype`); it carries the
-    tokenizer of `name`, and results name it by `model_label` (never a path of this machine)."""
+    tokenizer of `name` (`tokenizer`, when the caller loaded it), and results name it by `model_label`
+    (never a path of this machine)."""
     return make_engine(
-        config, name, config.batch_size, config.trust_remote_code, config.dtype, name=model_label(name)
+        config, name, config.batch_size, config.trust_remote_code, config.dtype, model_label(name), tokenizer
     )
 
 

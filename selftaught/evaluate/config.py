@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
+from selftaught.arguments import ArgumentError, check_at_least, check_fraction, check_output_folder
 from selftaught.generation.base import EngineSettings
 from selftaught.scoring.curation import RANKED_BY, SelectionRule, parse_modes
 
@@ -24,7 +25,9 @@ class EvalConfig:
     split: str = field(
         default="test", metadata={"help": "Split of the data (a single file is its own split)."}
     )
-    limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N rows."})
+    limit: int | None = field(
+        default=None, metadata={"help": "Evaluate only the first N rows (default: every row)."}
+    )
     batch_size: int = field(default=8, metadata={"help": "Prompts per generation / forward batch."})
     dtype: str | None = field(
         default=None,
@@ -35,11 +38,24 @@ class EvalConfig:
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub."})
 
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ArgumentError(
+                f"--limit {self.limit} would evaluate no row: give at least 1, or leave --limit out to "
+                "evaluate every row"
+            )
+        check_at_least(self, {"batch_size": 1})
+        check_output_folder(self.output_dir, "--output_dir")
+
 
 @dataclass
 class EngineEvalConfig(EngineSettings, EvalConfig):
     """An evaluation run on any engine. A model path is the model itself for hf and vllm; for openai it
     gives only the tokenizer (the server's model answers). `batch_size` and `dtype` apply to hf."""
+
+    def __post_init__(self) -> None:
+        EngineSettings.__post_init__(self)
+        EvalConfig.__post_init__(self)
 
 
 # Columns that hold a math problem's own id, tried in order (MATH-500: unique_id).
@@ -57,9 +73,12 @@ class MathEvalConfig(EngineEvalConfig):
     samples: int = field(
         default=0, metadata={"help": "Sampled answers per problem for pass@k (0: greedy accuracy only)."}
     )
-    pass_k: str = field(
-        default="1,8",
-        metadata={"help": "Comma-separated k for pass@k (each at most --samples; the unbiased estimator)."},
+    pass_k: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated k for pass@k (the unbiased estimator), each at most --samples. "
+            "Default: 1 and --samples."
+        },
     )
     temperature: float = field(default=0.6, metadata={"help": "Sampling temperature for the pass@k samples."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus threshold for the pass@k samples."})
@@ -74,6 +93,39 @@ class MathEvalConfig(EngineEvalConfig):
             "number."
         },
     )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Prompts longer than this many tokens keep their last tokens (a notice counts them). "
+            "Default: none is cut, and a prompt longer than the model's context is refused, naming its row."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_at_least(self, {"max_new_tokens": 1, "samples": 0, "max_prompt_length": 1})
+        check_fraction(self, "top_p")
+        if self.samples and self.temperature <= 0:
+            raise ArgumentError(
+                f"--samples {self.samples} at --temperature {self.temperature} would draw the greedy answer "
+                "every time: give a temperature above 0, or --samples 0 for greedy accuracy alone"
+            )
+        beyond = [k for k in self.pass_ks if k > self.samples]
+        if self.pass_k is not None and beyond:
+            raise ArgumentError(
+                f"--pass_k {self.pass_k}: pass@k needs k <= --samples, and --samples is {self.samples}: "
+                f"raise --samples to {max(beyond)}, or drop {beyond} from --pass_k"
+            )
+
+    @property
+    def pass_ks(self) -> list[int]:
+        """The k of pass@k: `pass_k`, else 1 and `samples` (none without samples)."""
+        if self.pass_k is None:
+            return sorted({1, self.samples}) if self.samples else []
+        ks = [k.strip() for k in self.pass_k.split(",") if k.strip()]
+        if not ks or not all(k.isdigit() and int(k) >= 1 for k in ks):
+            raise ArgumentError(f"--pass_k takes positive integers joined by commas, got {self.pass_k!r}")
+        return sorted({int(k) for k in ks})
 
 
 @dataclass
@@ -102,6 +154,10 @@ class JudgeEvalConfig(EngineEvalConfig):
         default=4000, metadata={"help": "Each answer is cut to this many characters in the judge's prompt."}
     )
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_at_least(self, {"max_new_tokens": 1, "max_answer_chars": 1})
+
 
 @dataclass
 class DistanceEvalConfig(EvalConfig):
@@ -125,6 +181,10 @@ class DistanceEvalConfig(EvalConfig):
     )
     max_prompt_length: int = field(default=512, metadata={"help": "Prompts are cut to their last N tokens."})
     max_new_tokens: int = field(default=256, metadata={"help": "Longest greedy answer of either model."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_at_least(self, {"max_prompt_length": 1, "max_new_tokens": 1})
 
 
 @dataclass

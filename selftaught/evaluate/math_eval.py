@@ -30,18 +30,11 @@ from selftaught.evaluate.math import (
 )
 from selftaught.evaluate.results import write_result
 from selftaught.generation.base import GenerationEngine, SamplingParams
+from selftaught.models.loading import context_length, load_tokenizer
 from selftaught.models.naming import model_label
 from selftaught.scoring.degeneration import degeneration_metrics, ended_with_eos
 
 TASK = "math"
-
-
-def parse_ks(config: MathEvalConfig) -> list[int]:
-    """The k of pass@k that `samples` can estimate."""
-    ks = sorted({int(k) for k in config.pass_k.split(",") if k.strip()})
-    if any(k < 1 for k in ks):
-        raise ValueError(f"--pass_k takes positive integers, got {config.pass_k!r}")
-    return [k for k in ks if k <= config.samples]
 
 
 def row_ids(rows, config: MathEvalConfig, source: str) -> list[str]:
@@ -80,6 +73,31 @@ def print_unverifiable(flagged: list[dict], total: int, show: int = 20) -> None:
         print(f"  {row['id']}: {row['gold']!r}: {row['reason']}")
     if len(flagged) > show:
         print(f"  ... {len(flagged) - show} more in math.json")
+
+
+def fit_prompts(
+    prompts: list[list[int]], ids: list[str], config: MathEvalConfig, context: int | None, source: str
+) -> list[list[int]]:
+    """The prompts cut to `--max_prompt_length` (their last tokens, as distill cuts them), with a notice;
+    then any still longer than the model's `context` refused by row: such a prompt (a 20,000-word
+    problem) ran for minutes on one batch, past what the model was trained to read."""
+    limit = config.max_prompt_length
+    if limit is not None and (cut := sum(len(p) > limit for p in prompts)):
+        print(
+            f"eval math: {cut} of {len(prompts)} prompts cut to their last {limit} tokens",
+            "(--max_prompt_length)",
+        )
+        prompts = [p[-limit:] for p in prompts]
+    too_long = [
+        f"{i} ({len(p)} tokens)" for i, p in zip(ids, prompts, strict=True) if context and len(p) > context
+    ]
+    if too_long:
+        raise DataError(
+            f"{source}: {len(too_long)} prompt(s) longer than the model's context of {context} tokens, "
+            f"rows {', '.join(too_long[:5])}{' ...' if len(too_long) > 5 else ''}; shorten or drop them, or "
+            f"give --max_prompt_length (at most {context}) to keep each prompt's last tokens"
+        )
+    return prompts
 
 
 def answer_rows(
@@ -146,16 +164,19 @@ def run_math(config: MathEvalConfig) -> dict:
     ids = row_ids(rows, config, data)
     golds, unverifiable = read_golds([e.answer for e in examples], ids)
     print_unverifiable(unverifiable, len(golds))
-    ks = parse_ks(config)
-    engine = eval_engine(model, config)
-    prompts = [tokenize_prompt(engine.tokenizer, e.prompt) for e in examples]
+    tokenizer = load_tokenizer(model, config.trust_remote_code)
+    # With engine=openai the local folder gives only the tokenizer; the server applies its own limit.
+    model_context = None if config.engine == "openai" else context_length(model, config.trust_remote_code)
+    prompts = [tokenize_prompt(tokenizer, e.prompt) for e in examples]
+    prompts = fit_prompts(prompts, ids, config, model_context, data)
+    engine = eval_engine(model, config, tokenizer)
     greedy = answer_rows(engine, prompts, golds, SamplingParams(config.max_new_tokens, 0), -1)
     sampled: list[dict] = []
     for sample in range(config.samples):
         seed = config.seed + sample
         params = SamplingParams(config.max_new_tokens, config.temperature, config.top_p, seed=seed)
         sampled += answer_rows(engine, prompts, golds, params, sample)
-    metrics = math_metrics(greedy, sampled, rows, ks, config.samples)
+    metrics = math_metrics(greedy, sampled, rows, config.pass_ks, config.samples)
     context = {"id": ids, "prompt": rows["problem"]} | {
         c: rows[c] for c in ("subject", "level") if c in rows.column_names
     }

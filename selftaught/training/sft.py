@@ -37,6 +37,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
+from selftaught.arguments import ArgumentError, check_at_least, check_training_length
 from selftaught.data.loading import DataError
 from selftaught.models import load_model, load_tokenizer, restore_weights_mode
 from selftaught.training.callbacks import (
@@ -124,10 +125,25 @@ class SFTSettings:
 
     def __post_init__(self) -> None:
         if not 0 < self.final_learning_rate <= self.learning_rate:
-            raise ValueError(
-                f"final_learning_rate must be in (0, learning_rate={self.learning_rate}], "
+            raise ArgumentError(
+                f"--final_learning_rate must be in (0, --learning_rate {self.learning_rate}], "
                 f"got {self.final_learning_rate}"
             )
+        if not 0 <= self.dropout < 1:
+            raise ArgumentError(f"--dropout must lie in [0, 1), got {self.dropout}")
+        check_at_least(
+            self,
+            {
+                "per_device_train_batch_size": 1,
+                "gradient_accumulation_steps": 1,
+                "max_length": 1,
+                "logging_steps": 1,
+                "save_steps": 1,
+                "save_total_limit": 1,
+                "lora_r": 1,
+            },
+        )
+        check_training_length(self.max_steps, self.num_train_epochs)
 
     def lr_schedule(self) -> dict:
         """The SFTConfig fields for a linear decay from `learning_rate` to `final_learning_rate`."""
