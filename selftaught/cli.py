@@ -260,21 +260,23 @@ def main(argv: list[str] | None = None) -> None:
     from selftaught.generation.openai_engine import EchoUnsupportedError
     from selftaught.models.check import ModelArgumentError
     from selftaught.models.vocab import TokenizerMismatchError
+    from selftaught.training.distributed import process_group_teardown
 
-    try:
-        COMMANDS[argv[0]](argv[1:])
-    except (
-        ArgumentError,
-        DataError,
-        ModelArgumentError,
-        TokenizerMismatchError,
-        StageMismatchError,
-        FileNotFoundError,
-        EchoUnsupportedError,
-        FolderInUseError,
-    ) as err:
-        print(f"selftaught {argv[0]}: error: {err}", file=sys.stderr)  # the message says what to do
-        sys.exit(2)
+    with process_group_teardown():  # under `accelerate launch`: each process ends with its own exit code
+        try:
+            COMMANDS[argv[0]](argv[1:])
+        except (
+            ArgumentError,
+            DataError,
+            ModelArgumentError,
+            TokenizerMismatchError,
+            StageMismatchError,
+            FileNotFoundError,
+            EchoUnsupportedError,
+            FolderInUseError,
+        ) as err:
+            print(f"selftaught {argv[0]}: error: {err}", file=sys.stderr)  # the message says what to do
+            sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -70,7 +71,39 @@ def test_config_parses_with_accelerates_own_launcher(name):
         assert "SHARDED_STATE_DICT" in str(plugin.state_dict_type)
 
 
-# Records, per process, every file the Python side opens for writing, then runs the real CLI.
+# Each process of a launch runs its launcher below (a script calling the real CLI) as a child, and records
+# how that child ended: its exit code (-6 is an abort, e.g. at interpreter exit after the model was saved).
+RANK_EXIT = """
+import os
+import signal
+import subprocess
+import sys
+
+child = subprocess.Popen([sys.executable, *sys.argv[1:]])
+signal.signal(signal.SIGTERM, lambda *_: child.terminate())  # the launcher stopping a process stops it all
+code = child.wait()
+with open(os.path.join(os.environ["SELFTAUGHT_TEST_OUT"], f"exit{os.environ['RANK']}"), "w") as f:
+    f.write(str(code))
+sys.exit(code != 0)
+"""
+
+# How every launcher ends: it runs the CLI, and records at exit whether the command, however it ended,
+# left its process group standing (a group left to interpreter exit can abort a finished run).
+RUN_CLI = """
+import atexit
+import torch.distributed
+
+
+def record_group():
+    with open(os.path.join(os.environ["SELFTAUGHT_TEST_OUT"], f"group{os.environ['RANK']}"), "w") as f:
+        f.write("left standing" if torch.distributed.is_initialized() else "destroyed")
+
+
+atexit.register(record_group)
+main(sys.argv[1:])
+"""
+
+# Records, per process, every file the Python side opens for writing (then RUN_CLI runs the real CLI).
 AUDIT_LAUNCHER = """
 import json
 import os
@@ -78,7 +111,7 @@ import sys
 
 from selftaught.cli import main
 
-LOG = open(os.path.join(os.environ["SELFTAUGHT_TEST_AUDIT_DIR"], f"rank{os.environ['RANK']}.txt"), "w")
+LOG = open(os.path.join(os.environ["SELFTAUGHT_TEST_OUT"], f"rank{os.environ['RANK']}.txt"), "w")
 WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND
 
 
@@ -91,7 +124,6 @@ def audit(event, args):
 
 
 sys.addaudithook(audit)
-main(sys.argv[1:])
 """
 
 
@@ -99,6 +131,48 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def launch(
+    tmp_path: Path, config: str, launcher: str, argv: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`accelerate launch` with the shipped `config` on 2 CPU processes (gloo), each running `launcher`
+    followed by RUN_CLI."""
+    (tmp_path / "rank_exit.py").write_text(textwrap.dedent(RANK_EXIT))
+    (tmp_path / "launcher.py").write_text(textwrap.dedent(launcher) + textwrap.dedent(RUN_CLI))
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(CONFIGS / config),
+        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()),
+        str(tmp_path / "rank_exit.py"), str(tmp_path / "launcher.py"), *argv,
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        **(env or {}),
+        "SELFTAUGHT_TEST_OUT": str(tmp_path),
+        "HF_HUB_OFFLINE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        # without it, transformers on a GPU-less machine runs each process alone (DistributedType.NO)
+        "ACCELERATE_USE_CPU": "true",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+
+def assert_every_process_ended(tmp_path: Path, done: subprocess.CompletedProcess, succeeded: bool) -> None:
+    """Success: the launcher and each process exited 0, each having destroyed its process group. Failure:
+    a process exited with its error (1), having destroyed its group, and the other did too or was stopped
+    by the launcher (SIGTERM); none aborted."""
+    log = done.stdout[-3000:] + done.stderr[-6000:]
+    exits = {rank: int((tmp_path / f"exit{rank}").read_text()) for rank in (0, 1)}
+    if succeeded:
+        assert done.returncode == 0 and exits == {0: 0, 1: 0}, f"{exits}\n{log}"
+    else:
+        assert done.returncode != 0 and 1 in exits.values(), f"{exits}\n{log}"
+        assert set(exits.values()) <= {1, -signal.SIGTERM}, f"{exits}\n{log}"
+    for rank in (r for r, code in exits.items() if code in (0, 1)):
+        assert (tmp_path / f"group{rank}").read_text() == "destroyed", f"process {rank}"
 
 
 @pytest.fixture
@@ -115,29 +189,15 @@ def seeded_run(tmp_path, tiny_student) -> Path:
 
 @pytest.mark.slow
 def test_train_seed_on_two_processes_saves_one_trained_model(tmp_path, seeded_run, tiny_student):
-    """`accelerate launch` with the shipped DDP config (2 CPU processes, gloo): M0 is saved whole, once."""
-    script = tmp_path / "audited_cli.py"
-    script.write_text(textwrap.dedent(AUDIT_LAUNCHER))
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(CONFIGS / "multi_gpu.yaml"),
-        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()),
-        str(script), "backtranslate", "train-seed",
-        "--run_dir", str(seeded_run), "--base_model", str(tiny_student),
+    """`accelerate launch` with the shipped DDP config (2 CPU processes, gloo): M0 is saved whole, once, and
+    every process exits 0."""
+    argv = [
+        "backtranslate", "train-seed", "--run_dir", str(seeded_run), "--base_model", str(tiny_student),
         "--max_steps", "2", "--per_device_train_batch_size", "2", "--max_length", "128",
         "--learning_rate", "1e-3", "--final_learning_rate", "9e-4",
     ]  # fmt: skip
-    env = os.environ | {
-        "SELFTAUGHT_TEST_AUDIT_DIR": str(tmp_path),
-        "HF_HUB_OFFLINE": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        # without it, transformers on a GPU-less machine runs each process alone (DistributedType.NO)
-        "ACCELERATE_USE_CPU": "true",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    done = launch(tmp_path, "multi_gpu.yaml", AUDIT_LAUNCHER, argv)
+    assert_every_process_ended(tmp_path, done, succeeded=True)
     assert done.stdout.count("[train_M0] rows in 8") == 1  # one process reports, not both
 
     out = (seeded_run / "models" / "M0").resolve()
@@ -215,30 +275,12 @@ def save_and_gather(trainer, out, merge_lora):
 
 
 selftaught.training.sft.save_final_model = selftaught.distill.recipe.save_final_model = save_and_gather
-main(sys.argv[1:])
 """
 
 
 def launch_fsdp(tmp_path: Path, argv: list[str], crash: bool = False) -> subprocess.CompletedProcess:
-    script = tmp_path / "fsdp_cli.py"
-    script.write_text(textwrap.dedent(FSDP_LAUNCHER))
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(CONFIGS / "fsdp.yaml"),
-        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()),
-        str(script), *argv,
-    ]  # fmt: skip
-    env = os.environ | {
-        "SELFTAUGHT_TEST_OUT": str(tmp_path),
-        "HF_HUB_OFFLINE": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "ACCELERATE_USE_CPU": "true",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    if crash:
-        env["SELFTAUGHT_TEST_CRASH_AFTER_CHECKPOINT"] = "1"
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    env = {"SELFTAUGHT_TEST_CRASH_AFTER_CHECKPOINT": "1"} if crash else {}
+    return launch(tmp_path, "fsdp.yaml", FSDP_LAUNCHER, argv, env)
 
 
 def assert_saved_model_is_the_gathered_one(folder: Path, gathered_file: Path, base: Path) -> None:
@@ -262,14 +304,15 @@ def test_fsdp_sft_resumes_its_sharded_checkpoint_and_saves_one_full_model(tmp_pa
         "--learning_rate", "1e-3", "--final_learning_rate", "9e-4",
     ]  # fmt: skip
     crashed = launch_fsdp(tmp_path, argv, crash=True)
-    assert crashed.returncode != 0 and "crash after the first checkpoint" in crashed.stderr
+    assert "crash after the first checkpoint" in crashed.stderr
+    assert_every_process_ended(tmp_path, crashed, succeeded=False)
     out = (seeded_run / "models" / "M0").resolve()
     shards = sorted(p.name for p in (out / "checkpoint-1" / "pytorch_model_fsdp_0").glob("*.distcp"))
     assert shards == ["__0_0.distcp", "__1_0.distcp"]  # one shard per process, no full model
     assert not (out / "model.safetensors").exists()
 
     done = launch_fsdp(tmp_path, argv)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    assert_every_process_ended(tmp_path, done, succeeded=True)
     record = json.loads((out / "sft_complete.json").read_text())
     assert record["resumed_from"].endswith("checkpoint-1")
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -289,5 +332,5 @@ def test_fsdp_distillation_saves_one_full_model(tmp_path, tiny_student, tiny_tea
         "--learning_rate", "1e-3", "--report_to", "none",
     ]  # fmt: skip
     done = launch_fsdp(tmp_path, argv)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    assert_every_process_ended(tmp_path, done, succeeded=True)
     assert_saved_model_is_the_gathered_one(out, tmp_path / "gathered.safetensors", tiny_student)
