@@ -277,6 +277,11 @@ def main(argv: list[str] | None = None) -> None:
         ) as err:
             print(f"selftaught {argv[0]}: error: {err}", file=sys.stderr)  # the message says what to do
             sys.exit(2)
+        except KeyboardInterrupt as stop:  # Ctrl-C: one line, where the run stopped and how to go on
+            from selftaught.training.checkpoints import stopped_message
+
+            print(f"selftaught {argv[0]}: {stopped_message(stop, ['selftaught', *argv])}", file=sys.stderr)
+            sys.exit(130)
 
 
 if __name__ == "__main__":

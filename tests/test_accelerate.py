@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from selftaught.cli import main
+from selftaught.training.checkpoints import COMPLETE_MARKER
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs" / "accelerate"
@@ -234,11 +235,11 @@ from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedType
 from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from transformers import Trainer
 
 import selftaught.distill.recipe
 import selftaught.training.sft
 from selftaught.cli import main
+from selftaught.training.checkpoints import CompleteCheckpoints
 
 OUT = Path(os.environ["SELFTAUGHT_TEST_OUT"])
 accelerator_state_init = AcceleratorState.__init__
@@ -254,13 +255,13 @@ def init(self, *args, fsdp_plugin=None, **kwargs):
 AcceleratorState.__init__ = init
 
 if os.environ.get("SELFTAUGHT_TEST_CRASH_AFTER_CHECKPOINT"):
-    save_checkpoint = Trainer._save_checkpoint
+    save_checkpoint = CompleteCheckpoints._save_checkpoint
 
     def save_then_crash(self, *args, **kwargs):
         save_checkpoint(self, *args, **kwargs)
         raise SystemExit("crash after the first checkpoint")
 
-    Trainer._save_checkpoint = save_then_crash
+    CompleteCheckpoints._save_checkpoint = save_then_crash
 
 save_final_model = selftaught.training.sft.save_final_model
 
@@ -309,6 +310,7 @@ def test_fsdp_sft_resumes_its_sharded_checkpoint_and_saves_one_full_model(tmp_pa
     out = (seeded_run / "models" / "M0").resolve()
     shards = sorted(p.name for p in (out / "checkpoint-1" / "pytorch_model_fsdp_0").glob("*.distcp"))
     assert shards == ["__0_0.distcp", "__1_0.distcp"]  # one shard per process, no full model
+    assert (out / "checkpoint-1" / COMPLETE_MARKER).is_file()  # written once both processes had saved
     assert not (out / "model.safetensors").exists()
 
     done = launch_fsdp(tmp_path, argv)

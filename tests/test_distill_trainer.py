@@ -698,15 +698,14 @@ def test_student_engine_gets_the_weights_once_per_step_and_samples_a_step_in_one
 
 def test_engine_samples_a_whole_step_in_one_generate_call(tmp_path, tiny_student, tiny_teacher, tokenizer):
     """Through the engine, a step's samples are what one `model.generate` call draws for all its
-    micro-batches' prompts, from the same random state: the engine changes where sampling runs, not what
+    micro-batches' prompts, from the step's seed: the engine changes where sampling runs, not what
     is sampled, and a step decodes once (the weights are read once per token, not once per micro-batch)."""
     trainer = on_policy_trainer(
         tmp_path, tiny_student, tiny_teacher, tokenizer, gradient_accumulation_steps=2
     )
-    raw = list(trainer.get_train_dataloader())  # read first: a loader draws a seed from the random state
-    torch.manual_seed(7)
+    raw = list(trainer.get_train_dataloader())
     batches, _ = trainer.get_batch_samples(iter(raw), 2, trainer.args.device)
-    torch.manual_seed(7)
+    torch.manual_seed(trainer.sampling_seed(evaluating=False))
     pad = tokenizer.pad_token_id
     prompts = [
         ids[m.bool()].tolist() for b in raw for ids, m in zip(b["prompt_ids"], b["prompt_mask"], strict=True)
@@ -718,6 +717,27 @@ def test_engine_samples_a_whole_step_in_one_generate_call(tmp_path, tiny_student
     sampled = [c for completed in batches for _, c in rows_of(completed)]
     assert len(sampled) == 4
     assert sampled == [ids[m.bool()].tolist() for ids, m in zip(expected, mask, strict=True)]
+
+
+def test_samples_are_drawn_from_seed_step_and_process_alone(tmp_path, tiny_student, tiny_teacher, tokenizer):
+    """A step's samples depend on (seed, step, process) only, and leave the global RNG (dropout's, the data
+    order's) as it was: a run resumed at step N draws what an uninterrupted one drew there, whatever the
+    global RNG holds when transformers restores it (for a run resumed mid-epoch: after the first step is
+    fetched, so after it is sampled)."""
+    trainer = on_policy_trainer(tmp_path, tiny_student, tiny_teacher, tokenizer)
+    raw = list(trainer.get_train_dataloader())
+
+    def draw(global_rng_seed: int, step: int) -> tuple[list, torch.Tensor]:
+        torch.manual_seed(global_rng_seed)
+        trainer.state.global_step = step
+        batches, _ = trainer.get_batch_samples(iter(raw), 1, trainer.args.device)
+        return [c for _, c in rows_of(batches[0])], torch.rand(4)
+
+    (samples, after), (again, _) = draw(1, step=3), draw(2, step=3)
+    assert samples == again  # whatever the global RNG held
+    torch.manual_seed(1)
+    assert torch.equal(after, torch.rand(4))  # and the global RNG is left as it was
+    assert draw(1, step=4)[0] != samples  # another step, other samples
 
 
 def test_generation_batch_size_caps_the_prompts_per_generate_call(

@@ -54,8 +54,9 @@ from selftaught.data.shards import export_jsonl, read_parquet, read_shards, writ
 from selftaught.models.naming import model_label
 from selftaught.report import write_report
 from selftaught.scoring.curation import SCORES, SelectionRule
+from selftaught.training.checkpoints import newest_complete_checkpoint
 from selftaught.training.model_card import write_model_card
-from selftaught.training.sft import SFTSettings, last_checkpoint, train_sft
+from selftaught.training.sft import SFTSettings, train_sft
 
 
 def begin(config: BacktranslateConfig, stage: str) -> RunFolder:
@@ -369,7 +370,7 @@ def train_and_document(
     if finished(run, stage, knobs):
         return run.model(name)
     ledger = run.timing / f"{stage}.jsonl"
-    if last_checkpoint(run.model(name)) is None:  # a fresh start: no earlier process's time to add
+    if newest_complete_checkpoint(run.model(name)) is None:  # a fresh start: no earlier time to add
         ledger.unlink(missing_ok=True)
     clock = StageClock(ledger)
     out = train_sft(

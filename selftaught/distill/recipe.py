@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers.trainer_utils import get_last_checkpoint
 
 from selftaught.data.folder_lock import writing_to
 from selftaught.data.formats import Example, rename_columns, to_examples, tokenize_examples
@@ -41,6 +40,12 @@ from selftaught.training.callbacks import (
     MetricsFileCallback,
     quiet_tied_weights_on_resume,
     replace_progress_bar,
+)
+from selftaught.training.checkpoints import (
+    checkpoint_folders,
+    last_complete_checkpoint,
+    newest_complete_checkpoint,
+    stops_cleanly,
 )
 from selftaught.training.model_card import write_model_card
 from selftaught.training.sft import save_final_model
@@ -101,11 +106,14 @@ def check_completions(examples: list[Example], config: DistillConfig) -> None:
         )
 
 
+RESUME_FLAGS = ("--resume_from_checkpoint", "last")
+
+
 def resume_checkpoint(config: DistillConfig) -> str | bool | None:
-    """`--resume_from_checkpoint last` (or true) means the newest checkpoint in output_dir, if any."""
+    """`--resume_from_checkpoint last` (or true): the newest complete checkpoint in output_dir, if any."""
     value = config.resume_from_checkpoint
     if value in ("last", "true", "True", True):
-        return get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
+        return last_complete_checkpoint(config.output_dir)
     return value
 
 
@@ -114,16 +122,20 @@ def replace_earlier_run(out: Path) -> None:
 
     A finished run (it wrote eval_results.json) is replaced, and its checkpoints go first: left beside this
     run's, a later `--resume_from_checkpoint last` would pick the newest of them, the old run's. An
-    unfinished one is refused, as starting over would throw its steps away."""
-    if not out.is_dir() or not (earlier := get_last_checkpoint(str(out))):
+    unfinished one with a checkpoint to resume from is refused, as starting over would throw its steps
+    away (one stopped before its first complete checkpoint has none: this run starts over beside it)."""
+    if not (checkpoints := checkpoint_folders(out)):
         return
     if not (out / "eval_results.json").is_file():
-        raise StageMismatchError(
-            f"{out.name} holds {Path(earlier).name} of an unfinished run. To continue it, add "
-            "--resume_from_checkpoint last; to start over, delete the folder or give another --output_dir."
-        )
+        if earlier := newest_complete_checkpoint(out):
+            raise StageMismatchError(
+                f"{out.name} holds {earlier.name} of an unfinished run. To continue it, add "
+                "--resume_from_checkpoint last; to start over, delete the folder or give another "
+                "--output_dir."
+            )
+        return
     print(f"[distill] {out.name} holds a finished run: replacing it (its checkpoints are deleted first)")
-    for checkpoint in out.glob("checkpoint-*"):
+    for checkpoint in checkpoints:
         shutil.rmtree(checkpoint)
     (out / "eval_results.json").unlink()  # present again only when this run finishes
 
@@ -218,7 +230,8 @@ def distill_into_output_dir(config: DistillConfig) -> dict:
         results["student_before"] = evaluation.metrics(trainer.model, "student_before")
     trainer.accelerator.wait_for_everyone()
 
-    train_output = trainer.train(resume_from_checkpoint=resume)
+    with stops_cleanly(trainer, RESUME_FLAGS):
+        train_output = trainer.train(resume_from_checkpoint=resume)
     save_final_model(trainer, out, config.use_peft)
 
     if main:

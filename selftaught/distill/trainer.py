@@ -8,7 +8,10 @@ Built on `Trainer` (not TRL's GKDTrainer) for three reasons the peers' bug repor
 - Each step runs one student forward, one teacher forward and one sampling pass, nothing more,
   and asks both models for the completion positions' logits only.
 - Whether a step is on-policy is a pure function of (seed, step): every process agrees without
-  communicating and a resumed run makes the same choices.
+  communicating and a resumed run makes the same choices. So are the samples: each draw is seeded from
+  (seed, step, process) in a forked RNG, leaving the global one (dropout) untouched. transformers restores
+  the global RNG of a run resumed mid-epoch only *after* fetching (here: sampling) its first step, so
+  samples drawn from it made a resumed run differ from an uninterrupted one at every tensor.
 When the data gives the teacher prompts of its own (privileged context, `distill.context`), the teacher
 reads [its prompt | the same completion tokens] and scores exactly the student's completion positions.
 Everything distributed (DDP, DeepSpeed, FSDP) comes from accelerate through `Trainer`; the teacher
@@ -25,6 +28,7 @@ from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 from trl.models.utils import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generation
@@ -34,6 +38,7 @@ from selftaught.generation.base import SamplingParams, left_pad, right_pad
 from selftaught.generation.policy import HFPolicyEngine, PolicyEngine
 from selftaught.models.vocab import shared_vocab_size
 from selftaught.scoring.logits import completion_logits, join_prompt_completion
+from selftaught.training.checkpoints import CompleteCheckpoints
 from selftaught.training.losses import generalized_jsd
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
@@ -63,7 +68,13 @@ class PromptCompletionCollator:
         return batch
 
 
-class GKDistillTrainer(Trainer):
+def forked_rng(device: torch.device):
+    """A context whose seeding and draws leave the global RNG of the CPU (and of `device`) as it was."""
+    devices = [] if device.type == "cpu" else [device.index or 0]
+    return torch.random.fork_rng(devices=devices, device_type=device.type)
+
+
+class GKDistillTrainer(CompleteCheckpoints, Trainer):
     def __init__(
         self,
         model: PreTrainedModel,
@@ -151,12 +162,15 @@ class GKDistillTrainer(Trainer):
         """Bernoulli(lmbda) drawn from (seed, step): the same on every process and on resume."""
         return random.Random(self.args.seed * 1_000_003 + step).random() < self.args.lmbda
 
-    def complete(self, batches: list[dict[str, torch.Tensor]], source: str) -> list[dict[str, torch.Tensor]]:
+    def complete(
+        self, batches: list[dict[str, torch.Tensor]], source: str, evaluating: bool = False
+    ) -> list[dict[str, torch.Tensor]]:
         """Attach completions from `source` ("student", "teacher" or "data") and build model inputs.
 
         Sampled completions come from one engine call for all the micro-batches of the step; the teacher
         samples from its own prompts. When the teacher has its own prompts, it gets its own inputs
         (`teacher_*`): its prompt block, then the very same completion block as the student's.
+        `evaluating`: held-out batches, sampled from a seed of their own (not the next step's).
         """
         device = self.args.device
         batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
@@ -170,7 +184,7 @@ class GKDistillTrainer(Trainer):
                 for b in batches
                 for ids, mask in zip(b[f"{prefix}_ids"], b[f"{prefix}_mask"], strict=True)
             ]
-            sampled = iter(self.sample(source, prompts))
+            sampled = iter(self.sample(source, prompts, evaluating))
             pad_id = self.processing_class.pad_token_id
             padded = [right_pad([next(sampled) for _ in b["prompt_ids"]], pad_id) for b in batches]
             completions = [(ids.to(device), mask.to(device)) for ids, mask in padded]
@@ -187,7 +201,7 @@ class GKDistillTrainer(Trainer):
             inputs.append(joined | {"completion_mask": completion_mask})
         return inputs
 
-    def sample(self, source: str, prompts: list[list[int]]) -> list[list[int]]:
+    def sample(self, source: str, prompts: list[list[int]], evaluating: bool = False) -> list[list[int]]:
         """Completions from the student or the teacher; the student's engine first gets the current weights,
         once per optimizer step (every process takes part: a ZeRO-3 / FSDP gather is collective)."""
         sampler = self.samplers[source]
@@ -195,9 +209,20 @@ class GKDistillTrainer(Trainer):
         if source == "student" and self._synced_step != self.state.global_step:
             sampler.sync_weights()
             self._synced_step = self.state.global_step
-        completions = sampler.generate(prompts, self.sampling)
+        with forked_rng(self.args.device):
+            torch.manual_seed(self.sampling_seed(evaluating))
+            completions = sampler.generate(prompts, self.sampling)
         self._since_log["generation_seconds"] += time.perf_counter() - started
         return completions
+
+    def sampling_seed(self, evaluating: bool) -> int:
+        """The seed of one sampling call, from (seed, step, process, training or held-out) alone: a resumed
+        run draws what an uninterrupted one drew, with no RNG state to save. The processes of one colocated
+        vLLM (tensor parallel) sample as one, so they share a seed, as TRL seeds them."""
+        sharing = self.args.tensor_parallel_size if self.args.engine == "vllm" else 1
+        process = self.args.process_index // sharing
+        entropy = (self.args.seed, self.state.global_step, process, int(evaluating))
+        return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
 
     def unwrapped_for_generation(self, model):
         """The bare model to call generate() on.
@@ -262,7 +287,7 @@ class GKDistillTrainer(Trainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Held-out loss on the dataset's completions, or on the student's samples for prompt-only data."""
         source = "data" if inputs["completion_mask"].sum() > 0 else "student"
-        [batch] = self.complete([inputs], source)
+        [batch] = self.complete([inputs], source, evaluating=True)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, batch)
         return loss.detach(), None, None

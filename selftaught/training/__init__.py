@@ -1,1 +1,1 @@
-"""Training building blocks shared by the recipes: losses, callbacks, model cards."""
+"""Training building blocks shared by the recipes: losses, callbacks, checkpoints and Ctrl-C, model cards."""

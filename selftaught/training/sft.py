@@ -17,9 +17,9 @@ The Humpback paper's settings (Li et al. 2023, section 4.1) are the defaults of 
 learning rate 1e-5 decaying linearly to 9e-6, weight decay 0.1, dropout 0.1, and batch size 32
 (8 under 3,000 examples; the batch is per_device_train_batch_size x gradient_accumulation_steps x GPUs).
 
-Resuming: a run writes checkpoints into `output_dir`; a rerun continues from the newest one, and
-once the final model is saved a marker file (`sft_complete.json`, written last) makes any rerun
-return at once.
+Resuming: a run writes checkpoints into `output_dir`; a rerun continues from the newest complete one
+(`training.checkpoints`), and once the final model is saved a marker file (`sft_complete.json`, written
+last) makes any rerun return at once.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from datasets import Dataset
 from peft import LoraConfig
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTConfig, SFTTrainer
 
 from selftaught.arguments import ArgumentError, check_at_least, check_training_length
@@ -45,6 +45,7 @@ from selftaught.training.callbacks import (
     quiet_tied_weights_on_resume,
     replace_progress_bar,
 )
+from selftaught.training.checkpoints import CompleteCheckpoints, last_complete_checkpoint, stops_cleanly
 
 # Written into output_dir after the final model, so its presence means "this run is finished".
 COMPLETE_MARKER = "sft_complete.json"
@@ -229,7 +230,7 @@ def lora_config(settings: SFTSettings) -> LoraConfig:
     )
 
 
-class CardlessSFTTrainer(SFTTrainer):
+class CardlessSFTTrainer(CompleteCheckpoints, SFTTrainer):
     """TRL's SFTTrainer minus the generic README.md it writes at each checkpoint (callers write the card)."""
 
     def create_model_card(self, *args, **kwargs) -> None:
@@ -268,10 +269,6 @@ def build_trainer(
 def is_complete(output_dir: str | Path) -> bool:
     """Whether `output_dir` holds a finished run (its marker is written after the final model)."""
     return (Path(output_dir) / COMPLETE_MARKER).is_file()
-
-
-def last_checkpoint(output_dir: Path) -> str | None:
-    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
 
 
 def save_final_model(trainer: Trainer, out: Path, merge_lora: bool) -> None:
@@ -316,8 +313,9 @@ def train_sft(
             f"none of the {len(examples)} training examples has an answer token within --max_length "
             f"{settings.max_length} (each prompt alone fills it): raise --max_length"
         )
-    checkpoint = last_checkpoint(out) if resume else None
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    checkpoint = last_complete_checkpoint(out) if resume else None
+    with stops_cleanly(trainer):  # rerun as it was, it resumes
+        result = trainer.train(resume_from_checkpoint=checkpoint)
 
     for name, value in base_dropout.items():
         setattr(trainer.model.config.get_text_config(), name, value)
