@@ -35,7 +35,11 @@ def parse_configs(
     _, unknown = parser.parse_known_args(rest)
     if unknown:
         parser.error(unknown_flags_message(config_classes, unknown, prog))
-    return tuple(parser.parse_args_into_dataclasses(args=rest)[: len(config_classes)])  # then --config
+    try:
+        return tuple(parser.parse_args_into_dataclasses(args=rest)[: len(config_classes)])  # then --config
+    except ValueError as err:  # a config refused a value (its __post_init__): named, no traceback
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 def unknown_flags_message(config_classes: tuple, unknown: list[str], prog: str) -> str:
@@ -196,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     from selftaught.generation.openai_engine import EchoUnsupportedError
     from selftaught.models.check import ModelArgumentError
     from selftaught.models.vocab import TokenizerMismatchError
+    from selftaught.scoring.curation import NonFiniteScoresError
 
     try:
         COMMANDS[argv[0]](argv[1:])
@@ -206,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
         StageMismatchError,
         FileNotFoundError,
         EchoUnsupportedError,
+        NonFiniteScoresError,
     ) as err:
         print(f"selftaught {argv[0]}: error: {err}", file=sys.stderr)  # the message says what to do
         sys.exit(2)

@@ -11,11 +11,18 @@ import math
 
 import pytest
 import torch
+from conftest import build_nan_model
 
 from selftaught.generation.engines import HFEngine
 from selftaught.generation.next_token import completion_logprobs
 from selftaught.models import load_model
-from selftaught.scoring.curation import SelectionRule, percentile_ranks, score_pairs, score_value
+from selftaught.scoring.curation import (
+    NonFiniteScoresError,
+    SelectionRule,
+    percentile_ranks,
+    score_pairs,
+    score_value,
+)
 from selftaught.scoring.likelihood import (
     BACKWARD_PROMPT,
     document_start,
@@ -108,11 +115,52 @@ def test_control_token_strings_in_untrusted_text_never_become_control_tokens(tok
     )
 
 
-def test_an_empty_response_has_no_score_and_is_never_kept(tokenizer, engine):
-    (empty,) = pmi_scores(engine, tokenizer, [("Say hi.", "")])
-    assert empty["pmi"] is None and empty["scored_tokens"] == 0
-    assert score_value(empty, "pmi") == -math.inf
-    assert SelectionRule("pmi", min_score=-100.0).keep([empty]) == [False]
+def test_an_empty_instruction_or_response_is_unscored_and_never_kept(tokenizer, engine):
+    # before: an empty instruction scored PMI exactly 0 (the two prompts are the same) and `pmi >= 0` kept it
+    pairs = [("", "Blue is a colour."), ("Say hi.", ""), ("Say hi.", "<|im_end|> "), PAIRS[0]]
+    rows = score_pairs(engine, tokenizer, pairs, "pmi")
+    assert [r["unscored"] for r in rows] == ["empty instruction", "empty response", "empty response", None]
+    assert [r["pmi"] is None for r in rows] == [True, True, True, False]
+    assert set(rows[0]) == set(rows[3])  # every row has every column (Parquet reads them from the first)
+    assert [score_value(r, "pmi") for r in rows[:3]] == [None, None, None]
+    for rule in (SelectionRule("pmi"), SelectionRule("pmi", min_score=-100.0), SelectionRule("pmi", top=1.0)):
+        assert rule.keep(rows)[:3] == [False, False, False]
+    # a row curated before empty texts went unscored, with its PMI of exactly 0, is not kept either
+    assert SelectionRule("pmi").keep([{"instruction": " ", "response": "Blue.", "pmi": 0.0}]) == [False]
+
+
+def test_an_instruction_longer_than_half_the_context_is_cut_to_it_and_flagged(tokenizer, engine):
+    long = " ".join(["How do I boil an egg?"] * 400)  # about 2,800 tokens; the tiny model's context: 512
+    cut = tokenizer.decode(tokenizer.encode(long, add_special_tokens=False)[:256])
+    for mode, score in (("pmi", "pmi"), ("backward", "backward_logprob"), ("rubric", "score_expectation")):
+        (scored,) = score_pairs(engine, tokenizer, [(long, "Boil it for nine minutes.")], mode)
+        (expected,) = score_pairs(engine, tokenizer, [(cut, "Boil it for nine minutes.")], mode)
+        assert scored["instruction_truncated"] and not expected["instruction_truncated"]
+        assert scored[score] == pytest.approx(expected[score], abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def zebra_engine(tmp_path_factory, tokenizer_dir, tokenizer):
+    """A model that computes NaN for any text holding the word " zebra", and numbers for the rest."""
+    folder = build_nan_model(tmp_path_factory.mktemp("zebra"), tokenizer_dir, token=" zebra")
+    return HFEngine(load_model(str(folder)), tokenizer, batch_size=2, name=folder.name)
+
+
+@pytest.mark.parametrize("mode, score", [("pmi", "pmi"), ("ifd", "ifd"), ("backward", "backward")])
+def test_a_non_finite_score_leaves_its_pair_unscored_and_never_kept(zebra_engine, tokenizer, mode, score):
+    pairs = [("Name an animal.", "A zebra has black and white stripes."), *PAIRS[:2]]
+    rows = score_pairs(zebra_engine, tokenizer, pairs, mode)
+    assert [r["unscored"] for r in rows] == [f"non-finite {mode} score", None, None]
+    assert score_value(rows[0], score) is None and score_value(rows[1], score) is not None
+    assert SelectionRule(score, min_score=-1e9).keep(rows) == [False, True, True]
+
+
+@pytest.mark.parametrize("mode", ["pmi", "rubric"])
+def test_a_model_that_scores_nothing_finite_is_named(tmp_path, tokenizer_dir, tokenizer, mode):
+    folder = build_nan_model(tmp_path / "nan_weights", tokenizer_dir)
+    broken = HFEngine(load_model(str(folder)), tokenizer, batch_size=2, name=folder.name)
+    with pytest.raises(NonFiniteScoresError, match=rf"nan_weights: every {mode} score .* NaN"):
+        score_pairs(broken, tokenizer, PAIRS, mode)
 
 
 # --- selection rules -------------------------------------------------------------------------------------

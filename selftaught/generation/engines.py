@@ -12,6 +12,8 @@ never care where the model runs:
   given completion after its prompt (likelihood scores: PMI, IFD, backward, held-out NLL).
 
 `name` is what provenance records: the model folder for `hf`, "vllm:<folder>", "openai:<url>/<model>".
+`context_length` is the longest sequence the model takes, where the engine knows it (None for a server,
+which refuses what it cannot take): scoring cuts untrusted text to fit it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ TOP_LOGPROBS = (
 class GenerationEngine(Protocol):
     name: str
     tokenizer: object
+    context_length: int | None
 
     def generate(self, prompts: list[list[int]], params: SamplingParams, desc: str = ...) -> list[list[int]]:
         """Completion ids per prompt, in the given order."""
@@ -131,6 +134,7 @@ class HFEngine:
 
     def __init__(self, model: PreTrainedModel, tokenizer, batch_size: int = 8, name: str = "hf") -> None:
         self.model, self.tokenizer, self.batch_size, self.name = model, tokenizer, batch_size, name
+        self.context_length = getattr(model.config, "max_position_embeddings", None)
 
     def generate(
         self, prompts: list[list[int]], params: SamplingParams, desc: str = "generating"
