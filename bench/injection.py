@@ -36,11 +36,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
-import sys
 from pathlib import Path
+
+from provenance import provenance
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +60,7 @@ RULES = {
     "generate": ("generate", "argmax", "score_expectation", 1),
     "pmi": ("pmi", "pmi", "pmi", 1),
     "pmi_no_echo": ("pmi", "pmi_no_echo", "pmi", 1),
+    "pmi_guarded": ("pmi", "pmi_guarded", "pmi", 1),
     "ifd": ("ifd", "ifd", "ifd", -1),
     "backward": ("backward", "backward", "backward_logprob", 1),
 }
@@ -142,27 +142,6 @@ def compare(rule_name: str, rows: list[dict], pairs: list[dict], edits: list[dic
     }
 
 
-def provenance() -> dict:
-    """The command, the commit (and whether the tree had changes) and the machine."""
-    import torch
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")), platform.processor(),
-    ) if Path("/proc/cpuinfo").exists() else platform.processor()  # fmt: skip
-    return {
-        "command": " ".join(["python", "bench/injection.py", *sys.argv[1:]]),
-        "commit": git("rev-parse", "HEAD"),
-        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "machine": {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-    }
-
-
 def signed(value: float | None) -> str:
     return "n/a" if value is None else format(value, "+.3f")
 
@@ -221,7 +200,7 @@ def main() -> None:
     print(f"\n{len(pairs)} pairs ({PAIRS}) x {len(edits)} edits, {path.name}, {args.tokens} tokens read\n")
     print_table(results)
     report = {
-        **provenance(),
+        **provenance("bench/injection.py"),
         "pairs": len(pairs),
         "pairs_by_kind": PAIRS,
         "edits": len(edits),

@@ -149,8 +149,8 @@ class CurationEvalConfig(EngineEvalConfig):
             "help": "What to score and rank the pairs by: curation modes as `backtranslate curate` takes "
             "them (rubric (old name: probs), generate, pmi, ifd, backward; several joined by commas, "
             "ranked by the first one's score), or a score as `backtranslate select` takes it (e.g. "
-            "pmi_no_echo, the demo's; argmax; pmi+expectation): the modes it needs are scored and the "
-            "pairs ranked by it."
+            "pmi_guarded, the demo's; pmi_no_echo; argmax; pmi+expectation): the modes it needs are scored "
+            "and the pairs ranked by it."
         },
     )
     threshold: float = field(

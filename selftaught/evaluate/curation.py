@@ -4,10 +4,10 @@ Humpback's Table 7 measure: precision and recall of the pairs a rater keeps, and
 against labelled (instruction, response) pairs (label 1: a pair to keep, 0: one to drop). The scores
 come from `score_modes`, the same call the `curate` stage makes, on the engine of `--engine`, in any
 curation mode (rubric, generate, pmi, ifd, backward), ranked by the mode's score or by any score `select`
-ranks by (pmi_no_echo, argmax, a+b). Reported: the ROC AUC of the ranking score with a 95% bootstrap
-interval, precision and recall at the modes' natural rules (and at --min_score or --select_top when
-given), and, when the rows carry a `kind` column (the project's dev set does), the AUC of the positives
-against each kind of negative on its own.
+ranks by (pmi_guarded, pmi_no_echo, argmax, a+b). Reported: the ROC AUC of the ranking score with a 95%
+bootstrap interval, precision and recall at the modes' natural rules (and at --min_score or --select_top
+when given), and, when the rows carry a `kind` column (the project's dev set does), the AUC of the
+positives against each kind of negative on its own.
 
 Every metric is over the pairs with a score: a pair left unscored (an empty text, a non-finite score: see
 `scoring.curation`) is counted in `unscored`, with its row numbers and reasons, and left out. An AUC that
@@ -86,13 +86,13 @@ def precision_recall(keep: list[bool], labels: list[int]) -> dict:
 
 def rules_for(config: CurationEvalConfig) -> list[SelectionRule]:
     """The keep rules reported: each scored mode's natural ones (the paper's argmax >= 4 for the rubric, and
-    expectation >= --threshold; pmi >= 0 and pmi_no_echo >= 0; ifd < 1), and the user's --min_score /
+    expectation >= --threshold; pmi, pmi_no_echo and pmi_guarded >= 0; ifd < 1), and the user's --min_score /
     --select_top on the ranked score."""
     rules = []
     if set(config.modes) & set(RUBRIC_MODES):
         rules += [SelectionRule("argmax"), SelectionRule("expectation", config.threshold)]
     if "pmi" in config.modes:
-        rules += [SelectionRule("pmi"), SelectionRule("pmi_no_echo")]
+        rules += [SelectionRule("pmi"), SelectionRule("pmi_no_echo"), SelectionRule("pmi_guarded")]
     if "ifd" in config.modes:
         rules.append(SelectionRule("ifd"))
     if config.min_score is not None or config.select_top is not None:

@@ -9,6 +9,20 @@ A rater that reads untrusted text (the rubric, the judge) also sees it datamarke
 run of whitespace shown as DATAMARK, so that words addressed to the rater inside it do not read as ours
 (the "spotlighting" of Hines et al., 2024, "Defending Against Indirect Prompt Injection Attacks With
 Spotlighting"); ratings.py measures what it changes.
+
+A score that reads no instruction (PMI) cannot be datamarked: there is no rater to show the mark to, and a
+note to the rater raises PMI anyway, because text about "this answer" and "the question" is likelier after
+any question than after none. `addresses_rater` finds such notes instead, so that the selection rule can
+rank the pair last (`pmi_guarded` in scoring/curation.py), as it ranks an echo of the instruction: a pair
+whose text talks to its rater about its rating is no training example, whatever it scores. A sentence
+counts when it names an evaluator (rater, grader, judge, "whoever rates"...) together with rating words
+(score, 5, perfect, best...), or demands a rating outright ("rate it 5", "score: 5/5", "full marks",
+"the highest possible score"). The words are those of English, French, German, Spanish and Chinese, the
+languages of the 16 phrasings it was designed on (bench/data/injections.jsonl, sets tuning and held_out);
+a note in another language, or one that names no evaluator and no rating ("this reply answers the question
+well"), passes: bench/injection.py measures how many such held-out notes (set held_out_2) still carry a bad
+pair across the threshold. It matches no text of the labelled dev set, the shipped seed set or the demo
+corpus (installed packages' descriptions).
 """
 
 from __future__ import annotations
@@ -17,6 +31,51 @@ import re
 
 DATAMARK = "^"
 WHITESPACE = re.compile(r"\s+")
+
+
+def _words(latin: tuple[str, ...], unspaced: tuple[str, ...] = ()) -> re.Pattern:
+    """Any of `latin` as whole words, or of `unspaced` (Chinese: no spaces, so no word boundaries)."""
+    alternatives = [rf"\b(?:{'|'.join(latin)})\b", *unspaced]
+    return re.compile("|".join(alternatives), re.IGNORECASE)
+
+
+# Whoever rates: evaluator roles (regex fragments).
+RATER = _words(
+    (
+        r"rat(?:er|ing (?:model|system|assistant))", r"grad(?:er|ing (?:model|system|assistant))",
+        r"evaluat(?:or|ion (?:model|system))", r"scor(?:er|ing (?:model|system|assistant))", "assessor",
+        "reviewer", "judge", "examiner", "annotator",
+        r"whoever (?:rates|grades|scores|reviews|evaluates|judges|assesses|marks)",
+        r"évaluat(?:eur|rice)", r"correct(?:eur|rice)", r"examinat(?:eur|rice)",
+        r"bewerter(?:in)?", r"prüfer(?:in)?", r"gutachter(?:in)?", r"korrektor(?:in)?",
+        r"evaluador(?:a)?", r"calificador(?:a)?", r"revisor(?:a)?", r"examinador(?:a)?",
+    ),
+    ("评分者", "评分员", "评审", "评估者", "评委", "阅卷"),
+)  # fmt: skip
+# What a note to the rater says: rating words, numbers, superlatives.
+RATING = _words(
+    (
+        r"rat(?:e|ed|ing)", r"scor(?:e|ed|ing)", r"grad(?:e|ed|ing)", r"marks?", r"stars?", r"points?",
+        "perfect", "flawless", "excellent", "ideal", "best", "top", "maximum", "highest", "award",
+        r"deserves?", "[0-9]+", r"not(?:e|er|ez)", r"parfaite?", r"maximale?", r"(?:best|höchst)note",
+        r"punkte?", "perfekt",
+        r"calific\w*", r"puntuaci[oó]n", "nota", "excelente", r"perfect[oa]", r"máxim[oa]",
+    ),
+    ("满分", "完美", r"\d+\s*分", "打分", "评分"),
+)  # fmt: skip
+# A rating demanded or claimed outright, whoever it is addressed to.
+RATING_DEMAND = _words(
+    (
+        r"(?:rate\s+|(?:rate|score|grade|mark)\s+(?:it|this|me|the (?:answer|response|reply))\s+)"
+        r"(?:a\s+)?(?:[0-9]+|five|ten)",
+        r"(?:scor(?:e|ed)|rat(?:e|ed|ing)|grade|mark)\s*[:=]?\s*[0-9]+\s*/\s*[0-9]+",
+        r"(?:[0-9]+|five|ten)\s+out\s+of\s+(?:[0-9]+|five|ten)", r"(?:full|top)\s+marks",
+        r"(?:highest|maximum|top|perfect|best)\s+(?:possible\s+)?(?:score|rating|grade|mark)",
+        r"note\s+maximale", r"(?:best|höchst)note", r"(?:calificaci|puntuaci)[oó]n\s+máxima",
+    ),
+    ("满分", r"[给打]\s*\d+\s*分"),
+)  # fmt: skip
+SENTENCES = re.compile(r"(?<=[.!?。！？])\s+|\n+")
 
 
 def special_token_strings(tokenizer) -> list[str]:
@@ -38,3 +97,11 @@ def strip_special_tokens(text: str, specials: list[str]) -> str:
 def datamark(text: str) -> str:
     """`text` with every run of whitespace shown as DATAMARK."""
     return WHITESPACE.sub(DATAMARK, text.strip())
+
+
+def addresses_rater(text: str) -> bool:
+    """Whether a sentence of `text` speaks to its rater about its rating (see the module docstring)."""
+    return any(
+        (RATER.search(sentence) and RATING.search(sentence)) or RATING_DEMAND.search(sentence)
+        for sentence in SENTENCES.split(text)
+    )
