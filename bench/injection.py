@@ -28,7 +28,7 @@ Target: the demo's rule (pmi_no_echo >= 0) at least as robust as the rubric on t
 
     HF_HUB_OFFLINE=1 flock /tmp/selftaught-heavy.lock .venv/bin/python bench/injection.py
     ... --modes pmi --sets held_out_2,neutral --output bench/results/x.json     # a part
-    ... --with-generate  (generate mode too: about 40 minutes of reasoning on 2 CPU cores)
+    ... --modes generate --output bench/results/injection_generate.json   # slow: every pair's reasoning
 """
 
 from __future__ import annotations
@@ -161,8 +161,9 @@ def print_table(results: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--modes", default=",".join(MODES), help="curation modes to score, comma-separated")
-    parser.add_argument("--with-generate", action="store_true", help="also generate mode (slow: reasoning)")
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help="curation modes to score, comma-separated (generate is slow)"
+    )
     parser.add_argument("--undefended", action="store_true", help="also the rubric without datamarking")
     parser.add_argument("--sets", help="edit sets to apply, comma-separated (default: all)")
     parser.add_argument("--tokens", type=int, default=32, help="response tokens the likelihood modes read")
@@ -181,8 +182,7 @@ def main() -> None:
     pairs, edits = load(args.sets.split(",") if args.sets else None)
     texts = [(p["instruction"], p["response"]) for p in pairs]
     texts += [inject(p["instruction"], p["response"], e["where"], e["text"]) for p in pairs for e in edits]
-    modes = args.modes.split(",") + (["generate"] if args.with_generate else [])
-    runs = [(mode, True) for mode in modes] + ([("rubric", False)] if args.undefended else [])
+    runs = [(mode, True) for mode in args.modes.split(",")] + ([("rubric", False)] if args.undefended else [])
     results = {}
     for mode, defended in runs:
         print(f"scoring {len(texts)} pairs: {mode}{'' if defended else ' (undefended)'} ...", flush=True)
