@@ -22,7 +22,7 @@ def cpu_name() -> str:
 
 def provenance(script: str) -> dict:
     """The command as run (`script` and its arguments), the commit and whether the tree had uncommitted
-    changes to tracked files, and the machine."""
+    changes to tracked files (results aside), and the machine."""
     import torch
 
     def git(*args: str) -> str:
@@ -31,7 +31,9 @@ def provenance(script: str) -> dict:
     return {
         "command": " ".join(["python", script, *sys.argv[1:]]),
         "commit": git("rev-parse", "HEAD"),
-        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "uncommitted_changes": bool(
+            git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
+        ),
         "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
         "python": sys.version.split()[0],
         "torch": torch.__version__,
