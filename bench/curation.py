@@ -15,6 +15,8 @@ size in every mode:
   pmi@K        mean log P(y_t | x, y_<t) - log P(y_t | y_<t) over the first K response tokens
   pmi_no_echo@K  the same rows ranked by `pmi_no_echo`: a response that echoes its instruction (most of its
                word trigrams are the instruction's) ranked last; its pairs/s are pmi@K's (no model call)
+  pmi_guarded@K  the same rows ranked by `pmi_guarded`, the demo's: pmi_no_echo, and a pair that speaks to
+               its rater about its rating ranked last too (bench/injection.py measures why)
   ifd@K        Superfiltering's IFD over the first K response tokens, ranked as Superfiltering ranks it
   backward@K   mean log P(instruction | response), the response cut to K tokens; the backward model is
                the base model prompted with Myx's prompt (zero-shot), or --backward-model (a trained Myx)
@@ -28,7 +30,7 @@ Measured per mode:
   kinds together (restated, paraphrased, non_answer, keyword_stuffed): what each mode can be gamed by;
 - precision and recall at the demo's rule (selftaught/backtranslate/default.yaml) for the mode the demo
   selects with, and at each mode's natural rule (rubric: argmax >= 4; pmi >= 0; ifd < 1).
-Targets: pmi with the embedded base model (ranked with the echo guard, as the demo selects) at AUC >= 0.9
+Targets: pmi with the embedded base model (ranked with its guards, as the demo selects) at AUC >= 0.9
 and >= 20x the pairs/s of free+regex.
 
 Usage:
@@ -49,6 +51,8 @@ from pathlib import Path
 import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before selftaught's imports load huggingface_hub
+from provenance import provenance  # noqa: E402
+
 from selftaught.evaluate.curation import KEEP_AT, auc_with_interval, curation_metrics, precision_recall  # noqa: E402
 from selftaught.scoring.curation import RANKED_BY, SelectionRule, score_value  # noqa: E402
 
@@ -58,6 +62,7 @@ DEMO = ROOT / "selftaught" / "backtranslate" / "default.yaml"
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "curation.json"
 ADVERSARIAL = ("restated", "paraphrased", "non_answer", "keyword_stuffed")
 TARGET_SPEEDUP, TARGET_AUC = 20.0, 0.9
+GUARDED_PMI = ("pmi_no_echo", "pmi_guarded")  # PMI ranked with the echo guard, and with both guards
 
 
 def load_dev_rows(path: Path, limit: int | None) -> list[dict]:
@@ -126,7 +131,7 @@ def timed(fn, *fn_args) -> tuple[list[dict], float]:
 def summarise(
     mode: str, scored: list[dict], seconds: float, rows: list[dict], demo, ranked_by: str | None = None
 ) -> dict:
-    """`ranked_by`: rank by that score instead of the mode's own (pmi rows ranked by pmi_no_echo)."""
+    """`ranked_by`: rank by that score instead of the mode's own (pmi rows ranked by a guarded PMI)."""
     name = mode.partition("@")[0]
     ranked = "rubric" if name == "free+regex" else name  # the parsed digit sits in the rubric's fields
     labels, kinds = [r["label"] for r in rows], [r["kind"] for r in rows]
@@ -257,14 +262,16 @@ def main() -> None:
         summaries[mode] = summarise(mode, results[mode], seconds, rows, demo)
         speed = summaries[mode]["pairs_per_second"]
         print(f"  {seconds:.1f} s, {speed:.2f} pairs/s, AUC {interval(summaries[mode])}", flush=True)
-        if mode.startswith("pmi@"):  # the same scores ranked with the echo guard: no second scoring
-            guarded = mode.replace("pmi@", "pmi_no_echo@")
-            summaries[guarded] = summarise(mode, results[mode], seconds, rows, demo, "pmi_no_echo")
-            print(f"  {guarded}: AUC {interval(summaries[guarded])}", flush=True)
+        if mode.startswith("pmi@"):  # the same scores ranked with the guards: no second scoring
+            for guard in GUARDED_PMI:
+                guarded = mode.replace("pmi@", f"{guard}@")
+                summaries[guarded] = summarise(mode, results[mode], seconds, rows, demo, guard)
+                print(f"  {guarded}: AUC {interval(summaries[guarded])}", flush=True)
 
-    # the target is the demo's score at the demo's K; else the last guarded PMI that ran
-    guarded = [m for m in summaries if m.startswith("pmi_no_echo@")]
-    pmi = f"pmi_no_echo@{demo[2]}" if f"pmi_no_echo@{demo[2]}" in guarded else (guarded or [None])[-1]
+    # the target is the demo's score at the demo's K; else the last PMI ranked by the demo's score
+    selected_by = demo[1].score
+    guarded = [m for m in summaries if m.startswith(f"{selected_by}@")]
+    pmi = f"{selected_by}@{demo[2]}" if f"{selected_by}@{demo[2]}" in guarded else (guarded or [None])[-1]
     ratios, targets = {}, {}
     if pmi and "free+regex" in summaries:
         ratio = summaries[pmi]["pairs_per_second"] / summaries["free+regex"]["pairs_per_second"]
@@ -294,6 +301,7 @@ def main() -> None:
         for i, row in enumerate(rows)
     ]
     report = {
+        **provenance("bench/curation.py"),
         "config": {
             "data": str(args.data.relative_to(ROOT) if args.data.is_relative_to(ROOT) else args.data),
             "rows": len(rows), "limit": args.limit, "batch_size": args.batch_size,

@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     from selftaught.generation.openai_engine import EchoUnsupportedError
     from selftaught.models.check import ModelArgumentError
     from selftaught.models.vocab import TokenizerMismatchError
+    from selftaught.scoring.curation import NonFiniteScoresError
     from selftaught.training.distributed import process_group_teardown
 
     with process_group_teardown():  # under `accelerate launch`: each process ends with its own exit code
@@ -274,6 +275,7 @@ def main(argv: list[str] | None = None) -> None:
             FileNotFoundError,
             EchoUnsupportedError,
             FolderInUseError,
+            NonFiniteScoresError,
         ) as err:
             print(f"selftaught {argv[0]}: error: {err}", file=sys.stderr)  # the message says what to do
             sys.exit(2)

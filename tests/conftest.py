@@ -153,6 +153,22 @@ def build_counter_model(folder: Path, tokenizer_dir: Path, seed: int = 0) -> Pat
     return folder
 
 
+@torch.no_grad()
+def build_nan_model(folder: Path, tokenizer_dir: Path, token: str | None = None) -> Path:
+    """A real tiny Llama with NaN in every weight (a broken checkpoint), or, given `token`, only in that
+    token's embedding row (untied from the lm_head): it computes NaN for a text holding that token alone."""
+    build_tiny_model(folder, tokenizer_dir, layers=1)
+    model = LlamaForCausalLM.from_pretrained(folder, tie_word_embeddings=False)
+    if token is None:
+        for weight in model.parameters():
+            weight.fill_(float("nan"))
+    else:
+        [token_id] = load_tokenizer(str(tokenizer_dir)).encode(token, add_special_tokens=False)
+        model.model.embed_tokens.weight[token_id] = float("nan")
+    model.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def whitespace_model(tmp_path_factory, tokenizer_dir) -> Path:
     """Answers every prompt with spaces only."""

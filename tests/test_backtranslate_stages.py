@@ -271,3 +271,27 @@ def test_a_resumed_training_stage_counts_the_time_of_every_process(tmp_path):
     second = StageClock(ledger)
     time.sleep(0.1)
     assert second.total() >= 0.3
+
+
+# --- (f) select keeps no pair without a score, and counts them ------------------------------------------
+
+
+def test_select_never_keeps_an_unscored_pair_and_counts_it(tmp_path, capsys):
+    run = RunFolder(tmp_path / "bt")
+    curated = [
+        {"instruction": "Name a colour.", "response": "Blue, like the sky.", "pmi": 0.3, "echoed_share": 0.0,
+         "unscored": None},
+        {"instruction": "Name a colour.", "response": "Buy paint now.", "pmi": -0.2, "echoed_share": 0.0,
+         "unscored": None},
+        {"instruction": "Name a fruit.", "response": "An apple.", "pmi": None, "echoed_share": 0.0,
+         "unscored": "non-finite pmi score"},
+        # curated before empty texts went unscored: PMI exactly 0, which pmi_no_echo >= 0 kept
+        {"instruction": "", "response": "Blue.", "pmi": 0.0, "echoed_share": 0.0, "unscored": None},
+    ]  # fmt: skip
+    run_sharded([r | {"curation_mode": "pmi"} for r in curated], run.curate(1), 4, lambda rows, k: rows)
+    main(["backtranslate", "select", "--run_dir", str(run.root)])  # the demo's rule: pmi_no_echo >= 0
+    assert [r["response"] for r in read_parquet(run.selected(1))] == ["Blue, like the sky."]
+    record = summary(run.root)["select_1"]
+    assert record["unscored"] == 2
+    assert record["unscored_reasons"] == {"non-finite pmi score": 1, "empty instruction": 1}
+    assert "2 pairs have no pmi_no_echo and are never kept" in capsys.readouterr().out

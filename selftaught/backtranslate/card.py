@@ -46,9 +46,10 @@ WHY = {
     "pmi": "instruction-conditioned pointwise mutual information: how much the instruction makes the segment "
     "likelier; it needs only next-token predictions, which small models make well (with the 135M base model "
     "on the project's labelled dev set over 32 tokens, ROC AUC 0.998 against mismatched and 0.935 against "
-    "promotional answers, where its rubric scores are at chance; selected by pmi_no_echo, a segment that "
-    "mostly echoes its instruction ranks last, and the AUC over every negative, adversarial ones included, "
-    "is 0.931; a paraphrase of the instruction still games it, see BENCHMARKS.md)",
+    "promotional answers, where its rubric scores are at chance; selected by pmi_guarded, a segment that "
+    "mostly echoes its instruction or speaks to its rater about its rating ranks last, and the AUC over "
+    "every negative, adversarial ones included, is 0.931; a paraphrase of the instruction still games it, "
+    "see BENCHMARKS.md)",
     "ifd": "Superfiltering's instruction-following difficulty, ranked as Superfiltering ranks it",
     "backward": "how well the segment predicts its instruction under the backward model Myx",
 }

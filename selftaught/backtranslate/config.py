@@ -114,9 +114,10 @@ class BacktranslateConfig(EngineSettings):
         default="auto",
         metadata={
             "help": "The score the rule ranks by: argmax or expectation (rubric / generate), pmi, "
-            "pmi_no_echo (PMI, a response that mostly repeats its instruction last), ifd (Superfiltering's "
+            "pmi_no_echo (PMI, a response that mostly repeats its instruction last), pmi_guarded "
+            "(pmi_no_echo, and a pair that speaks to its rater about its rating last), ifd (Superfiltering's "
             "order: IFD < 1 first, highest first), backward, or a combination a+b (the mean of their "
-            "percentile ranks). auto: the first curation mode's (argmax for the rubric, pmi_no_echo for pmi)."
+            "percentile ranks). auto: the first curation mode's (argmax for the rubric, pmi_guarded for pmi)."
         },
     )
     min_score: float | None = field(

@@ -53,7 +53,7 @@ from selftaught.data.seed_pairs import BUILTIN_OASST_SEED, load_seed_pairs
 from selftaught.data.shards import export_jsonl, read_parquet, read_shards, write_parquet
 from selftaught.models.naming import model_label
 from selftaught.report import write_report
-from selftaught.scoring.curation import SCORES, SelectionRule
+from selftaught.scoring.curation import SCORES, SelectionRule, unscored_reason
 from selftaught.training.checkpoints import newest_complete_checkpoint
 from selftaught.training.model_card import write_model_card
 from selftaught.training.sft import SFTSettings, train_sft
@@ -188,7 +188,9 @@ def stage_curate(config: BacktranslateConfig, settings: SFTSettings, k: int) -> 
     desc = f"curate (iteration {k})"
     run_shards(config, pairs, folder, fingerprint, desc, redo, curate_shard_fn, config, rater, backward, k)
     rated = read_shards(folder)
-    record(run, f"curate_{k}", len(pairs), len(rated), sharded_seconds(folder), knobs)
+    counts = curation_counts(rated)
+    say_curation_counts(f"curate_{k}", counts)
+    record(run, f"curate_{k}", len(pairs), len(rated), sharded_seconds(folder), knobs, **counts)
     export(config, folder)
     return rated
 
@@ -212,6 +214,15 @@ def stage_select(config: BacktranslateConfig, settings: SFTSettings, k: int) -> 
     write_parquet(run.selected(k), selected)
     counts = score_histogram(rule, rated, keep)
     print_histogram(counts, f"iteration {k}: {rule.score} of every pair (kept: {rule.describe()})")
+    unscored = Counter(
+        unscored_reason(r) for r, v in zip(rated, rule.values(rated), strict=True) if v is None
+    )
+    if unscored:
+        print(
+            f"[select_{k}] {unscored.total()} pairs have no {rule.score} and are never kept "
+            f"({', '.join(f'{reason}: {n}' for reason, n in unscored.items())})"
+        )
+    counts |= {"unscored": unscored.total(), "unscored_reasons": dict(unscored)}
     if not selected:
         print(
             f"[select_{k}] no pair passes {rule.describe()}: M{k} will learn from the seed pairs only. "
@@ -286,6 +297,30 @@ def curate_knobs(config: BacktranslateConfig, run: RunFolder, rater: Path, backw
     return knobs
 
 
+def curation_counts(rated: Dataset) -> dict:
+    """How many curated pairs went unscored (by reason) and had their instruction cut to the context."""
+    columns = set(rated.column_names)
+    unscored = Counter(r for r in (rated["unscored"] if "unscored" in columns else []) if r)
+    truncated = rated["instruction_truncated"] if "instruction_truncated" in columns else []
+    return {
+        "unscored": unscored.total(),
+        "unscored_reasons": dict(unscored),
+        "instructions_truncated": sum(bool(t) for t in truncated),
+    }
+
+
+def say_curation_counts(stage: str, counts: dict) -> None:
+    """The counts of `curation_counts` in words, when there is anything to say."""
+    if counts["unscored"]:
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in counts["unscored_reasons"].items())
+        print(f"[{stage}] {counts['unscored']} pairs have no score ({reasons}): `select` never keeps them")
+    if counts["instructions_truncated"]:
+        print(
+            f"[{stage}] {counts['instructions_truncated']} instructions longer than half the rater's context "
+            "were scored on their first half-context of tokens"
+        )
+
+
 def redo_hint(stage: str) -> str:
     return f"rerun `selftaught backtranslate {stage_command(stage)}` with --overwrite"
 
@@ -309,14 +344,17 @@ def score_histogram(rule: SelectionRule, rows: list[dict], keep: list[bool]) -> 
     values = rule.values(rows)
     if rule.score == "argmax":
         labels = [str(d) for d in range(1, 6)]
-        bins = [str(int(v)) for v in values]
+        bins = ["none" if v is None else str(int(v)) for v in values]
+        labels += ["none"] if "none" in bins else []
     else:
-        finite = [v for v in values if math.isfinite(v)] or [0.0]
+        finite = [v for v in values if v is not None and math.isfinite(v)] or [0.0]
         low, width = min(finite), (max(finite) - min(finite)) / HISTOGRAM_BINS or 1.0
         edges = [low + width * i for i in range(HISTOGRAM_BINS)]
         labels = [f"{e:.2f}" for e in edges]
         bins = [
-            labels[min(int((v - low) / width), HISTOGRAM_BINS - 1)] if math.isfinite(v) else "none"
+            labels[min(int((v - low) / width), HISTOGRAM_BINS - 1)]
+            if v is not None and math.isfinite(v)
+            else "none"
             for v in values
         ]
         labels += ["none"] if "none" in bins else []

@@ -16,7 +16,7 @@ from selftaught.data.ray_pipeline import ray_runner
 from selftaught.data.shards import check_folder, run_sharded
 from selftaught.generation.base import GenerationEngine, SamplingParams
 from selftaught.generation.engines import make_engine
-from selftaught.scoring.curation import score_pairs
+from selftaught.scoring.curation import score_modes
 from selftaught.training.sft import SFTSettings
 
 ShardFn = Callable[[list[dict], int], list[dict]]
@@ -67,23 +67,22 @@ def curate_shard_fn(config: BacktranslateConfig, rater: Path, backward: Path, k:
     modes = config.curation_modes
     rater_engine = run_engine(config, rater) if set(modes) - {"backward"} else None
     backward_engine = run_engine(config, backward) if "backward" in modes else None
+    engines = {mode: backward_engine if mode == "backward" else rater_engine for mode in modes}
 
     def score(rows: list[dict], shard: int) -> list[dict]:
         pairs = [(r["instruction"], r["response"]) for r in rows]
-        scored = [dict(r, curation_mode=config.curation_mode, iteration=k) for r in rows]
-        for mode in modes:
-            engine = backward_engine if mode == "backward" else rater_engine
-            fields = score_pairs(
-                engine,
-                engine.tokenizer,
-                pairs,
-                mode,
-                config.max_reasoning_tokens,
-                config.max_scored_tokens,
-                config.generation_batch_size,
-            )
-            for row, values in zip(scored, fields, strict=True):
-                row.update(values)
+        fields = score_modes(
+            engines,
+            pairs,
+            modes,
+            config.max_reasoning_tokens,
+            config.max_scored_tokens,
+            config.generation_batch_size,
+        )
+        scored = [
+            dict(r, curation_mode=config.curation_mode, iteration=k) | values
+            for r, values in zip(rows, fields, strict=True)
+        ]
         for row in scored:  # which model computed which fields
             if rater_engine is not None:
                 row["scoring_model"] = rater_engine.name

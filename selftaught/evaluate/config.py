@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from selftaught.arguments import ArgumentError, check_at_least, check_fraction, check_output_folder
 from selftaught.generation.base import EngineSettings
-from selftaught.scoring.curation import RANKED_BY, SelectionRule, parse_modes
+from selftaught.scoring.curation import SCORES, SelectionRule, modes_and_ranking
 
 
 @dataclass
@@ -191,7 +191,10 @@ class DistanceEvalConfig(EvalConfig):
 class CurationEvalConfig(EngineEvalConfig):
     model: str | None = field(
         default=None,
-        metadata={"help": "Scoring model: Hub id, folder or .gguf (for mode=backward, a backward model)."},
+        metadata={
+            "help": "Scoring model: Hub id, folder or .gguf (for mode=backward, a backward model). It scores "
+            "every mode --mode names."
+        },
     )
     data: str | None = field(
         default=None,
@@ -203,8 +206,11 @@ class CurationEvalConfig(EngineEvalConfig):
     mode: str = field(
         default="rubric",
         metadata={
-            "help": "Curation mode, as `backtranslate curate` scores: rubric (old name: probs), generate, "
-            "pmi, ifd or backward."
+            "help": "What to score and rank the pairs by: curation modes as `backtranslate curate` takes "
+            "them (rubric (old name: probs), generate, pmi, ifd, backward; several joined by commas, "
+            "ranked by the first one's score), or a score as `backtranslate select` takes it (e.g. "
+            "pmi_guarded, the demo's; pmi_no_echo; argmax; pmi+expectation): the modes it needs are scored "
+            "and the pairs ranked by it."
         },
     )
     threshold: float = field(
@@ -225,8 +231,19 @@ class CurationEvalConfig(EngineEvalConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        modes = parse_modes(self.mode)  # "probs" is read as "rubric"
-        if len(modes) != 1:
-            raise ValueError(f"eval curation scores one mode at a time, got {self.mode!r}")
-        self.mode = modes[0]
-        SelectionRule(RANKED_BY[self.mode], self.min_score, self.select_top).check([self.mode])
+        modes, score = modes_and_ranking(self.mode)
+        if any(part.strip() not in SCORES for part in self.mode.split("+")):  # modes: "probs" is "rubric"
+            self.mode = ",".join(modes)
+        # the AUC needs no threshold; one is needed only for a rule on the ranked score
+        wants_rule = self.min_score is not None or self.select_top is not None
+        SelectionRule(score, self.min_score, self.select_top).check(modes, needs_threshold=wants_rule)
+
+    @property
+    def modes(self) -> list[str]:
+        """The curation modes to score."""
+        return modes_and_ranking(self.mode)[0]
+
+    @property
+    def ranked_by(self) -> str:
+        """The score the pairs are ranked by (its AUC is the one reported first)."""
+        return modes_and_ranking(self.mode)[1]

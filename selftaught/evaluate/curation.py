@@ -2,15 +2,21 @@
 
 Humpback's Table 7 measure: precision and recall of the pairs a rater keeps, and ROC AUC of its scores,
 against labelled (instruction, response) pairs (label 1: a pair to keep, 0: one to drop). The scores
-come from `score_pairs`, the same call the `curate` stage makes, on the engine of `--engine`, in any
-curation mode (rubric, generate, pmi, ifd, backward). Reported: the ROC AUC of the mode's ranking score
-with a 95% bootstrap interval, precision and recall at the mode's natural rule (and at --min_score or
---select_top when given), and, when the rows carry a `kind` column (the project's dev set does), the
-AUC of the positives against each kind of negative on its own.
+come from `score_modes`, the same call the `curate` stage makes, on the engine of `--engine`, in any
+curation mode (rubric, generate, pmi, ifd, backward), ranked by the mode's score or by any score `select`
+ranks by (pmi_guarded, pmi_no_echo, argmax, a+b). Reported: the ROC AUC of the ranking score with a 95%
+bootstrap interval, precision and recall at the modes' natural rules (and at --min_score or --select_top
+when given), and, when the rows carry a `kind` column (the project's dev set does), the AUC of the
+positives against each kind of negative on its own.
+
+Every metric is over the pairs with a score: a pair left unscored (an empty text, a non-finite score: see
+`scoring.curation`) is counted in `unscored`, with its row numbers and reasons, and left out. An AUC that
+is undefined (one label class among the scored pairs) is None, and `auc_undefined` says why.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from selftaught.data.formats import PAIR_SHAPES, pair_shape
@@ -25,8 +31,8 @@ from selftaught.scoring.curation import (
     RUBRIC_MODES,
     SelectionRule,
     average_ranks,
-    score_pairs,
-    score_value,
+    score_modes,
+    unscored_reason,
 )
 
 TASK = "curation"
@@ -48,13 +54,23 @@ def roc_auc(scores: list[float], labels: list[int]) -> float | None:
     return (positive_rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 
 
-def auc_with_interval(scores: list[float], labels: list[int]) -> dict:
-    """ROC AUC and its 95% bootstrap interval over the pairs."""
+def auc_with_interval(scores: list[float | None], labels: list[int]) -> dict:
+    """ROC AUC and its 95% bootstrap interval over the pairs with a score (None: left out); when there is
+    none, `auc_undefined` says why."""
+    scored = [(s, label) for s, label in zip(scores, labels, strict=True) if s is not None]
+    values, classes = [s for s, _ in scored], [label for _, label in scored]
 
     def resampled(idx: list[int]) -> float | None:
-        return roc_auc([scores[i] for i in idx], [labels[i] for i in idx])
+        return roc_auc([values[i] for i in idx], [classes[i] for i in idx])
 
-    return {"auc": roc_auc(scores, labels), "auc_ci95": bootstrap_interval(len(labels), resampled)}
+    result = {"auc": roc_auc(values, classes), "auc_ci95": bootstrap_interval(len(classes), resampled)}
+    if result["auc"] is None:
+        positives = sum(classes)
+        result["auc_undefined"] = (
+            f"only one label class among the {len(classes)} scored pairs ({positives} positive, "
+            f"{len(classes) - positives} negative)"
+        )
+    return result
 
 
 def precision_recall(keep: list[bool], labels: list[int]) -> dict:
@@ -68,21 +84,19 @@ def precision_recall(keep: list[bool], labels: list[int]) -> dict:
     }
 
 
-def rules_for(mode: str, config: CurationEvalConfig) -> list[SelectionRule]:
-    """The keep rules reported for `mode`: its natural one (the paper's argmax >= 4 for the rubric, and
-    expectation >= --threshold), and the user's --min_score / --select_top on the mode's score."""
-    score = RANKED_BY[mode]
-    rules = (
-        [SelectionRule("argmax"), SelectionRule("expectation", config.threshold)]
-        if mode in RUBRIC_MODES
-        else []
-    )
-    if score in ("pmi", "ifd"):
-        rules.append(SelectionRule(score))
-    if score == "pmi":
-        rules.append(SelectionRule("pmi_no_echo"))
+def rules_for(config: CurationEvalConfig) -> list[SelectionRule]:
+    """The keep rules reported: each scored mode's natural ones (the paper's argmax >= 4 for the rubric, and
+    expectation >= --threshold; pmi, pmi_no_echo and pmi_guarded >= 0; ifd < 1), and the user's --min_score /
+    --select_top on the ranked score."""
+    rules = []
+    if set(config.modes) & set(RUBRIC_MODES):
+        rules += [SelectionRule("argmax"), SelectionRule("expectation", config.threshold)]
+    if "pmi" in config.modes:
+        rules += [SelectionRule("pmi"), SelectionRule("pmi_no_echo"), SelectionRule("pmi_guarded")]
+    if "ifd" in config.modes:
+        rules.append(SelectionRule("ifd"))
     if config.min_score is not None or config.select_top is not None:
-        rules.append(SelectionRule(score, config.min_score, config.select_top))
+        rules.append(SelectionRule(config.ranked_by, config.min_score, config.select_top))
     return rules
 
 
@@ -96,12 +110,16 @@ def curation_metrics(
 ) -> dict:
     """AUC of the mode's ranking score (or of `ranked_by`, another score its rows carry) with its interval,
     precision/recall at each rule, and the AUC of the positives against each kind of negative when the rows
-    have kinds."""
+    have kinds; all over the pairs with a score, the others counted in `unscored` (see the module
+    docstring)."""
     score = ranked_by or RANKED_BY[mode]
-    values = [score_value(r, score) for r in scored]
+    values = SelectionRule(score).values(scored)
+    unscored = [i for i, v in enumerate(values) if v is None]
     metrics = {"mode": mode, "ranked_by": score, **auc_with_interval(values, labels)}
+    kept = [i for i, v in enumerate(values) if v is not None]
     for rule in rules:
-        metrics[rule.describe()] = precision_recall(rule.keep(scored), labels)
+        keep = rule.keep([scored[i] for i in kept])
+        metrics[rule.describe()] = precision_recall(keep, [labels[i] for i in kept])
     if kinds is not None:
         positives = [i for i, label in enumerate(labels) if label == 1]
         metrics["by_kind"] = {}
@@ -111,12 +129,16 @@ def curation_metrics(
                 "negatives": len(idx) - len(positives),
                 **auc_with_interval([values[i] for i in idx], [labels[i] for i in idx]),
             }
-    finite = [v for v in values if v > float("-inf")]
+    finite = [v for v in values if v is not None and v > float("-inf")]
     metrics |= {
         "pairs": len(labels),
         "positives": sum(labels),
-        "mean_score": sum(finite) / max(len(finite), 1),
+        "mean_score": sum(finite) / len(finite) if finite else None,
+        "unscored": len(unscored),
     }
+    if unscored:
+        reasons = Counter(unscored_reason(scored[i]) for i in unscored)
+        metrics |= {"unscored_rows": [i + 1 for i in unscored[:20]], "unscored_reasons": dict(reasons)}
     return metrics
 
 
@@ -156,23 +178,32 @@ def mismatched_labels(pairs: list[dict]) -> list[dict]:
     ]
 
 
-def evaluate_rater(engine, tokenizer, labelled: list[dict], config: CurationEvalConfig) -> tuple[dict, list]:
-    """(metrics, one prediction row per labelled pair: the pair and its scores) for one scorer, an engine
-    or a loaded model, in `config.mode`."""
+def evaluate_rater(engine, labelled: list[dict], config: CurationEvalConfig) -> tuple[dict, list]:
+    """(metrics, one prediction row per labelled pair: the pair and its scores) for one scorer, an engine,
+    in every mode of `config.mode`, ranked by `config.ranked_by`."""
     pairs = [(r["instruction"], r["response"]) for r in labelled]
-    scored = score_pairs(
-        engine,
-        tokenizer,
+    scored = score_modes(
+        dict.fromkeys(config.modes, engine),
         pairs,
-        config.mode,
+        config.modes,
         config.max_reasoning_tokens,
         config.max_scored_tokens,
         config.batch_size,
     )
+    predictions = [row | values for row, values in zip(labelled, scored, strict=True)]
     labels = [r["label"] for r in labelled]
     kinds = [r["kind"] for r in labelled] if all("kind" in r for r in labelled) else None
-    metrics = curation_metrics(scored, labels, config.mode, rules_for(config.mode, config), kinds)
-    return metrics, [row | values for row, values in zip(labelled, scored, strict=True)]
+    metrics = curation_metrics(predictions, labels, config.mode, rules_for(config), kinds, config.ranked_by)
+    if len(config.modes) > 1:  # each mode's own score too
+        metrics["by_score"] = {
+            RANKED_BY[m]: auc_with_interval(SelectionRule(RANKED_BY[m]).values(predictions), labels)
+            for m in config.modes
+        }
+    truncated = [i + 1 for i, row in enumerate(scored) if row["instruction_truncated"]]
+    metrics["instructions_truncated"] = len(truncated)
+    if truncated:  # scored on their first half-context of tokens (scoring.curation)
+        metrics["instructions_truncated_rows"] = truncated[:20]
+    return metrics, predictions
 
 
 def run_curation(config: CurationEvalConfig) -> dict:
@@ -181,6 +212,6 @@ def run_curation(config: CurationEvalConfig) -> dict:
     data = required(config.data, "--data", TASK)
     rows = read_labelled(data, config)
     engine = eval_engine(model, config)
-    metrics, predictions = evaluate_rater(engine, engine.tokenizer, rows, config)
+    metrics, predictions = evaluate_rater(engine, rows, config)
     write_parquet(Path(config.output_dir) / f"{TASK}_predictions.parquet", predictions)
     return write_result(config.output_dir, TASK, metrics, config, {"model": engine.name}, data)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from selftaught.evaluate.intervals import paired_comparison, ratio, ratio_interval
-from selftaught.generation.engines import GenerationEngine
+from selftaught.generation.base import GenerationEngine
 from selftaught.models.cross_tokenizer import ByteVocabulary, chat_prompt_text
 
 

@@ -109,4 +109,7 @@ def print_result(result: dict) -> None:
     table.add_column("value", justify="right")
     for name, value in flat_metrics(result).items():
         table.add_row(name, f"{value:.4g}")
+    for name, why in result["metrics"].items():  # a metric that could not be computed says why
+        if name.endswith("_undefined"):
+            table.add_row(name.removesuffix("_undefined"), f"undefined: {why}")
     Console().print(table)

@@ -198,7 +198,7 @@ class ModelSuite:
 
         def make() -> dict:
             engine = self.engine(label)
-            metrics, rows = evaluate_rater(engine, engine.tokenizer, self.labelled, config)
+            metrics, rows = evaluate_rater(engine, self.labelled, config)
             write_parquet(self.folder / f"curation_{config.mode}_{label}.parquet", rows)
             return metrics
 

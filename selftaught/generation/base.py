@@ -49,6 +49,9 @@ class GenerationEngine(Protocol):
 
     name: str
     tokenizer: object
+    # The longest sequence the model takes where the engine knows it (None for a server, which refuses
+    # what it cannot take): scoring cuts untrusted text to fit it.
+    context_length: int | None
 
     def generate(self, prompts: list[list[int]], params: SamplingParams, desc: str = ...) -> list[list[int]]:
         """Completion ids per prompt, in the given order."""

@@ -33,6 +33,7 @@ class HFEngine:
 
     def __init__(self, model: PreTrainedModel, tokenizer, batch_size: int = 8, name: str = "hf") -> None:
         self.model, self.tokenizer, self.batch_size, self.name = model, tokenizer, batch_size, name
+        self.context_length = getattr(model.config, "max_position_embeddings", None)
 
     def generate(
         self, prompts: list[list[int]], params: SamplingParams, desc: str = "generating"

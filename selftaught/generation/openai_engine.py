@@ -42,6 +42,7 @@ class OpenAIEngine:
         )
         self.model = settings.served_model or self._call(lambda: self.client.models.list().data[0].id)
         self.name = f"openai:{settings.base_url.rstrip('/')}/{self.model}"
+        self.context_length = None  # the server's own limit: it refuses a longer prompt itself
 
     def _call(self, request):
         """Run one request; after the client's retries, a connection failure names the server."""

@@ -195,6 +195,7 @@ class VLLMEngine:
         )
         self.on_cpu = vllm_on_cpu()
         self.model_vocab_size = self.llm.llm_engine.model_config.get_vocab_size()
+        self.context_length = self.llm.llm_engine.model_config.max_model_len
 
     def _run(self, prompts: list[list[int]], params) -> list:
         from vllm.inputs import TokensPrompt
