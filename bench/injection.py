@@ -130,9 +130,10 @@ def main() -> None:
     held = results["rubric"]["held_out"]["mean_change"]
     print(f"\nrubric, held-out: mean change {held:+.3f} (target <= {TARGET_MEAN_CHANGE}): "
           f"{'met' if held <= TARGET_MEAN_CHANGE else 'NOT met'}")  # fmt: skip
-    args.output.parent.mkdir(parents=True, exist_ok=True)
+    from common import write_result  # bench/common.py; here: tests load this file without bench/ on the path
+
     report = {"pairs": len(pairs), "pairs_by_kind": PAIRS, "edits": len(phrasings), "results": results}
-    args.output.write_text(json.dumps(report, indent=2))
+    write_result(args.output, report)
     print(f"wrote {args.output}")
 
 
