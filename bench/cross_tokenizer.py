@@ -33,13 +33,15 @@ import time
 from pathlib import Path
 
 import torch
+from common import write_result  # bench/common.py
 from trl.chat_template_utils import gemma3_chat_template
 
 from selftaught.data.formats import tokenize_prompt
 from selftaught.distill.student import TEACHER_ANSWERS
 from selftaught.evaluate.per_byte import answer_nll, per_byte_nll
+from selftaught.generation.base import SamplingParams
 from selftaught.generation.engines import as_engine
-from selftaught.generation.hf import SamplingParams, generate_all
+from selftaught.generation.hf import generate_all
 from selftaught.models import load_model, load_tokenizer
 from selftaught.models.cross_tokenizer import CrossTokenizer, path_shares
 from selftaught.models.embedded import embedded_teacher, packaged_gemma_gguf
@@ -190,8 +192,7 @@ def main() -> None:
             stats |= model_stats(cross, rows, completions, alignments)
         results["sets"][name] = stats
         print(name, json.dumps(stats, indent=1))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=1) + "\n")
+    write_result(args.output, results)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ Targets: pmi with the embedded base model (ranked with its guards, as the demo s
 and >= 20x the pairs/s of free+regex.
 
 Usage:
-    HF_HUB_OFFLINE=1 flock /tmp/selftaught-heavy.lock .venv/bin/python bench/curation.py
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/curation.py
     HF_HUB_OFFLINE=1 .venv/bin/python bench/curation.py --limit 40 --modes rubric,pmi      # smoke
     ... --tokens 32,256 (likelihood modes at several K) --with-generate --device cuda --dtype bfloat16
 """
@@ -44,14 +44,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import yaml
+from common import portable, write_result  # bench/common.py
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before selftaught's imports load huggingface_hub
-from provenance import provenance  # noqa: E402
 
 from selftaught.evaluate.curation import KEEP_AT, auc_with_interval, curation_metrics, precision_recall  # noqa: E402
 from selftaught.scoring.curation import RANKED_BY, SelectionRule, score_value  # noqa: E402
@@ -229,7 +228,6 @@ def expand_modes(args: argparse.Namespace) -> list[str]:
 def main() -> None:
     args = parse_args()
     import torch
-    import transformers
 
     from selftaught.generation.engines import HFEngine
     from selftaught.models import load_model, load_tokenizer
@@ -301,27 +299,20 @@ def main() -> None:
         for i, row in enumerate(rows)
     ]
     report = {
-        **provenance("bench/curation.py"),
         "config": {
-            "data": str(args.data.relative_to(ROOT) if args.data.is_relative_to(ROOT) else args.data),
+            "data": portable(args.data),
             "rows": len(rows), "limit": args.limit, "batch_size": args.batch_size,
             "max_reasoning_tokens": args.max_reasoning_tokens, "device": args.device, "dtype": args.dtype,
             "model": f"{path.name} (selftaught.models.embedded.embedded_teacher)",
             "backward_model": Path(args.backward_model).name if args.backward_model else "base, zero-shot",
             "modes": modes,
         },
-        "environment": {
-            "python": sys.version.split()[0], "torch": torch.__version__,
-            "transformers": transformers.__version__, "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "accelerator": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-        },
+        "environment": {"torch_threads": torch.get_num_threads()},
         "results": summaries,
         "comparison": comparison,
         "rows": per_row,
     }  # fmt: skip
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2))
+    write_result(args.output, report)
     print(f"\nwrote {args.output}")
 
 

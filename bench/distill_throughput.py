@@ -45,6 +45,8 @@ import time
 import traceback
 from pathlib import Path
 
+from common import write_result  # bench/common.py
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "selftaught" / "data" / "builtin" / "math_prompts" / "train.jsonl"
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "distill_throughput.json"
@@ -693,10 +695,6 @@ def main() -> None:
     summary = ratios(results)
     print_report(results, summary, args)
 
-    import torch
-    import transformers
-    import trl
-
     report = {
         "config": {
             "steps": args.steps, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
@@ -705,16 +703,11 @@ def main() -> None:
             "learning_rate": LEARNING_RATE, "seed": SEED, "dtype": "float32", "device": "cpu",
             "prompts": f"first {prompts_needed(args)} rows of {DATA.relative_to(ROOT)}",
         },
-        "environment": {
-            "python": sys.version.split()[0], "torch": torch.__version__,
-            "transformers": transformers.__version__, "trl": trl.__version__, "cpu_count": os.cpu_count(),
-        },
         "results": results,
         "selftaught_ratios": summary,
         "notes": LOSS_NOTES,
     }  # fmt: skip
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2))
+    write_result(args.output, report)
     print(f"\nwrote {args.output}")
 
 

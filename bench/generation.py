@@ -56,15 +56,15 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
-import json
 import os
 import random
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+
+from common import write_result  # bench/common.py
 
 ROOT = Path(__file__).resolve().parent.parent
 MATH_FILES = sorted((ROOT / "selftaught" / "data" / "builtin" / "math_prompts").glob("*.jsonl"))
@@ -512,7 +512,6 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is imported: it reads it once
     args = parse_args()
     import torch
-    import transformers
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -537,11 +536,7 @@ def main() -> None:
             "flops_formula": "2 * n_body * positions + 2 * n_head * lm_head_rows (attention left out)",
             "n_body": counter.n_body, "n_head": counter.n_head,
         },
-        "environment": {
-            "python": sys.version.split()[0], "torch": torch.__version__,
-            "transformers": transformers.__version__, "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-        },
+        "environment": {"torch_threads": torch.get_num_threads()},
         "peak_flops_per_second": peak,
         "results": results,
         "ratios": ratios,
@@ -555,20 +550,14 @@ def main() -> None:
         ],
     }  # fmt: skip
     if "vllm" in args.runs:
-        import vllm
-
         from selftaught.generation.vllm_engine import serving_threads, vllm_on_cpu
 
-        report["environment"] |= {
-            "vllm": vllm.__version__,
-            "vllm_threads": serving_threads() if vllm_on_cpu() else None,
-        }
+        report["environment"]["vllm_threads"] = serving_threads() if vllm_on_cpu() else None
     for r in results.values():
         if "flops" in r:
             r["useful_share_of_peak"] = r["useful_flops_per_second"] / peak
     print_report(report)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2))
+    write_result(args.output, report)
     print(f"\nwrote {args.output}")
 
 

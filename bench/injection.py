@@ -205,7 +205,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args()
 
-    from provenance import provenance  # bench/, beside this script (tests import `inject` from elsewhere)
+    from common import write_result  # bench/common.py; here: tests import `inject` without bench/ on the path
 
     from selftaught.generation.engines import HFEngine
     from selftaught.models import load_model, load_tokenizer
@@ -236,15 +236,13 @@ def main() -> None:
     print(f"\n{len(pairs)} pairs ({PAIRS}) x {len(edits)} edits, {path.name}, {args.tokens} tokens read\n")
     print_table(results)
     report = {
-        **provenance("bench/injection.py"),
         "pairs": len(pairs),
         "pairs_by_kind": PAIRS,
         "edits": len(edits),
         "max_scored_tokens": args.tokens,
         "results": results,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    write_result(args.output, report)
     print(f"wrote {args.output}")
 
 

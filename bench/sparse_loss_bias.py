@@ -19,38 +19,16 @@ against `generalized_jsd` on the same tokens:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
+
+from common import write_result  # bench/common.py
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "bench" / "results" / "sparse_loss_bias.json"
-
-
-def provenance(settings: dict) -> dict:
-    """Commit, command (from the settings, so no path of this machine), machine and date."""
-    import torch
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "command": "bench/sparse_loss_bias.py "
-        + " ".join(
-            f"--{key.replace('_', '-')} " + " ".join(map(str, value if isinstance(value, list) else [value]))
-            for key, value in settings.items()
-        ),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
 
 
 def load_students(noise: float, seed: int) -> dict:
@@ -270,9 +248,7 @@ def main() -> None:
             print_run(name, source, run)
             runs.append(run)
     settings = {k: v for k, v in vars(args).items() if k != "output"}
-    report = {"provenance": provenance(settings), "settings": settings, "runs": runs}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args.output, {"settings": settings, "runs": runs})
     print(
         f"\nwrote {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output.name}"
     )

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -21,6 +20,7 @@ from selftaught.data.ray_pipeline import ray_map
 from selftaught.data.shards import read_parquet
 from selftaught.training.sft import COMPLETE_MARKER, SFTSettings
 
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install selftaught[ray]")
 pytestmark = pytest.mark.slow
 
 TOPICS = ("kettles", "bicycles", "compost", "violins", "lanterns", "ferries")

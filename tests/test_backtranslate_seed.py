@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import write_jsonl
 
+from selftaught.backtranslate.runfolder import RunFolder
+from selftaught.cli import main
 from selftaught.data.loading import DataError
 from selftaught.data.seed_pairs import (
     BUILTIN_OASST_SEED,
@@ -19,6 +21,7 @@ from selftaught.data.seed_pairs import (
     seed_pairs_from_file,
     seed_pairs_from_oasst,
 )
+from selftaught.data.shards import read_parquet
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "oasst1_sample.jsonl"
@@ -169,9 +172,22 @@ def test_sampling_is_seeded_and_respects_size():
         pairs_of(rows, size=-1)
 
 
-def test_default_size_is_the_papers_3200():
-    pairs, stats = seed_pairs_from_oasst(read(FIXTURE))
-    assert len(pairs) == 6 and stats["sampled_out"] == 0
+def test_the_seed_stage_keeps_the_papers_3200_pairs_by_default(tmp_path):
+    """Humpback seeds with 3,200 oasst1 pairs: `backtranslate seed` without --seed_size keeps that many of
+    3,300 first-turn pairs, and so does the library."""
+
+    def message(tree: int, number: int, role: str) -> dict:
+        row = {"message_id": mid(tree, number), "parent_id": mid(tree, 0) if number else None, "role": role}
+        return row | {"text": f"{role} text of tree {tree}", "lang": "en", "rank": 0}
+
+    rows = [
+        message(tree, n, role) for tree in range(3300) for n, role in enumerate(("prompter", "assistant"))
+    ]
+    data, run = write_jsonl(tmp_path / "oasst.jsonl", rows), RunFolder(tmp_path / "run")
+    main(["backtranslate", "seed", "--run_dir", str(run.root), "--seed_data", str(data)])
+    assert len(read_parquet(run.seed_pairs)) == 3200
+    pairs, stats = seed_pairs_from_oasst(rows)
+    assert len(pairs) == 3200 and stats["sampled_out"] == 100
 
 
 # --- loading: oasst1 through `datasets`, or {instruction, response} files -------------------------

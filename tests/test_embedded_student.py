@@ -56,6 +56,7 @@ def test_healing_data_is_the_teachers_answers_to_the_shipped_prompts_never_the_h
     assert len(math) == 160 and not any(p[-1]["content"].split("\n")[0] in test_problems for p in math)
 
 
+@pytest.mark.slow  # greedy answers of the real SmolLM2-135M-Instruct: 29 s on 2 busy cores
 def test_the_shipped_answers_are_the_teachers_greedy_answers():
     """The file is what `--write-teacher-answers` makes: the teacher's greedy text, not someone else's."""
     teacher = embedded_teacher()
@@ -68,6 +69,7 @@ def test_the_shipped_answers_are_the_teachers_greedy_answers():
         assert row["messages"][-1]["content"].startswith(tokenizer.decode(ids, skip_special_tokens=True))
 
 
+@pytest.mark.slow  # dequantises the real teacher into an empty cache, cuts and heals: 56 s on 2 busy cores
 def test_the_healed_student_is_built_once_with_a_card_that_says_how(cache):
     folder = build_healed_student(TINY)
     assert folder == healed_folder(TINY) == cache / f"{TEACHER_NAME}-2L-healed"
@@ -98,6 +100,7 @@ def test_the_healed_student_is_built_once_with_a_card_that_says_how(cache):
     assert build_healed_student(TINY) == folder and (folder / "model.safetensors").stat().st_mtime_ns == built
 
 
+@pytest.mark.slow  # the same build, up to the card: 21 s on 2 busy cores
 def test_a_killed_build_leaves_no_half_model(cache, monkeypatch):
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # Ctrl-C after training, while the card's numbers are computed

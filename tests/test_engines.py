@@ -67,6 +67,7 @@ def test_greedy_outputs_agree_with_hf_wherever_the_numerics_allow(hf, served):
     assert same >= 3, [hf.tokenizer.decode(t) for t in theirs]
 
 
+@pytest.mark.slow  # the real model in both engines: 10 s on 2 busy cores
 def test_next_token_probs_agree_with_hf(hf, served):
     prompts = [build_rating_prompt(hf.tokenizer, i, r) for i, r in PAIRS]
     digits = rating_digit_ids(hf.tokenizer)

