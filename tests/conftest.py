@@ -28,6 +28,8 @@ from selftaught.models import load_tokenizer  # noqa: E402
 from selftaught.models.embedded import cache_dir, packaged_gemma_gguf, packaged_gguf  # noqa: E402
 
 TINY = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+# vLLM's CPU attention takes head sizes of 32 and more, so its tiny models are a little wider than TINY.
+VLLM_TINY = dict(hidden_size=64, num_attention_heads=2, num_key_value_heads=1, head_dim=32)
 
 
 @pytest.fixture(scope="session")

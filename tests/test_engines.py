@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from chat_samples import PAIRS, QUESTIONS, chat_prompts, logit_gaps
+from chat_samples import PAIRS, QUESTIONS, chat_prompts, logit_gaps, scored_pairs
 from servers import SERVED, free_port
 
 from selftaught.arguments import ArgumentError
@@ -23,9 +23,18 @@ from selftaught.backtranslate.config import BacktranslateConfig
 from selftaught.backtranslate.recipe import RunFolder, run_all
 from selftaught.cli import main as cli_main
 from selftaught.data.shards import read_shards, write_parquet
-from selftaught.generation.base import EngineSettings, SamplingParams
+from selftaught.generation.base import (
+    EngineSettings,
+    SamplingParams,
+    TooFewLogprobsError,
+    top_logprobs_of_positions,
+)
 from selftaught.generation.engines import make_engine
-from selftaught.generation.openai_engine import EchoUnsupportedError, echoed_logprobs
+from selftaught.generation.openai_engine import (
+    EchoUnsupportedError,
+    PromptLogprobsUnsupportedError,
+    echoed_logprobs,
+)
 from selftaught.models import load_tokenizer
 from selftaught.models.embedded import embedded_teacher
 from selftaught.scoring.ratings import build_rating_prompt, rate_pairs, rating_digit_ids
@@ -215,6 +224,28 @@ def test_llama_cpp_ignores_echo_so_likelihood_scores_name_what_works(hf, served)
     assert len(hf.completion_logprobs([prompt], [completion])[0]) == len(completion)
     with pytest.raises(EchoUnsupportedError, match=r"--engine hf or --engine vllm.*vllm serve"):
         served.completion_logprobs([prompt], [completion])
+
+
+def test_llama_cpp_returns_no_prompt_logprobs_so_a_served_teacher_names_vllm(hf, served):
+    """A distillation teacher's top-K (vLLM's `prompt_logprobs`): llama.cpp's server answers without them
+    (checked here against the real server); the engine names what is missing and the server that works."""
+    prompts, completions = scored_pairs(hf.tokenizer)
+    assert hf.completion_top_logprobs(prompts, completions, 8)[0].top_ids.shape == (len(completions[0]), 8)
+    with pytest.raises(
+        PromptLogprobsUnsupportedError, match=r"no prompt log-probs.*vllm\.entrypoints\.openai\.api_server"
+    ):
+        served.completion_top_logprobs(prompts, completions, 8)
+
+
+def test_a_position_with_fewer_than_k_top_logprobs_names_the_servers_flag():
+    """A server that caps K instead of refusing it: 2 of the 4 asked, plus the actual token (rank 40)."""
+    ranked = [{5: (-0.1, 1), 7: (-2.0, 2), 9: (-5.0, 40)}]
+    top = top_logprobs_of_positions(ranked, [9], 2, "http://server/v1")
+    assert top.top_ids.tolist() == [[5, 7]] and top.token_logprobs.tolist() == [-5.0]
+    with pytest.raises(
+        TooFewLogprobsError, match=r"returned 2 top log-probs .* 4 were asked.*--max-logprobs 4"
+    ):
+        top_logprobs_of_positions(ranked, [9], 4, "http://server/v1")
 
 
 def test_echoed_log_probs_are_read_at_the_completion_positions():

@@ -16,8 +16,9 @@ import torch
 from conftest import build_nan_model
 
 from selftaught.backtranslate.config import BacktranslateConfig
+from selftaught.generation.base import PADDING_ID
 from selftaught.generation.engines import HFEngine
-from selftaught.generation.next_token import completion_logprobs
+from selftaught.generation.next_token import completion_logprobs, completion_top_logprobs
 from selftaught.models import load_model
 from selftaught.scoring.curation import (
     NonFiniteScoresError,
@@ -78,6 +79,38 @@ def test_completion_logprobs_equal_a_plain_forward_pass_in_the_callers_order(tin
             rtol=1e-4,
         )
     assert not tiny.training
+
+
+@pytest.mark.parametrize("prefix_len", [40, 3])  # with and without the shared-prefix cache
+def test_completion_top_logprobs_are_the_top_k_of_a_plain_forward_pass(tiny, prefix_len):
+    """A teacher's top-K (distillation): per completion position, the K largest entries of the full
+    log_softmax, their ids, and the actual token's log-prob, batched and padded as for the scores above."""
+    generator = torch.Generator().manual_seed(1)
+    prefix = torch.randint(100, 5000, (prefix_len,), generator=generator).tolist()
+    shapes = [(5, 3), (1, 9), (17, 1), (9, 0), (2, 12)]  # (own prompt tokens, completion tokens)
+    prompts = [prefix + torch.randint(100, 5000, (p,), generator=generator).tolist() for p, _ in shapes]
+    completions = [torch.randint(100, 5000, (c,), generator=generator).tolist() for _, c in shapes]
+    got = completion_top_logprobs(tiny, prompts, completions, k=6, pad_id=0, batch_size=2)
+    for top, p, c in zip(got, prompts, completions, strict=True):
+        with torch.no_grad():
+            logits = tiny(torch.tensor([p + c])).logits[0, len(p) - 1 : -1].double()
+        full = logits.log_softmax(-1)
+        assert top.top_ids.shape == top.top_logprobs.shape == (len(c), 6)
+        assert top.top_ids.dtype == torch.int64 and top.top_logprobs.dtype == torch.float32
+        tolerance = dict(atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(top.top_logprobs.double(), full.topk(6).values, **tolerance)
+        torch.testing.assert_close(top.top_logprobs.double(), full.gather(-1, top.top_ids), **tolerance)
+        want = torch.tensor(alone(tiny, p, c), dtype=torch.float64)
+        torch.testing.assert_close(top.token_logprobs.double(), want, **tolerance)
+    assert not tiny.training
+
+
+def test_a_k_above_the_vocabulary_leaves_padding_slots(tiny):
+    vocabulary = tiny.config.vocab_size
+    (top,) = completion_top_logprobs(tiny, [[5, 6, 7]], [[8, 9]], k=vocabulary + 3, pad_id=0)
+    assert (top.top_ids[:, vocabulary:] == PADDING_ID).all()
+    assert torch.equal(top.top_ids[:, :vocabulary].sort(-1).values, torch.arange(vocabulary).expand(2, -1))
+    assert top.top_logprobs[:, :vocabulary].exp().sum(-1).tolist() == pytest.approx([1.0, 1.0], abs=1e-4)
 
 
 def test_pmi_is_the_mean_log_prob_gain_from_the_instruction(tiny, tokenizer, engine):

@@ -16,8 +16,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from chat_samples import PAIRS, QUESTIONS, chat_prompts, logit_gaps
-from conftest import build_tiny_model, write_jsonl
+from chat_samples import (
+    PAIRS,
+    QUESTIONS,
+    assert_same_top_k,
+    assert_some_tokens_outside_the_top_k,
+    chat_prompts,
+    logit_gaps,
+    scored_pairs,
+)
+from conftest import VLLM_TINY, build_tiny_model, write_jsonl
 from datasets import Dataset
 from transformers import GenerationConfig
 
@@ -27,7 +35,7 @@ from selftaught.data.formats import Example, tokenize_examples
 from selftaught.data.shards import read_shards, write_parquet
 from selftaught.distill.config import DistillConfig
 from selftaught.distill.trainer import GKDistillTrainer
-from selftaught.generation.base import EngineSettings, SamplingParams
+from selftaught.generation.base import TOP_LOGPROBS, EngineSettings, SamplingParams
 from selftaught.generation.engines import make_engine
 from selftaught.generation.hf import generate_all
 from selftaught.generation.vllm_engine import cpu_serving_threads, vllm_on_cpu
@@ -87,6 +95,21 @@ def test_next_token_probs_agree_with_hf(hf, served):
     assert torch.equal(ours.argmax(-1), theirs.argmax(-1))
 
 
+def test_completion_top_logprobs_agree_with_hf(hf, served):
+    """vLLM's prompt log-probs at K = 8 are the hf engine's top-8 (read from its top-20, for near-ties),
+    with each actual token's log-prob, whether the token is in the top-8 or, as for the spam answer, not."""
+    prompts, completions = scored_pairs(hf.tokenizer)
+    ours = hf.completion_top_logprobs(prompts, completions, TOP_LOGPROBS)
+    theirs = served.completion_top_logprobs(prompts, completions, 8)
+    for reference, top in zip(ours, theirs, strict=True):
+        assert_same_top_k(reference, top, MAX_LOGIT_GAP)
+    assert_some_tokens_outside_the_top_k(theirs, completions)
+    with pytest.raises(
+        ValueError, match=r"at most 20 log-probs per position, not 21: build it with max_logprobs=21"
+    ):
+        served.completion_top_logprobs(prompts, completions, 21)
+
+
 def test_stop_strings_cut_before_the_stop(served):
     prompts = chat_prompts(served.tokenizer, QUESTIONS[2:3])  # a haiku: a reply of several lines
     whole = served.tokenizer.decode(served.generate(prompts, SamplingParams(24, 0))[0])
@@ -138,8 +161,6 @@ def test_eos_ids_of_the_checkpoints_generation_config_end_a_completion(tmp_path,
 
 # --- the commands with --engine vllm ------------------------------------------------------------------
 
-# vLLM's CPU attention takes head sizes of 32 and more, so its tiny models are a little wider than conftest's.
-VLLM_TINY = dict(hidden_size=64, num_attention_heads=2, num_key_value_heads=1, head_dim=32)
 VLLM = ["--engine", "vllm", "--vllm_kv_cache_gib", "0.5"]  # 135M: 8,192 positions need 0.35 GiB
 
 

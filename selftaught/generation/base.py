@@ -25,6 +25,9 @@ MISSING_LOGPROB_MARGIN = 1.0
 TOP_LOGPROBS = (
     20  # top log-probs read per position: what servers commonly allow (vLLM's default max_logprobs)
 )
+# Marks an unused top-k slot (K above the vocabulary). Must equal `training.sparse_losses.PADDING_ID`, which
+# reads these tensors; it is not imported from there so that generation does not depend on training.
+PADDING_ID = -1
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,54 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     min_new_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class TopLogprobs:
+    """A teacher's view of one completion of T tokens, without its full next-token distribution.
+
+    top_ids [T, K] int64, top_logprobs [T, K] float32: at the position that predicts completion token t,
+    the K most likely next tokens, most likely first, and their log-probabilities normalised over the
+    whole vocabulary (raw logits, no temperature); unused slots have id `PADDING_ID`.
+    token_logprobs [T] float32: the log-probability of completion token t itself (in the top-K or not).
+    """
+
+    top_ids: torch.Tensor
+    top_logprobs: torch.Tensor
+    token_logprobs: torch.Tensor
+
+
+class TooFewLogprobsError(RuntimeError):
+    """A source returned fewer than the K top log-probabilities asked for at some position."""
+
+
+def top_logprobs_of_positions(
+    positions: list[dict[int, tuple[float, int]]], completion: list[int], k: int, source: str
+) -> TopLogprobs:
+    """A `TopLogprobs` from vLLM's prompt log-probs at the completion's positions: per position
+    {token id: (logprob, rank)} holding the K most likely tokens (ranks 1..K) and the actual token (any rank).
+
+    A position with fewer than K entries of rank <= K means the source returned fewer than it was asked for
+    (vLLM refuses a K above its --max-logprobs with an HTTP 400; a server that caps K instead is caught here).
+    """
+    ids, logprobs, token_logprobs = [], [], []
+    for t, (entries, token) in enumerate(zip(positions, completion, strict=True)):
+        top = sorted(((lp, i) for i, (lp, rank) in entries.items() if rank <= k), reverse=True)[:k]
+        if len(top) < k:
+            raise TooFewLogprobsError(
+                f"{source} returned {len(top)} top log-probs at completion position {t} where {k} were "
+                f"asked: start the vLLM server with --max-logprobs {k} or more, or ask for fewer"
+            )
+        if token not in entries:
+            raise ValueError(f"{source} returned no log-prob for completion token {t} (id {token})")
+        logprobs.append([lp for lp, _ in top])
+        ids.append([i for _, i in top])
+        token_logprobs.append(entries[token][0])
+    return TopLogprobs(
+        torch.tensor(ids, dtype=torch.int64).reshape(-1, k),
+        torch.tensor(logprobs, dtype=torch.float32).reshape(-1, k),
+        torch.tensor(token_logprobs, dtype=torch.float32),
+    )
 
 
 class GenerationEngine(Protocol):
@@ -65,6 +116,12 @@ class GenerationEngine(Protocol):
         self, prompts: list[list[int]], completions: list[list[int]], desc: str = ...
     ) -> list[list[float]]:
         """Per completion: the log-prob of each of its tokens after its prompt and its earlier tokens."""
+
+    def completion_top_logprobs(
+        self, prompts: list[list[int]], completions: list[list[int]], k: int, desc: str = ...
+    ) -> list[TopLogprobs]:
+        """Per completion: the K most likely next tokens at each of its positions, and its own tokens'
+        log-probs (a distillation teacher's answer, `TopLogprobs`)."""
 
 
 @dataclass

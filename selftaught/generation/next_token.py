@@ -4,7 +4,8 @@ Two questions are asked of many prompts built from one template:
 - which of a handful of tokens ("1".."5", "A"/"B") comes next (`next_token_probs`: curation ratings,
   judge verdicts);
 - how likely each token of a given completion is after its prompt (`completion_logprobs`: the
-  likelihood scores of curation and evaluation, e.g. PMI, IFD, held-out NLL).
+  likelihood scores of curation and evaluation, e.g. PMI, IFD, held-out NLL), and which tokens a teacher
+  ranks highest there (`completion_top_logprobs`: distillation from a teacher's top-K).
 The prompts begin with the same tokens (the system turn, the rubric), so we run that shared prefix once,
 keep its KV cache, and run only each prompt's own suffix (and its completion) against it.
 transformers' `generate` has no such reuse across a batch of different prompts, hence this module.
@@ -17,13 +18,16 @@ from the prefix, so every prompt is computed exactly as it would be alone (up to
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from contextlib import contextmanager
+from functools import partial
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from selftaught.generation.base import left_pad, right_pad
+from selftaught.generation.base import PADDING_ID, TopLogprobs, left_pad, right_pad
 
 MIN_SHARED_PREFIX = 16  # below this, a second forward pass costs more than the reuse saves
 
@@ -141,12 +145,56 @@ def completion_logprobs(
     """log P(token | prompt, the completion's earlier tokens) for every token of each completion, in the
     given order. Logits are computed at the completion positions only (`logits_to_keep` as an index
     tensor), and normalised in float32 whatever the weights' dtype."""
+
+    def score(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor]:
+        return (_token_logprobs(logits, targets),)
+
+    scored = _score_completions(model, prompts, completions, pad_id, batch_size, desc, score)
+    return [rows[0].tolist() if rows else [] for rows in scored]
+
+
+@torch.no_grad()
+def completion_top_logprobs(
+    model: PreTrainedModel,
+    prompts: list[list[int]],
+    completions: list[list[int]],
+    k: int,
+    pad_id: int,
+    batch_size: int = 8,
+    desc: str = "scoring",
+) -> list[TopLogprobs]:
+    """Per completion, at every position that predicts one of its tokens: the K most likely next tokens and
+    their log-probabilities over the whole output layer (float32 log_softmax of the raw logits, as vLLM
+    computes prompt log-probs), and the completion token's own. K above the output layer's rows leaves
+    the extra slots as `PADDING_ID`."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    score = partial(_top_k, k=k)
+    scored = _score_completions(model, prompts, completions, pad_id, batch_size, desc, score)
+    empty = TopLogprobs(
+        torch.full((0, k), PADDING_ID), torch.zeros(0, k, dtype=torch.float32), torch.zeros(0)
+    )
+    return [TopLogprobs(*rows) if rows else empty for rows in scored]
+
+
+def _score_completions(
+    model: PreTrainedModel,
+    prompts: list[list[int]],
+    completions: list[list[int]],
+    pad_id: int,
+    batch_size: int,
+    desc: str,
+    score: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]],
+) -> list[tuple[torch.Tensor, ...] | None]:
+    """`score(logits, targets)` of the positions predicting each completion's tokens, one forward pass per
+    batch of similar lengths, split back per completion in the given order (None for an empty one).
+    `score` returns tensors whose first dimension is the rows of `logits`."""
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     if any(not p for p in prompts):
         raise ValueError("every completion needs a prompt of at least one token to be scored after")
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(completions[i]))
-    results: list[list[float]] = [[] for _ in prompts]
+    results: list[tuple[torch.Tensor, ...] | None] = [None for _ in prompts]
     with _eval_mode(model):
         prefix = _SharedPrefix(model, prompts, pad_id)
         for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
@@ -155,9 +203,10 @@ def completion_logprobs(
                 continue
             logits = prefix.logits([prompts[i] for i in chunk], [completions[i] for i in chunk])
             targets = torch.tensor([t for i in chunk for t in completions[i]], device=logits.device)
-            picked = _token_logprobs(logits, targets).cpu().tolist()
-            for i in chunk:
-                results[i], picked = picked[: len(completions[i])], picked[len(completions[i]) :]
+            lengths = [len(completions[i]) for i in chunk]
+            per_completion = zip(*(part.cpu().split(lengths) for part in score(logits, targets)), strict=True)
+            for i, rows in zip(chunk, per_completion, strict=True):
+                results[i] = rows
     return results
 
 
@@ -172,6 +221,20 @@ def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
         target = targets[start : start + LOGSUMEXP_ROWS, None]
         parts.append(rows.gather(-1, target)[:, 0] - torch.logsumexp(rows, -1))
     return torch.cat(parts)
+
+
+def _top_k(logits: torch.Tensor, targets: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+    """(top ids, top log-probs, target log-probs) per row, normalised in float32 in chunks of rows."""
+    ids, logprobs, token_logprobs = [], [], []
+    for start in range(0, len(targets), LOGSUMEXP_ROWS):
+        rows = logits[start : start + LOGSUMEXP_ROWS].float()
+        rows = rows - torch.logsumexp(rows, -1, keepdim=True)
+        top = rows.topk(min(k, rows.shape[-1]), dim=-1)
+        missing = k - top.indices.shape[-1]  # K above the vocabulary: unused slots
+        ids.append(F.pad(top.indices, (0, missing), value=PADDING_ID))
+        logprobs.append(F.pad(top.values, (0, missing)))
+        token_logprobs.append(rows.gather(-1, targets[start : start + LOGSUMEXP_ROWS, None])[:, 0])
+    return torch.cat(ids), torch.cat(logprobs), torch.cat(token_logprobs)
 
 
 @contextmanager

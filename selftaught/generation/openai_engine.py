@@ -4,7 +4,8 @@ Prompts are sent as token arrays (vLLM and llama.cpp's server accept them; the c
 applied locally, so the server adds nothing). Completions come back as text, re-encoded with the
 local tokenizer unless the server reports the generated ids (llama.cpp does). Completion log-probs
 (likelihood scores) are read with `echo`, which vLLM's server supports and llama.cpp's ignores (a
-clear error then names what works). Requests run on a
+clear error then names what works); a teacher's top-K at every completion position with vLLM's
+`prompt_logprobs`, several prompts per request. Requests run on a
 thread pool of `max_concurrency` workers (the bound on requests in flight); timeouts and retries with
 exponential backoff on connection errors, 408/409/429 and 5xx are the openai client's own. Sampling
 knobs we do not send keep the server's defaults (e.g. llama.cpp samples with top_k=40 and min_p=0.05
@@ -23,17 +24,29 @@ from selftaught.generation.base import (
     TOP_LOGPROBS,
     EngineSettings,
     SamplingParams,
+    TooFewLogprobsError,
+    TopLogprobs,
     api_key,
     candidate_distribution,
+    top_logprobs_of_positions,
 )
+
+# Completions scored per /v1/completions request by `completion_top_logprobs`: fewer round trips than
+# one a request, and a response small enough to resend on a retry (about 0.6 MB a completion of 96
+# tokens at K = 32).
+PROMPTS_PER_REQUEST = 4
 
 
 class OpenAIEngine:
     """Generation and next-token scoring through an OpenAI-compatible completions endpoint."""
 
-    def __init__(self, settings: EngineSettings, tokenizer) -> None:
+    def __init__(
+        self, settings: EngineSettings, tokenizer, prompts_per_request: int = PROMPTS_PER_REQUEST
+    ) -> None:
         self.tokenizer = tokenizer
         self.settings = settings
+        self.prompts_per_request = prompts_per_request
+        self.token_strings: dict[int, str] = {}  # our tokenizer's string of each id, as the server decodes it
         self.client = openai.OpenAI(
             base_url=settings.base_url,
             api_key=api_key(settings),
@@ -123,9 +136,110 @@ class OpenAIEngine:
         the server reports for its own prompt tokens read at the completion's positions."""
         return self._map(lambda pair: self._echoed(*pair), list(zip(prompts, completions, strict=True)), desc)
 
+    def _prompt_logprobs(self, pairs: list[tuple[list[int], list[int]]], k: int) -> list[TopLogprobs]:
+        def request():
+            try:
+                return self.client.completions.create(
+                    model=self.model,
+                    prompt=[p + c for p, c in pairs],
+                    max_tokens=1,
+                    temperature=0,
+                    extra_body={"prompt_logprobs": k},
+                )
+            except openai.BadRequestError as err:
+                raise self._named(err, k) from err
+
+        choices = sorted(self._call(request).choices, key=lambda choice: choice.index)
+        return [
+            self._served_top_logprobs(choice, prompt, completion, k)
+            for choice, (prompt, completion) in zip(choices, pairs, strict=True)
+        ]
+
+    def _named(self, err: openai.BadRequestError, k: int) -> Exception:
+        """The error a refused prompt log-probs request stands for, where we know it (vLLM's messages)."""
+        server = self.settings.base_url
+        if err.param == "prompt_logprobs":  # "Requested prompt logprobs of 64, which is greater than max ..."
+            return TooFewLogprobsError(
+                f"{server} refuses {k} log-probs per position ({err.message}): start the vLLM server with "
+                f"--max-logprobs {k} or more, or ask for fewer"
+            )
+        if "out of vocabulary" in err.message:  # "Token id 60000 is out of vocabulary"
+            return TokenizerMismatchError(
+                f"{server} has fewer tokens than this run's tokenizer ({self.tokenizer.name_or_path}, "
+                f"{len(self.tokenizer)}): {err.message}. The served teacher must share the student's "
+                "tokenizer."
+            )
+        return err
+
+    def completion_top_logprobs(
+        self, prompts: list[list[int]], completions: list[list[int]], k: int, desc: str = "scoring"
+    ) -> list[TopLogprobs]:
+        """vLLM's `prompt_logprobs` = K over [prompt | completion], `prompts_per_request` completions per
+        request; the server's tokenizer is checked against ours on every token scored."""
+        if any(not p for p in prompts):
+            raise ValueError("every completion needs a prompt of at least one token to be scored after")
+        pairs = list(zip(prompts, completions, strict=True))
+        size = self.prompts_per_request
+        batches = [pairs[start : start + size] for start in range(0, len(pairs), size)]
+        scored = self._map(lambda batch: self._prompt_logprobs(batch, k), batches, desc)
+        return [top for batch in scored for top in batch]
+
+    def _served_top_logprobs(self, choice, prompt: list[int], completion: list[int], k: int) -> TopLogprobs:
+        server = self.settings.base_url
+        positions = (choice.model_extra or {}).get("prompt_logprobs")
+        if positions is None:
+            raise PromptLogprobsUnsupportedError(
+                f"{server} returned no prompt log-probs (vLLM's `prompt_logprobs` on /v1/completions; "
+                "llama.cpp's server, for one, ignores it). A served teacher needs them: serve it with vLLM, "
+                "`python -m vllm.entrypoints.openai.api_server --model DIR --max-logprobs K` (or `vllm serve "
+                "DIR --max-logprobs K`)."
+            )
+        ranked = positions[len(prompt) :]
+        if len(ranked) != len(completion):
+            raise ValueError(
+                f"{server} returned prompt log-probs for {len(positions)} positions, not the "
+                f"{len(prompt) + len(completion)} tokens sent"
+            )
+        for entries, token in zip(ranked, completion, strict=True):
+            self._check_token_string(token, (entries.get(str(token)) or {}).get("decoded_token"))
+        return top_logprobs_of_positions(
+            [{int(i): (e["logprob"], e["rank"]) for i, e in entries.items()} for entries in ranked],
+            completion,
+            k,
+            server,
+        )
+
+    def _check_token_string(self, token: int, served: str | None) -> None:
+        """The server decodes `token` as our tokenizer does, or we are being scored by another vocabulary.
+
+        vLLM decodes each id alone (`decode([id])`), then puts back the leading spaces a SentencePiece
+        tokenizer strips, and rebuilds a piece of a multi-byte character ("\ufffd" alone) from the tokens
+        before it; those differences are not a different tokenizer.
+        """
+        if served is None:  # a server that sends no strings: nothing to compare
+            return
+        ours = self.token_strings.get(token)
+        if ours is None:
+            ours = self.token_strings[token] = self.tokenizer.decode([token])
+        if served.lstrip(" ") != ours.lstrip(" ") and not ours.endswith("\ufffd"):
+            raise TokenizerMismatchError(
+                f"{self.settings.base_url} decodes token {token} as {served!r} where this run's tokenizer "
+                f"({self.tokenizer.name_or_path}) has {ours!r}: the server's model uses another tokenizer. "
+                "The served teacher must share the student's tokenizer: token ids are sent and read as "
+                "they are."
+            )
+
 
 class EchoUnsupportedError(RuntimeError):
     """The server returns no log-probs for prompt tokens (the completions API's `echo`)."""
+
+
+class PromptLogprobsUnsupportedError(RuntimeError):
+    """The server returns no top log-probs for prompt tokens (vLLM's `prompt_logprobs`)."""
+
+
+class TokenizerMismatchError(RuntimeError):
+    """The server's tokenizer maps an id we sent to another string than ours."""
 
 
 def echoed_logprobs(choice, prompt_length: int, completion_length: int, server: str) -> list[float]:

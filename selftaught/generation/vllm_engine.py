@@ -33,9 +33,11 @@ from selftaught.generation.base import (
     TOP_LOGPROBS,
     EngineSettings,
     SamplingParams,
+    TopLogprobs,
     candidate_distribution,
     padded_rows,
     require_vllm,
+    top_logprobs_of_positions,
 )
 
 GIB = 1 << 30
@@ -117,8 +119,10 @@ def load_llm(
     enable_prefix_caching: bool = True,
     max_model_len: int | None = None,
     max_num_seqs: int | None = None,
+    max_logprobs: int = TOP_LOGPROBS,
 ):
     """`vllm.LLM` for the model folder `model`, set up for this machine (see the module docstring).
+    `max_logprobs`: the most (prompt) log-probs a request may ask for per position.
 
     `dtype` None: bfloat16 on GPUs, float32 on CPU. Sampling follows our `SamplingParams` only, never a
     checkpoint's default knobs (`generation_config="vllm"`); the checkpoint's EOS ids still end a
@@ -135,7 +139,7 @@ def load_llm(
         trust_remote_code=trust_remote_code,
         tensor_parallel_size=tensor_parallel_size,
         enable_prefix_caching=enable_prefix_caching,
-        max_logprobs=TOP_LOGPROBS,
+        max_logprobs=max_logprobs,
         max_model_len=max_model_len,
         max_num_seqs=max_num_seqs,
         generation_config="vllm",
@@ -181,9 +185,11 @@ class VLLMEngine:
         tokenizer,
         trust_remote_code: bool,
         name: str | None = None,
+        max_logprobs: int = TOP_LOGPROBS,
     ) -> None:
         self.tokenizer = tokenizer
         self.name = f"vllm:{name or model_path}"
+        self.max_logprobs = max_logprobs
         self.llm = load_llm(
             model_path,
             dtype=settings.vllm_dtype,
@@ -192,6 +198,7 @@ class VLLMEngine:
             tensor_parallel_size=settings.tensor_parallel_size,
             kv_cache_gib=settings.vllm_kv_cache_gib,
             enable_prefix_caching=settings.enable_prefix_caching,
+            max_logprobs=max_logprobs,
         )
         self.on_cpu = vllm_on_cpu()
         self.model_vocab_size = self.llm.llm_engine.model_config.get_vocab_size()
@@ -226,20 +233,51 @@ class VLLMEngine:
         tops = [{i: lp.logprob for i, lp in c.logprobs[0].items()} for c in self._run(prompts, sampling)]
         return torch.stack([candidate_distribution(top, candidate_ids) for top in tops])
 
-    def completion_logprobs(
-        self, prompts: list[list[int]], completions: list[list[int]], desc: str = "scoring"
-    ) -> list[list[float]]:
-        """vLLM's `prompt_logprobs` over [prompt | completion]: each position's dict always holds the
-        prompt token's own log-prob (0 extra candidates asked for), read at the completion's positions."""
+    def _completion_positions(
+        self, prompts: list[list[int]], completions: list[list[int]], prompt_logprobs: int
+    ) -> list[list[dict]]:
+        """vLLM's `prompt_logprobs` over [prompt | completion], at the positions predicting the completion's
+        tokens: per position {token id: Logprob} of the `prompt_logprobs` most likely tokens and the
+        completion's own."""
         from vllm.inputs import TokensPrompt
 
-        sampling = self.sampling(SamplingParams(max_new_tokens=1, temperature=0), prompt_logprobs=0)
+        sampling = self.sampling(
+            SamplingParams(max_new_tokens=1, temperature=0), prompt_logprobs=prompt_logprobs
+        )
         inputs = [TokensPrompt(prompt_token_ids=p + c) for p, c in zip(prompts, completions, strict=True)]
         with cpu_serving_threads(self.on_cpu):
             outputs = self.llm.generate(inputs, sampling, use_tqdm=True)
+        return [out.prompt_logprobs[len(p) :] for out, p in zip(outputs, prompts, strict=True)]
+
+    def completion_logprobs(
+        self, prompts: list[list[int]], completions: list[list[int]], desc: str = "scoring"
+    ) -> list[list[float]]:
+        """Each completion token's own log-prob (0 extra candidates asked for)."""
+        positions = self._completion_positions(prompts, completions, 0)
         return [
-            [out.prompt_logprobs[len(p) + i][token].logprob for i, token in enumerate(c)]
-            for out, p, c in zip(outputs, prompts, completions, strict=True)
+            [entries[token].logprob for entries, token in zip(ranked, c, strict=True)]
+            for ranked, c in zip(positions, completions, strict=True)
+        ]
+
+    def completion_top_logprobs(
+        self, prompts: list[list[int]], completions: list[list[int]], k: int, desc: str = "scoring"
+    ) -> list[TopLogprobs]:
+        """vLLM's `prompt_logprobs` = K: the top-K it ranks at each completion position, with the
+        completion token's own (vLLM adds it where it is not among them)."""
+        if k > self.max_logprobs:
+            raise ValueError(
+                f"{self.name} was built for at most {self.max_logprobs} log-probs per position, not {k}: "
+                f"build it with max_logprobs={k} or more (make_engine's argument)"
+            )
+        positions = self._completion_positions(prompts, completions, k)
+        return [
+            top_logprobs_of_positions(
+                [{i: (lp.logprob, lp.rank) for i, lp in entries.items()} for entries in ranked],
+                c,
+                k,
+                self.name,
+            )
+            for ranked, c in zip(positions, completions, strict=True)
         ]
 
 
