@@ -336,3 +336,26 @@ def test_fsdp_distillation_saves_one_full_model(tmp_path, tiny_student, tiny_tea
     done = launch_fsdp(tmp_path, argv)
     assert_every_process_ended(tmp_path, done, succeeded=True)
     assert_saved_model_is_the_gathered_one(out, tmp_path / "gathered.safetensors", tiny_student)
+
+
+# A command run in one process where a library made a one-process group of its own (vLLM's colocated
+# engine does): the teardown must hand control back to the caller of `main`, not end its process.
+ONE_PROCESS_GROUP = """
+import os, tempfile
+import torch.distributed as dist
+from selftaught.training.distributed import process_group_teardown
+
+with process_group_teardown():
+    store = dist.FileStore(os.path.join(tempfile.mkdtemp(), "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+print("the caller goes on")
+"""
+
+
+def test_a_group_made_inside_a_single_process_command_leaves_the_caller_running():
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    done = subprocess.run(
+        [sys.executable, "-c", ONE_PROCESS_GROUP], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "the caller goes on" in done.stdout  # a test runner calling main() keeps running and reporting

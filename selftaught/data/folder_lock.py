@@ -104,12 +104,14 @@ def is_launch_main() -> bool:
 
 @contextmanager
 def writing_to(folder: str | Path, command: str, elsewhere: str = "another folder") -> Iterator[None]:
-    """Hold `folder`'s lock while the block runs (the folder is made if missing); raise FolderInUseError at
-    once if another process holds it. `elsewhere` is the user's other way out, e.g. 'another --run_dir'."""
+    """Hold `folder`'s lock while the block runs (the folder is made if missing, and removed again if the
+    block wrote nothing into it: a refused run leaves no trace); raise FolderInUseError at once if another
+    process holds it. `elsewhere` is the user's other way out, e.g. 'another --run_dir'."""
     folder = Path(folder)
     if not is_launch_main():
         yield
         return
+    made_here = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
 
     def refuse(who: str) -> None:
@@ -118,5 +120,10 @@ def writing_to(folder: str | Path, command: str, elsewhere: str = "another folde
             f"or use {elsewhere}."
         )
 
-    with holding(folder / LOCK_FILE, command, refuse):
-        yield
+    try:
+        with holding(folder / LOCK_FILE, command, refuse):
+            yield
+    finally:
+        if made_here and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+            (folder / LOCK_FILE).unlink(missing_ok=True)
+            folder.rmdir()

@@ -29,15 +29,19 @@ import torch.distributed as dist
 def process_group_teardown() -> Iterator[None]:
     """Around a whole command. If it ran in a process group: on success every process meets at a barrier
     (all saves done), destroys the group (which also shuts NCCL down) and exits 0; on failure it destroys
-    the group and exits as the error would have. A no-op for a single process."""
+    the group and exits as the error would have. A no-op for a single process, even one where a library
+    made a group of its own (vLLM's colocated engine makes a one-process group): only a launcher's
+    WORLD_SIZE above 1, read before the command runs, makes it end the process (a caller of `main` in
+    Python, a test runner say, must get control back)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     try:
         yield
     except BaseException as error:
-        if not dist.is_initialized():
+        if not (launched and dist.is_initialized()):
             raise
         dist.destroy_process_group()
         exit_before_finalization(reported_exit_code(error))
-    if dist.is_initialized():
+    if launched and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
         exit_before_finalization(0)
