@@ -294,4 +294,4 @@ def test_select_never_keeps_an_unscored_pair_and_counts_it(tmp_path, capsys):
     record = summary(run.root)["select_1"]
     assert record["unscored"] == 2
     assert record["unscored_reasons"] == {"non-finite pmi score": 1, "empty instruction": 1}
-    assert "2 pairs have no pmi_no_echo and are never kept" in capsys.readouterr().out
+    assert "2 pairs have no pmi_guarded and are never kept" in capsys.readouterr().out
