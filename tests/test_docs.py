@@ -8,6 +8,7 @@ end for the reader. These tests read the Markdown only (no model, no network), s
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,30 @@ def test_every_named_path_and_function_exists(page: Path) -> None:
         if not (ROOT / path).exists() or (name and not defines(ROOT / path, name)):
             missing.append(code)
     assert missing == [], f"{page.relative_to(ROOT)} names what does not exist"
+
+
+def layout_entries() -> list[str]:
+    """The paths the README's layout block names at its first two levels (`selftaught/cli.py`)."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("### Layout: every folder", 1)[1].split("```", 2)[1]
+    entries, top = [], ""
+    for line in block.splitlines():
+        if match := re.match(r"^( {0,2})(\S+)\s", line + " "):
+            indent, name = match.groups()
+            top = top if indent else name
+            entries.append(top + name if indent else name)
+    return entries
+
+
+def test_the_readme_layout_names_every_folder_and_subpackage() -> None:
+    """A newcomer's map: every top-level folder and every part of the package is on it, and nothing else."""
+    entries = layout_entries()
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    folders = {f"{path.split('/')[0]}/" for path in tracked.splitlines() if "/" in path and path[0] != "."}
+    package = {
+        f"selftaught/{p.name}/" if p.is_dir() else f"selftaught/{p.name}"
+        for p in (ROOT / "selftaught").iterdir()
+        if (p / "__init__.py").exists() or (p.suffix == ".py" and p.name != "__init__.py")
+    }
+    assert sorted((folders | package) - set(entries)) == []
+    assert [entry for entry in entries if not (ROOT / entry).exists()] == []
