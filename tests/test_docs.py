@@ -88,6 +88,14 @@ def test_every_result_file_benchmarks_names_is_committed() -> None:
     assert sorted(name for name in named if not (ROOT / name).exists()) == []
 
 
+def test_every_committed_result_file_is_named_in_benchmarks() -> None:
+    """Each result JSON committed before provenance was recorded says "BENCHMARKS.md gives the command": so
+    every file in bench/results/ must be named there (its command beside it, or on the page it links)."""
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    committed = sorted(p.name for p in (ROOT / "bench" / "results").glob("*.json"))
+    assert [name for name in committed if name not in text] == []
+
+
 def test_every_benchmark_script_has_a_headline_row() -> None:
     """The table at the top of BENCHMARKS.md lists every script in bench/ (its own row, its own section)."""
     text = (ROOT / "BENCHMARKS.md").read_text()
