@@ -29,7 +29,7 @@ from datasets import Dataset
 
 from selftaught.backtranslate.card import backtranslation_card, train_sizes
 from selftaught.backtranslate.config import BacktranslateConfig
-from selftaught.backtranslate.corpus import installed_package_descriptions
+from selftaught.backtranslate.corpus import installed_package_descriptions, read_corpus
 from selftaught.backtranslate.evaluation import stage_evaluate
 from selftaught.backtranslate.examples import backward_example, seed_example, web_example
 from selftaught.backtranslate.runfolder import (
@@ -42,7 +42,7 @@ from selftaught.backtranslate.runfolder import (
     stage_command,
     writing_run_folder,
 )
-from selftaught.backtranslate.segment import read_corpus, segment_corpus
+from selftaught.backtranslate.segment import segment_corpus
 from selftaught.backtranslate.sharded import augment_shard_fn, curate_shard_fn, run_shards
 from selftaught.backtranslate.stages import (
     AUGMENT,
