@@ -11,8 +11,10 @@
     evaluate        base, M0, M1, M2 side by side, with bootstrap intervals (evaluation.py)
 
 Every stage reads the previous stage's output from the run folder and writes its own there; `run`
-chains them and, rerun on the same folder, skips what is finished and resumes what is not. When a
-stage counts as finished, and how `--overwrite` redoes it and what depends on it: runfolder.py.
+chains them and, rerun on the same folder, skips what is finished and resumes what is not. Each
+`stage_*` below is the stage's method; what it reads and writes is in the stage table (stages.py), and
+the bookkeeping around it (the folder's lock, when it counts as finished, its line in summary.json, how
+`--overwrite` redoes it and what depends on it) in runfolder.py's `runs_stage`.
 """
 
 from __future__ import annotations
