@@ -10,16 +10,15 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from selftaught.backtranslate.config import BacktranslateConfig
+from selftaught.backtranslate.runfolder import upstream
 from selftaught.backtranslate.stages import (
-    AUGMENT,
     CURATE,
-    SEED,
-    SEGMENT,
     SELECT,
     TRAIN,
     TRAIN_BACKWARD,
     TRAIN_SEED,
     iterations,
+    trainer,
 )
 from selftaught.models.naming import model_label
 from selftaught.training.model_card import CardContent, EvalRow, comparison_table, declared_base_model
@@ -97,11 +96,8 @@ def train_sizes(seed: int, selected: int | None = None) -> dict:
 
 def stages_up_to(summary: dict, name: str, iteration: int) -> dict:
     """The summary lines of the stages that made `name`'s training data (and its own training)."""
-    if name in ("M0", "Myx"):
-        wanted = {SEED.name(), (TRAIN_SEED if name == "M0" else TRAIN_BACKWARD).name()}
-    else:
-        wanted = {s.name() for s in (SEED, TRAIN_SEED, TRAIN_BACKWARD, SEGMENT, AUGMENT)}
-        wanted |= {s.name(k) for s in (CURATE, SELECT, TRAIN) for k in range(1, iteration + 1)}
+    trained_by = TRAIN_BACKWARD.name() if name == "Myx" else trainer(iteration)
+    wanted = {trained_by, *upstream(trained_by, list(summary))}
     return {stage: line for stage, line in summary.items() if stage in wanted}
 
 

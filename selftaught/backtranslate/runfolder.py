@@ -128,6 +128,18 @@ def dependents(stage: str, known: list[str]) -> list[str]:
     return found
 
 
+def upstream(stage: str, known: list[str]) -> list[str]:
+    """Every stage whose output `stage` reads, directly or through others."""
+    found: list[str] = []
+    frontier = [stage]
+    while frontier:
+        for other in inputs_of(frontier.pop(), known):
+            if other not in found:
+                found.append(other)
+                frontier.append(other)
+    return found
+
+
 def stage_command(name: str) -> str:
     """The command that runs stage `name`, as the user types it."""
     stage, k = parse(name)
