@@ -45,6 +45,9 @@ FOLDER = Output(Path.exists, lambda folder: folder)  # the evaluation's pieces (
 
 @dataclass(frozen=True)
 class Stage:
+    """One row of the table. `function` is a name, and `writes` takes the run folder untyped, because
+    recipe.py and runfolder.py import this table: it cannot import them back (tests/test_imports.py)."""
+
     command: str  # `selftaught backtranslate <command>`, and the stage's name
     function: str  # the function of recipe.py that runs it: (config, settings[, k])
     reads: Callable[[int, list[str]], list[str]]  # (k, stages known) -> the stages whose output it reads
