@@ -193,22 +193,12 @@ BACKTRANSLATE_FLAGS = ("--config", "--base_model", "--base-model", "--seed_data"
 def backtranslate(argv: list[str]) -> None:
     from selftaught.backtranslate import recipe
     from selftaught.backtranslate.config import BacktranslateConfig
+    from selftaught.backtranslate.stages import STAGES
     from selftaught.training.sft import SFTSettings
 
-    stages = {
-        "seed": recipe.stage_seed,
-        "train-seed": recipe.stage_train_seed,
-        "train-backward": recipe.stage_train_backward,
-        "segment": recipe.stage_segment,
-        "augment": recipe.stage_augment,
-        "curate": lambda c, s: recipe.stage_curate(c, s, c.iteration),
-        "select": lambda c, s: recipe.stage_select(c, s, c.iteration),
-        "train": lambda c, s: recipe.stage_train(c, s, c.iteration),
-        "evaluate": recipe.stage_evaluate,
-        "run": recipe.run_all,
-    }
-    if not argv or argv[0] not in stages:
-        print(f"usage: selftaught backtranslate {{{','.join(stages)}}} [--config FILE] [flags]")
+    commands = [*STAGES, "run"]
+    if not argv or argv[0] not in commands:
+        print(f"usage: selftaught backtranslate {{{','.join(commands)}}} [--config FILE] [flags]")
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
     preset = Path(__file__).parent / "backtranslate" / "default.yaml"
     prog = f"selftaught backtranslate {argv[0]}"
@@ -218,7 +208,11 @@ def backtranslate(argv: list[str]) -> None:
         prog,
         (preset, BACKTRANSLATE_FLAGS),
     )
-    stages[argv[0]](config, settings)
+    if argv[0] == "run":
+        recipe.run_all(config, settings)
+    else:
+        stage = STAGES[argv[0]]
+        getattr(recipe, stage.function)(config, settings, *([config.iteration] if stage.iterated else []))
     print(f"run folder: {config.run_dir}")
 
 

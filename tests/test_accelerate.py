@@ -199,7 +199,7 @@ def test_train_seed_on_two_processes_saves_one_trained_model(tmp_path, seeded_ru
     ]  # fmt: skip
     done = launch(tmp_path, "multi_gpu.yaml", AUDIT_LAUNCHER, argv)
     assert_every_process_ended(tmp_path, done, succeeded=True)
-    assert done.stdout.count("[train_M0] rows in 8") == 1  # one process reports, not both
+    assert done.stdout.count("[train-seed] rows in 8") == 1  # one process reports, not both
 
     out = (seeded_run / "models" / "M0").resolve()
     base, trained = load_file(tiny_student / "model.safetensors"), load_file(out / "model.safetensors")

@@ -96,10 +96,10 @@ def test_run_writes_every_stage(finished_run):
         "select_1",
         "curate_2",
         "select_2",
-        "train_M0",
-        "train_Myx",
-        "train_M1",
-        "train_M2",
+        "train-seed",
+        "train-backward",
+        "train_1",
+        "train_2",
     }
     assert expected <= set(summary)
     for stage in expected:
@@ -185,7 +185,7 @@ def test_an_empty_selection_trains_on_the_seed_alone(finished_run, tiny_student,
     run = tmp_path / "bt"
     shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns("M1", "M2", "iteration2"))
     summary = json.loads((run / "summary.json").read_text())
-    for stage in ("select_1", "train_M1"):
+    for stage in ("select_1", "train_1"):
         summary.pop(stage)
     (run / "summary.json").write_text(json.dumps(summary))
     strict = [*flags(run, tiny_student, corpus), "--min_score", "5", "--select_by", "expectation"]
@@ -196,7 +196,7 @@ def test_an_empty_selection_trains_on_the_seed_alone(finished_run, tiny_student,
     main(["backtranslate", "train", *strict])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["select_1"]["rows_out"] == 0
-    assert summary["train_M1"]["rows_in"] == summary["seed"]["rows_out"]
+    assert summary["train_1"]["rows_in"] == summary["seed"]["rows_out"]
     AutoModelForCausalLM.from_pretrained(run / "models" / "M1")
 
 

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from selftaught.backtranslate.corpus import installed_package_descriptions
-from selftaught.backtranslate.segment import read_corpus, segment_corpus, split_document
+from selftaught.backtranslate.corpus import installed_package_descriptions, read_corpus
+from selftaught.backtranslate.segment import segment_corpus, split_document
 from selftaught.data.loading import DataError
 
 VOCABULARY = (

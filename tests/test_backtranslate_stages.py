@@ -14,11 +14,20 @@ import pytest
 from conftest import write_jsonl
 from test_backtranslate_e2e import PARAGRAPH
 
+from selftaught.backtranslate import recipe
 from selftaught.backtranslate.card import backtranslation_card
 from selftaught.backtranslate.config import BacktranslateConfig
 from selftaught.backtranslate.evaluation import evaluation_settings
-from selftaught.backtranslate.runfolder import RunFolder, StageClock, changed_settings, dependents
-from selftaught.cli import main
+from selftaught.backtranslate.runfolder import (
+    RunFolder,
+    StageClock,
+    changed_settings,
+    dependents,
+    inputs_of,
+    stage_command,
+)
+from selftaught.backtranslate.stages import STAGES, parse
+from selftaught.cli import main, parse_configs
 from selftaught.data.shards import read_parquet, read_shards, run_sharded, shard_seconds
 from selftaught.training.sft import COMPLETE_MARKER, SFTSettings
 
@@ -162,23 +171,28 @@ def test_overwrite_redoes_the_stage_and_discards_what_depends_on_it(tmp_path, ca
     (run / "models" / "M0").mkdir(parents=True)  # a trained model and a curation that read the seed
     (run / "models" / "M0" / COMPLETE_MARKER).write_text("{}")
     lines = summary(run) | {
-        "train_M0": {"rows_in": 8, "rows_out": 8},
+        "train-seed": {"rows_in": 8, "rows_out": 8},
         "segment": {"rows_in": 1, "rows_out": 1},
     }
     (run / "summary.json").write_text(json.dumps(lines))
     main(["backtranslate", "seed", "--run_dir", str(run), "--seed_size", "5", "--overwrite"])
     assert summary(run)["seed"]["rows_out"] == 5
-    assert not (run / "models" / "M0").exists() and "train_M0" not in summary(run)
+    assert not (run / "models" / "M0").exists() and "train-seed" not in summary(run)
     assert "segment" in summary(run)  # the corpus does not depend on the seed
-    assert "--overwrite: discarded train_M0" in capsys.readouterr().out
+    assert "--overwrite: discarded train-seed" in capsys.readouterr().out
 
 
 def test_the_stage_graph():
-    known = ["seed", "train_M0", "train_Myx", "segment", "augment", "curate_1", "select_1", "train_M1",
-             "curate_2", "select_2", "train_M2", "evaluate"]  # fmt: skip
-    assert dependents("select_1", known) == ["train_M1", "curate_2", "evaluate", "select_2", "train_M2"]
-    assert set(dependents("train_Myx", known)) == set(known) - {"seed", "train_M0", "segment", "train_Myx"}
-    assert dependents("select_2", known) == ["train_M2", "evaluate"]
+    known = ["seed", "train-seed", "train-backward", "segment", "augment", "curate_1", "select_1", "train_1",
+             "curate_2", "select_2", "train_2", "evaluate"]  # fmt: skip
+    assert dependents("select_1", known) == ["train_1", "curate_2", "evaluate", "select_2", "train_2"]
+    assert set(dependents("train-backward", known)) == set(known) - {
+        "seed",
+        "train-seed",
+        "segment",
+        "train-backward",
+    }
+    assert dependents("select_2", known) == ["train_2", "evaluate"]
 
 
 @pytest.mark.slow
@@ -226,17 +240,17 @@ def test_help_shows_the_defaults_that_apply_and_the_demo_preset_beside_them(caps
 def test_each_card_describes_the_data_up_to_its_own_stage(tmp_path):
     lines = {
         stage: {"rows_in": 10, "rows_out": 5, "settings": {"curation_mode": "pmi"}, "rule": "pmi >= 0"}
-        for stage in ("seed", "train_M0", "train_Myx", "segment", "augment", "curate_1", "select_1",
-                      "train_M1", "curate_2", "select_2", "train_M2")
+        for stage in ("seed", "train-seed", "train-backward", "segment", "augment", "curate_1", "select_1",
+                      "train_1", "curate_2", "select_2", "train_2")
     }  # fmt: skip
     config = BacktranslateConfig(run_dir=str(tmp_path), base_model="HuggingFaceTB/SmolLM2-135M-Instruct")
     m1 = backtranslation_card(config, SFTSettings(), "M1", 1, {}, lines)
-    assert set(m1.data["stages"]) == {"seed", "train_M0", "train_Myx", "segment", "augment", "curate_1",
-                                      "select_1", "train_M1"}  # fmt: skip
+    assert set(m1.data["stages"]) == {"seed", "train-seed", "train-backward", "segment", "augment",
+                                      "curate_1", "select_1", "train_1"}  # fmt: skip
     assert "Iteration 1" in m1.extra_sections["Curation"]
     assert "Iteration 2" not in m1.extra_sections["Curation"]
     m0 = backtranslation_card(config, SFTSettings(), "M0", 0, {}, lines)
-    assert set(m0.data["stages"]) == {"seed", "train_M0"}
+    assert set(m0.data["stages"]) == {"seed", "train-seed"}
 
 
 # --- (f) a resumed stage's throughput counts every process's time ------------------------------------
@@ -262,7 +276,7 @@ def test_a_resumed_sharded_stage_counts_the_time_of_every_process(tmp_path):
 
 
 def test_a_resumed_training_stage_counts_the_time_of_every_process(tmp_path):
-    ledger = tmp_path / "train_M1.jsonl"
+    ledger = tmp_path / "train_1.jsonl"
     first = StageClock(ledger)
     time.sleep(0.2)
     first.on_save(
@@ -295,3 +309,66 @@ def test_select_never_keeps_an_unscored_pair_and_counts_it(tmp_path, capsys):
     assert record["unscored"] == 2
     assert record["unscored_reasons"] == {"non-finite pmi score": 1, "empty instruction": 1}
     assert "2 pairs have no pmi_guarded and are never kept" in capsys.readouterr().out
+
+
+# --- (g) one stage table, read by the run folder and the CLI ------------------------------------------
+
+
+def test_every_stage_the_table_names_is_a_command_the_cli_runs(capsys):
+    """Each stage's command, as the run folder's messages advise it, is one the CLI accepts (through its
+    real argparse, the iteration included) and runs with the function the table names."""
+    with pytest.raises(SystemExit):
+        main(["backtranslate"])
+    usage = capsys.readouterr().out
+    for stage in STAGES.values():
+        for k in (1, 2) if stage.iterated else (0,):
+            command, *flags = stage_command(stage.name(k)).split()
+            assert command == stage.command and f"{command}," in usage.replace("}", ",")
+            config, _ = parse_configs((BacktranslateConfig, SFTSettings), flags, f"backtranslate {command}")
+            assert config.iteration == (k or 1)
+            assert callable(getattr(recipe, stage.function))
+
+
+def test_the_run_folder_reads_what_each_stage_writes_and_reads_from_the_table(tmp_path):
+    run = RunFolder(tmp_path)
+    known = [s.name(k) for s in STAGES.values() for k in ((1, 2) if s.iterated else (0,))]
+    written: dict[Path, str] = {}
+    for name in known:
+        stage, k = parse(name)
+        assert run.outputs(name)[:-1] == stage.writes(run, k)  # the last: its timing ledger, if any
+        assert inputs_of(name, known) == stage.reads(k, known)
+        assert set(inputs_of(name, known)) <= set(known)  # every input is a stage of the table
+        for path in stage.writes(run, k):
+            assert path.is_relative_to(tmp_path) and written.setdefault(path, name) == name  # one writer
+
+
+def older_run_folder(run: Path) -> None:
+    """A run folder as versions before the stage table left it: training stages named by their model."""
+    (run / "models" / "M0").mkdir(parents=True)
+    (run / "models" / "M0" / COMPLETE_MARKER).write_text("{}")
+    (run / "timing").mkdir()
+    (run / "timing" / "train_M0.jsonl").write_text('{"pid": 1, "seconds": 2.0}\n')
+    lines = {"train_M0": {"rows_in": 8, "rows_out": 8}, "segment": {"rows_in": 1, "rows_out": 1}}
+    (run / "summary.json").write_text(json.dumps(summary(run) | lines))
+
+
+def test_a_training_stage_an_older_version_finished_is_still_finished(tmp_path, tiny_student, capsys):
+    run = tmp_path / "bt"
+    main(["backtranslate", "seed", "--run_dir", str(run), "--seed_size", "4"])
+    older_run_folder(run)
+    main(["backtranslate", "train-seed", "--run_dir", str(run), "--base_model", str(tiny_student)])
+    assert "[train-seed] rows in" not in capsys.readouterr().out  # not trained again
+    assert (run / "models" / "M0" / COMPLETE_MARKER).read_text() == "{}"
+    assert RunFolder(run).read_summary()["train-seed"] == {"rows_in": 8, "rows_out": 8}
+    # its ledger takes today's name, so a resumed training would add the seconds spent before
+    assert (run / "timing" / "train-seed.jsonl").read_text() == '{"pid": 1, "seconds": 2.0}\n'
+
+
+def test_overwrite_discards_what_an_older_version_recorded_under_its_old_name(tmp_path, capsys):
+    run = tmp_path / "bt"
+    main(["backtranslate", "seed", "--run_dir", str(run), "--seed_size", "8"])
+    older_run_folder(run)
+    main(["backtranslate", "seed", "--run_dir", str(run), "--seed_size", "5", "--overwrite"])
+    assert "--overwrite: discarded train-seed" in capsys.readouterr().out
+    assert not (run / "models" / "M0").exists() and not (run / "timing" / "train-seed.jsonl").exists()
+    assert set(summary(run)) == {"seed", "segment"}

@@ -7,10 +7,19 @@ model with the one before it and with the base, with 95% bootstrap intervals.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict
 
 from selftaught.backtranslate.config import BacktranslateConfig
+from selftaught.backtranslate.runfolder import upstream
+from selftaught.backtranslate.stages import (
+    CURATE,
+    SELECT,
+    TRAIN,
+    TRAIN_BACKWARD,
+    TRAIN_SEED,
+    iterations,
+    trainer,
+)
 from selftaught.models.naming import model_label
 from selftaught.training.model_card import CardContent, EvalRow, comparison_table, declared_base_model
 from selftaught.training.sft import SFTSettings
@@ -87,25 +96,21 @@ def train_sizes(seed: int, selected: int | None = None) -> dict:
 
 def stages_up_to(summary: dict, name: str, iteration: int) -> dict:
     """The summary lines of the stages that made `name`'s training data (and its own training)."""
-    if name in ("M0", "Myx"):
-        wanted = {"seed", f"train_{name}"}
-    else:
-        wanted = {"seed", "train_M0", "train_Myx", "segment", "augment"}
-        wanted |= {f"{s}_{k}" for s in ("curate", "select") for k in range(1, iteration + 1)}
-        wanted |= {f"train_M{k}" for k in range(1, iteration + 1)}
+    trained_by = TRAIN_BACKWARD.name() if name == "Myx" else trainer(iteration)
+    wanted = {trained_by, *upstream(trained_by, list(summary))}
     return {stage: line for stage, line in summary.items() if stage in wanted}
 
 
 def curation_section(config: BacktranslateConfig, summary: dict) -> str:
     """Per iteration: what scored the pairs, by which rule they were kept, and why that mode."""
     lines = []
-    for stage, line in summary.items():
-        if not (match := re.fullmatch(r"select_(\d+)", stage)):
+    for k in iterations(summary):
+        if (line := summary.get(SELECT.name(k))) is None:
             continue
-        k = int(match.group(1))
-        modes = summary.get(f"curate_{k}", {}).get("settings", {}).get("curation_mode", config.curation_mode)
+        curated = summary.get(CURATE.name(k), {})
+        modes = curated.get("settings", {}).get("curation_mode", config.curation_mode)
         lines.append(
-            f"- Iteration {k}: M{k - 1} scored {summary.get(f'curate_{k}', {}).get('rows_out', '?')} pairs "
+            f"- Iteration {k}: M{k - 1} scored {curated.get('rows_out', '?')} pairs "
             f"with `{modes}`; the rule `{line.get('rule', '?')}` kept {line['rows_out']}."
         )
         if isinstance(line.get("score_histogram"), dict):
@@ -116,6 +121,11 @@ def curation_section(config: BacktranslateConfig, summary: dict) -> str:
             lines.append("  | kept | " + " | ".join(str(kept.get(b, 0)) for b in every) + " |\n")
     why = [f"- `{m}`: {WHY[m]}." for m in config.curation_modes]
     return "\n".join(lines + ["", "Why this mode:", *why])
+
+
+def stage_commands(iteration: int) -> str:
+    """The stages that train a model of `iteration`, as the card names them."""
+    return TRAIN.command if iteration else f"{TRAIN_SEED.command} / {TRAIN_BACKWARD.command}"
 
 
 COMPARISON_NOTE = (
@@ -148,7 +158,7 @@ def backtranslation_card(
         model_name=f"{config.run_dir.rstrip('/').split('/')[-1]}-{name}",
         base_model=model_label(declared_base_model(config.base_model)),  # a Hub id, else a name, never a path
         summary=f"{name}, {role(name, iteration)}. Trained with selftaught's `selftaught backtranslate` "
-        f"(stage {'train' if iteration else 'train-seed / train-backward'}, iteration {iteration}).",
+        f"(stage {stage_commands(iteration)}, iteration {iteration}).",
         method=METHOD,
         citations=[HUMPBACK_CITATION],
         hyperparameters=asdict(settings)

@@ -17,13 +17,8 @@ from pathlib import Path
 from selftaught.backtranslate.card import backtranslation_card, train_sizes
 from selftaught.backtranslate.config import BacktranslateConfig
 from selftaught.backtranslate.examples import SEED_TAG
-from selftaught.backtranslate.runfolder import (
-    RunFolder,
-    changed_settings,
-    overwrite,
-    say_skipped,
-    writes_run_folder,
-)
+from selftaught.backtranslate.runfolder import RunFolder, changed_settings, holds_run_folder, say_skipped
+from selftaught.backtranslate.stages import EVALUATE, SEED, SELECT
 from selftaught.data.loading import content_fingerprint
 from selftaught.data.seed_pairs import BUILTIN_OASST_SEED, load_seed_pairs
 from selftaught.data.shards import read_parquet, write_json
@@ -36,6 +31,8 @@ from selftaught.models.naming import model_label
 from selftaught.training.model_card import write_model_card
 from selftaught.training.sft import COMPLETE_MARKER, SFTSettings
 
+SAYS = f"[{EVALUATE.name()}]"  # what the evaluation's messages start with
+
 
 def held_out_seed_pairs(config: BacktranslateConfig, settings: SFTSettings) -> list[dict]:
     """Seed pairs that the seed sample left out: first turns no model of the run was trained on."""
@@ -43,7 +40,7 @@ def held_out_seed_pairs(config: BacktranslateConfig, settings: SFTSettings) -> l
     every, _ = load_seed_pairs(
         config.seed_data or str(BUILTIN_OASST_SEED), None, settings.seed, config.seed_split
     )
-    used = {p["id"] for p in read_parquet(run.require(run.seed_pairs, "seed"))}
+    used = {p["id"] for p in read_parquet(run.input(SEED.name()))}
     return [p for p in every if p["id"] not in used]
 
 
@@ -125,35 +122,31 @@ def evaluation_is_current(run: RunFolder, settings: dict) -> bool:
     before = json.loads(record.read_text()) if record.exists() else None
     if before is not None and (changes := changed_settings(before, settings)):
         if run.eval_results.exists():
-            say_skipped("evaluate", changes, [])
+            say_skipped(EVALUATE.name(), changes, [])
             return False
-        print(f"[evaluate] discarding the unfinished evaluation made with other settings ({changes})")
+        print(f"{SAYS} discarding the unfinished evaluation made with other settings ({changes})")
         shutil.rmtree(run.evaluation)
     if not run.evaluation.exists():  # pieces kept from before settings were recorded: nothing to compare
         write_json(record, settings)
     return True
 
 
-@writes_run_folder("evaluate")
-def stage_evaluate(config: BacktranslateConfig, settings: SFTSettings) -> dict:
+@holds_run_folder(EVALUATE)
+def stage_evaluate(config: BacktranslateConfig, settings: SFTSettings, run: RunFolder, k: int) -> dict:
     """Every finished model of the run on held-out data (see the module docstring).
 
     Writes <run_dir>/evaluation/ (per-evaluation JSON and Parquet, each kept and reused by a rerun,
     and comparisons.json), <run_dir>/eval_results.json ({label: {metric: number}}, with "intervals" and
-    "comparisons") and the results onto the M(k) cards.
+    "comparisons") and the results onto the M(k) cards. Keeps its own record of what it ran with
+    (`evaluation_is_current`): summary.json has no line for it.
     """
-    run = RunFolder(config.run_dir)
-    if config.overwrite:
-        overwrite(run, "evaluate")
     names = [f"M{k}" for k in range(config.iterations + 1) if (run.model(f"M{k}") / COMPLETE_MARKER).exists()]
     models = {"base": config.base()} | {name: str(run.model(name)) for name in names}
     if not evaluation_is_current(run, evaluation_settings(config, run, names, models["base"])):
         return json.loads(run.eval_results.read_text())
     judge, curation = evaluation_configs(config, run.evaluation, models["base"])
     requests, gold, labelled = evaluation_inputs(config, settings, judge, curation[0] if curation else judge)
-    print(
-        f"[evaluate] {len(requests)} prompts, {len(gold)} held-out gold pairs, {len(labelled)} labelled pairs"
-    )
+    print(f"{SAYS} {len(requests)} prompts, {len(gold)} held-out gold pairs, {len(labelled)} labelled pairs")
     started = time.perf_counter()
     suite = ModelSuite(run.evaluation, models, "base", requests, gold, labelled, (judge, curation), run.root)
     results = suite.run([f"M{k}" for k in range(config.iterations) if f"M{k}" in models])
@@ -166,8 +159,9 @@ def stage_evaluate(config: BacktranslateConfig, settings: SFTSettings) -> dict:
     for name in names:
         rows = eval_rows(results[name]) + eval_rows(results["base"], model="base")
         k = int(name[1:])
-        sizes = train_sizes(summary["seed"]["rows_out"], summary[f"select_{k}"]["rows_out"] if k else None)
+        seed, selected = summary[SEED.name()]["rows_out"], summary[SELECT.name(k)]["rows_out"] if k else None
+        sizes = train_sizes(seed, selected)
         card = backtranslation_card(config, settings, name, k, sizes, summary, rows, comparisons)
         write_model_card(run.model(name), card)
-    print(f"[evaluate] {', '.join(models)}: {time.perf_counter() - started:.1f} s, see {run.eval_results}")
+    print(f"{SAYS} {', '.join(models)}: {time.perf_counter() - started:.1f} s, see {run.eval_results}")
     return numbers

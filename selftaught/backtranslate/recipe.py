@@ -11,15 +11,16 @@
     evaluate        base, M0, M1, M2 side by side, with bootstrap intervals (evaluation.py)
 
 Every stage reads the previous stage's output from the run folder and writes its own there; `run`
-chains them and, rerun on the same folder, skips what is finished and resumes what is not. When a
-stage counts as finished, and how `--overwrite` redoes it and what depends on it: runfolder.py.
+chains them and, rerun on the same folder, skips what is finished and resumes what is not. Each
+`stage_*` below is the stage's method; what it reads and writes is in the stage table (stages.py), and
+the bookkeeping around it (the folder's lock, when it counts as finished, its line in summary.json, how
+`--overwrite` redoes it and what depends on it) in runfolder.py's `runs_stage`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import time
 from collections import Counter
 from dataclasses import asdict, replace
 from functools import partial
@@ -30,23 +31,33 @@ from datasets import Dataset
 
 from selftaught.backtranslate.card import backtranslation_card, train_sizes
 from selftaught.backtranslate.config import BacktranslateConfig
-from selftaught.backtranslate.corpus import installed_package_descriptions
+from selftaught.backtranslate.corpus import installed_package_descriptions, read_corpus
 from selftaught.backtranslate.evaluation import stage_evaluate
 from selftaught.backtranslate.examples import backward_example, seed_example, web_example
 from selftaught.backtranslate.runfolder import (
+    Done,
     RunFolder,
     StageClock,
-    finished,
-    overwrite,
     overwrite_all,
-    record,
+    runs_stage,
     sharded_seconds,
     stage_command,
-    writes_run_folder,
     writing_run_folder,
 )
-from selftaught.backtranslate.segment import read_corpus, segment_corpus
+from selftaught.backtranslate.segment import segment_corpus
 from selftaught.backtranslate.sharded import augment_shard_fn, curate_shard_fn, run_shards
+from selftaught.backtranslate.stages import (
+    AUGMENT,
+    CURATE,
+    SEED,
+    SEGMENT,
+    SELECT,
+    TRAIN,
+    TRAIN_BACKWARD,
+    TRAIN_SEED,
+    Stage,
+    trainer,
+)
 from selftaught.data.loading import DataError, content_fingerprint
 from selftaught.data.ray_pipeline import ray_map
 from selftaught.data.seed_pairs import BUILTIN_OASST_SEED, load_seed_pairs
@@ -58,71 +69,70 @@ from selftaught.training.checkpoints import newest_complete_checkpoint
 from selftaught.training.model_card import write_model_card
 from selftaught.training.sft import SFTSettings, train_sft
 
-
-def begin(config: BacktranslateConfig, stage: str) -> RunFolder:
-    """The run folder, with `stage` and what depends on it discarded first under --overwrite."""
-    run = RunFolder(config.run_dir)
-    if config.overwrite:
-        overwrite(run, stage)
-    return run
+# --- stages: each is its method; `runs_stage` does the bookkeeping (lock, skip, summary line) --------
 
 
-# --- stages --------------------------------------------------------------------------------------
-
-
-@writes_run_folder("seed")
-def stage_seed(config: BacktranslateConfig, settings: SFTSettings) -> list[dict]:
-    run = begin(config, "seed")
-    source = config.seed_data or str(BUILTIN_OASST_SEED)
-    knobs = {
+def seed_knobs(config: BacktranslateConfig, settings: SFTSettings, run: RunFolder, k: int) -> dict:
+    return {
         "seed_data": model_label(config.seed_data)
         if config.seed_data
         else "the shipped oasst1-format seed set",
         # by content too: another file of the same name is other seed data (a Hub dataset: None)
-        "seed_data_content": content_fingerprint(source),
+        "seed_data_content": content_fingerprint(seed_source(config)),
         "seed_split": config.seed_split,
         "seed_size": config.seed_size,
         "seed": settings.seed,
     }
-    if finished(run, "seed", knobs):
-        return read_parquet(run.seed_pairs)
-    started = time.perf_counter()
+
+
+@runs_stage(SEED, seed_knobs)
+def stage_seed(
+    config: BacktranslateConfig, settings: SFTSettings, run: RunFolder, k: int, knobs: dict
+) -> Done:
+    source = seed_source(config)
     pairs, stats = load_seed_pairs(source, config.seed_size, settings.seed, split=config.seed_split)
     if not pairs:
         raise DataError(f"{source}: no seed pairs survived the filters ({stats}); check lang/rank fields")
     write_parquet(run.seed_pairs, pairs)
-    rows_in = stats.get("rows", len(pairs))
-    record(run, "seed", rows_in, len(pairs), time.perf_counter() - started, knobs, **stats)
-    return pairs
+    return Done(stats.get("rows", len(pairs)), len(pairs), stats)
 
 
-@writes_run_folder("train-seed")
-def stage_train_seed(config: BacktranslateConfig, settings: SFTSettings) -> Path:
-    run = RunFolder(config.run_dir)
-    pairs = read_parquet(run.require(run.seed_pairs, "seed"))
+def training_knobs(config: BacktranslateConfig, settings: SFTSettings, run: RunFolder, k: int) -> dict:
+    """The base model and the settings that change what a model learns."""
+    recorded = {name: value for name, value in asdict(settings).items() if name not in UNRECORDED_SFT}
+    return {"base_model": model_label(config.base())} | recorded
+
+
+@runs_stage(TRAIN_SEED, training_knobs)
+def stage_train_seed(
+    config: BacktranslateConfig, settings: SFTSettings, run: RunFolder, k: int, knobs: dict
+) -> Done | None:
+    pairs = read_parquet(run.input(SEED.name()))
     examples = [seed_example(p) for p in pairs]
-    return train_and_document(config, settings, "M0", examples, train_sizes(len(pairs)), iteration=0)
+    return train(config, settings, run, TRAIN_SEED, 0, examples, train_sizes(len(pairs)))
 
 
-@writes_run_folder("train-backward")
-def stage_train_backward(config: BacktranslateConfig, settings: SFTSettings) -> Path:
-    run = RunFolder(config.run_dir)
-    pairs = read_parquet(run.require(run.seed_pairs, "seed"))
+@runs_stage(TRAIN_BACKWARD, training_knobs)
+def stage_train_backward(
+    config: BacktranslateConfig, settings: SFTSettings, run: RunFolder, k: int, knobs: dict
+) -> Done | None:
+    pairs = read_parquet(run.input(SEED.name()))
     examples = [backward_example(p["instruction"], p["response"]) for p in pairs]
-    return train_and_document(config, settings, "Myx", examples, {"seed pairs (reversed)": len(pairs)}, 0)
+    return train(config, settings, run, TRAIN_BACKWARD, 0, examples, {"seed pairs (reversed)": len(pairs)})
 
 
-@writes_run_folder("segment")
-def stage_segment(config: BacktranslateConfig, settings: SFTSettings) -> list[dict]:
-    run = begin(config, "segment")
-    knobs = {
+def segment_knobs(config: BacktranslateConfig, settings: SFTSettings, run: RunFolder, k: int) -> dict:
+    return {
         "corpus": model_label(config.corpus) if config.corpus else "installed packages",
         "corpus_content": content_fingerprint(config.corpus),
         **asdict_subset(config, SEGMENT_KNOBS),
     }
-    if finished(run, "segment", knobs):
-        return read_parquet(run.segments)
-    started = time.perf_counter()
+
+
+@runs_stage(SEGMENT, segment_knobs)
+def stage_segment(
+    config: BacktranslateConfig, settings: SFTSettings, run: RunFolder, k: int, knobs: dict
+) -> Done:
     if config.corpus is None:
         documents = installed_package_descriptions()
     else:
@@ -137,28 +147,29 @@ def stage_segment(config: BacktranslateConfig, settings: SFTSettings) -> list[di
         documents, config.min_chars, config.max_chars, config.max_segments, map_documents
     )
     write_parquet(run.segments, segments)
-    seconds = time.perf_counter() - started
-    record(run, "segment", stats.get("documents", 0), len(segments), seconds, knobs, **stats)
-    return segments
+    return Done(stats.get("documents", 0), len(segments), stats)
 
 
-@writes_run_folder("augment")
-def stage_augment(config: BacktranslateConfig, settings: SFTSettings) -> Dataset:
+def augment_knobs(config: BacktranslateConfig, settings: SFTSettings, run: RunFolder, k: int) -> dict:
+    backward = run.input(TRAIN_BACKWARD.name())
+    return {"model": run.identity(backward), "seed": settings.seed, **asdict_subset(config, AUGMENT_KNOBS)}
+
+
+@runs_stage(AUGMENT, augment_knobs)
+def stage_augment(
+    config: BacktranslateConfig, settings: SFTSettings, run: RunFolder, k: int, knobs: dict
+) -> Done:
     """Myx writes one instruction per segment (temperature 0.7, top-p 0.9), shard by shard."""
-    run = begin(config, "augment")
-    backward = run.trained("Myx", "train-backward")
-    knobs = {"model": run.identity(backward), "seed": settings.seed, **asdict_subset(config, AUGMENT_KNOBS)}
-    if finished(run, "augment", knobs):
-        return read_shards(run.augment)
-    segments = read_parquet(run.require(run.segments, "segment"))
+    segments = read_parquet(run.input(SEGMENT.name()))
     fingerprint = {"segments": digest(s["segment_id"] for s in segments), **knobs}
-    redo = redo_hint("augment")
+    backward = run.input(TRAIN_BACKWARD.name())
+    redo = redo_hint(AUGMENT.name())
     run_shards(
         config,
         segments,
         run.augment,
         fingerprint,
-        "augment",
+        AUGMENT.name(),
         redo,
         augment_shard_fn,
         config,
@@ -167,44 +178,55 @@ def stage_augment(config: BacktranslateConfig, settings: SFTSettings) -> Dataset
     )
     pairs = read_shards(run.augment)
     empty = sum(not p for p in pairs["instruction"])
-    seconds = sharded_seconds(run.augment)
-    record(run, "augment", len(segments), len(pairs) - empty, seconds, knobs, empty_instructions=empty)
     export(config, run.augment)
-    return pairs
+    return Done(
+        len(segments), len(pairs) - empty, {"empty_instructions": empty}, sharded_seconds(run.augment)
+    )
 
 
-@writes_run_folder("curate")
-def stage_curate(config: BacktranslateConfig, settings: SFTSettings, k: int) -> Dataset:
+def curate_knobs(config: BacktranslateConfig, settings: SFTSettings, run: RunFolder, k: int) -> dict:
+    """What a curation's scores depend on: the models and the settings of the modes it computes."""
+    modes = config.curation_modes
+    knobs = {"curation_mode": config.curation_mode, **asdict_subset(config, ("shard_size", "engine"))}
+    rater, backward = curation_models(config, run, k)
+    if set(modes) - {"backward"}:
+        knobs["rater"] = run.identity(rater)
+    if backward is not None:
+        knobs["backward_model"] = run.identity(backward)
+    if "generate" in modes:
+        knobs["max_reasoning_tokens"] = config.max_reasoning_tokens
+    if set(modes) & {"pmi", "ifd", "backward"}:
+        knobs["max_scored_tokens"] = config.max_scored_tokens
+    if config.engine == "openai":
+        knobs["served_model"] = config.served_model
+    return knobs
+
+
+@runs_stage(CURATE, curate_knobs)
+def stage_curate(
+    config: BacktranslateConfig, settings: SFTSettings, run: RunFolder, k: int, knobs: dict
+) -> Done:
     """Every (instruction, segment) pair scored in each curation mode; the scores are stored with each."""
-    run = begin(config, f"curate_{k}")
-    rater = run.trained(f"M{k - 1}", "train-seed" if k == 1 else f"train --iteration {k - 1}")
-    backward = run.trained("Myx", "train-backward") if "backward" in config.curation_modes else None
-    knobs = curate_knobs(config, run, rater, backward)
-    if finished(run, f"curate_{k}", knobs):
-        return read_shards(run.curate(k))
-    pairs = [p for p in read_shards(run.require(run.augment, "augment")) if p["instruction"]]
+    pairs = [p for p in read_shards(run.input(AUGMENT.name())) if p["instruction"]]
     fingerprint = {"pairs": digest(p["segment_id"] + p["instruction"] for p in pairs), **knobs}
-    folder, redo = run.curate(k), redo_hint(f"curate_{k}")
+    folder, redo = run.curate(k), redo_hint(CURATE.name(k))
     desc = f"curate (iteration {k})"
-    run_shards(config, pairs, folder, fingerprint, desc, redo, curate_shard_fn, config, rater, backward, k)
+    models = curation_models(config, run, k)
+    run_shards(config, pairs, folder, fingerprint, desc, redo, curate_shard_fn, config, *models, k)
     rated = read_shards(folder)
     counts = curation_counts(rated)
-    say_curation_counts(f"curate_{k}", counts)
-    record(run, f"curate_{k}", len(pairs), len(rated), sharded_seconds(folder), knobs, **counts)
+    say_curation_counts(CURATE.name(k), counts)
     export(config, folder)
-    return rated
+    return Done(len(pairs), len(rated), counts, sharded_seconds(folder))
 
 
-@writes_run_folder("select")
-def stage_select(config: BacktranslateConfig, settings: SFTSettings, k: int) -> list[dict]:
+@runs_stage(SELECT, lambda config, settings, run, k: {"rule": config.selection_rule().describe()})
+def stage_select(
+    config: BacktranslateConfig, settings: SFTSettings, run: RunFolder, k: int, knobs: dict
+) -> Done:
     """The pairs the selection rule keeps, with a histogram of the score it ranked them by."""
-    run = begin(config, f"select_{k}")
     rule = config.selection_rule()
-    knobs = {"rule": rule.describe()}
-    if finished(run, f"select_{k}", knobs):
-        return read_parquet(run.selected(k))
-    started = time.perf_counter()
-    rated = read_shards(run.require(run.curate(k), f"curate --iteration {k}")).to_list()
+    rated = read_shards(run.input(CURATE.name(k))).to_list()
     try:  # against what was curated (rows curated before modes existed were rated on the rubric)
         rule.check(rated[0].get("curation_mode", "rubric").split(",") if rated else config.curation_modes)
     except ValueError as err:
@@ -212,34 +234,19 @@ def stage_select(config: BacktranslateConfig, settings: SFTSettings, k: int) -> 
     keep = rule.keep(rated)
     selected = [r for r, kept in zip(rated, keep, strict=True) if kept]
     write_parquet(run.selected(k), selected)
-    counts = score_histogram(rule, rated, keep)
-    print_histogram(counts, f"iteration {k}: {rule.score} of every pair (kept: {rule.describe()})")
-    unscored = Counter(
-        unscored_reason(r) for r, v in zip(rated, rule.values(rated), strict=True) if v is None
+    return Done(
+        len(rated), len(selected), {"rule": rule.describe(), **selection_counts(rule, rated, keep, k)}
     )
-    if unscored:
-        print(
-            f"[select_{k}] {unscored.total()} pairs have no {rule.score} and are never kept "
-            f"({', '.join(f'{reason}: {n}' for reason, n in unscored.items())})"
-        )
-    counts |= {"unscored": unscored.total(), "unscored_reasons": dict(unscored)}
-    if not selected:
-        print(
-            f"[select_{k}] no pair passes {rule.describe()}: M{k} will learn from the seed pairs only. "
-            "Lower --min_score, or keep a fraction with --select_top (see the histogram above)."
-        )
-    seconds = time.perf_counter() - started
-    record(run, f"select_{k}", len(rated), len(selected), seconds, knobs, rule=rule.describe(), **counts)
-    return selected
 
 
-@writes_run_folder("train")
-def stage_train(config: BacktranslateConfig, settings: SFTSettings, k: int) -> Path:
-    run = RunFolder(config.run_dir)
-    seed = read_parquet(run.require(run.seed_pairs, "seed"))
-    selected = read_parquet(run.require(run.selected(k), f"select --iteration {k}"))
+@runs_stage(TRAIN, training_knobs)
+def stage_train(
+    config: BacktranslateConfig, settings: SFTSettings, run: RunFolder, k: int, knobs: dict
+) -> Done | None:
+    seed = read_parquet(run.input(SEED.name()))
+    selected = read_parquet(run.input(SELECT.name(k)))
     examples = [seed_example(p) for p in seed] + [web_example(p) for p in selected]
-    return train_and_document(config, settings, f"M{k}", examples, train_sizes(len(seed), len(selected)), k)
+    return train(config, settings, run, TRAIN, k, examples, train_sizes(len(seed), len(selected)))
 
 
 def run_all(config: BacktranslateConfig, settings: SFTSettings) -> dict:
@@ -280,21 +287,14 @@ AUGMENT_KNOBS = ("temperature", "top_p", "max_instruction_tokens", "shard_size",
 UNRECORDED_SFT = ("logging_steps", "save_steps", "save_total_limit", "keep_checkpoints", "report_to")
 
 
-def curate_knobs(config: BacktranslateConfig, run: RunFolder, rater: Path, backward: Path | None) -> dict:
-    """What a curation's scores depend on: the models and the settings of the modes it computes."""
-    modes = config.curation_modes
-    knobs = {"curation_mode": config.curation_mode, **asdict_subset(config, ("shard_size", "engine"))}
-    if set(modes) - {"backward"}:
-        knobs["rater"] = run.identity(rater)
-    if backward is not None:
-        knobs["backward_model"] = run.identity(backward)
-    if "generate" in modes:
-        knobs["max_reasoning_tokens"] = config.max_reasoning_tokens
-    if set(modes) & {"pmi", "ifd", "backward"}:
-        knobs["max_scored_tokens"] = config.max_scored_tokens
-    if config.engine == "openai":
-        knobs["served_model"] = config.served_model
-    return knobs
+def seed_source(config: BacktranslateConfig) -> str:
+    return config.seed_data or str(BUILTIN_OASST_SEED)
+
+
+def curation_models(config: BacktranslateConfig, run: RunFolder, k: int) -> tuple[Path, Path | None]:
+    """The rater M(k-1), and Myx where the backward score is computed."""
+    backward = run.input(TRAIN_BACKWARD.name()) if "backward" in config.curation_modes else None
+    return run.input(trainer(k - 1)), backward
 
 
 def curation_counts(rated: Dataset) -> dict:
@@ -333,6 +333,27 @@ def digest(items) -> str:
 def asdict_subset(config: BacktranslateConfig, names: tuple[str, ...]) -> dict:
     values = asdict(config)
     return {name: values[name] for name in names}
+
+
+def selection_counts(rule: SelectionRule, rated: list[dict], keep: list[bool], k: int) -> dict:
+    """What `select` reports of a selection, shown and returned for its summary line: the histogram of the
+    score, the pairs that have none (never kept), and a warning when none is kept."""
+    counts = score_histogram(rule, rated, keep)
+    print_histogram(counts, f"iteration {k}: {rule.score} of every pair (kept: {rule.describe()})")
+    unscored = Counter(
+        unscored_reason(r) for r, v in zip(rated, rule.values(rated), strict=True) if v is None
+    )
+    if unscored:
+        print(
+            f"[{SELECT.name(k)}] {unscored.total()} pairs have no {rule.score} and are never kept "
+            f"({', '.join(f'{reason}: {n}' for reason, n in unscored.items())})"
+        )
+    if not any(keep):
+        print(
+            f"[{SELECT.name(k)}] no pair passes {rule.describe()}: M{k} will learn from the seed pairs only. "
+            "Lower --min_score, or keep a fraction with --select_top (see the histogram above)."
+        )
+    return counts | {"unscored": unscored.total(), "unscored_reasons": dict(unscored)}
 
 
 HISTOGRAM_BINS = 8
@@ -392,36 +413,35 @@ def export(config: BacktranslateConfig, folder: Path) -> None:
         export_jsonl(folder, folder.with_suffix(".jsonl"))
 
 
-def train_and_document(
+def train(
     config: BacktranslateConfig,
     settings: SFTSettings,
-    name: str,
+    run: RunFolder,
+    stage: Stage,
+    k: int,
     examples: list[dict],
     sizes: dict,
-    iteration: int,
-) -> Path:
-    stage = f"train_{name}"
-    run = begin(config, stage)
-    knobs = {"base_model": model_label(config.base())} | {
-        k: v for k, v in asdict(settings).items() if k not in UNRECORDED_SFT
-    }
-    if finished(run, stage, knobs):
-        return run.model(name)
-    ledger = run.timing / f"{stage}.jsonl"
-    if newest_complete_checkpoint(run.model(name)) is None:  # a fresh start: no earlier time to add
+) -> Done | None:
+    """The base fine-tuned on `examples` into `stage`'s model folder, timed over every process that trained
+    it (a resumed training adds the seconds spent before). One process reports it and writes its card."""
+    model = stage.writes(run, k)[0]
+    ledger = run.ledger(stage.name(k))
+    if newest_complete_checkpoint(model) is None:  # a fresh start: no earlier time to add
         ledger.unlink(missing_ok=True)
     clock = StageClock(ledger)
     out = train_sft(
         config.base(),
         examples,
-        run.model(name),
+        model,
         settings,
         trust_remote_code=config.trust_remote_code,
         callbacks=[clock],
     )
-    if PartialState().is_main_process:  # under `accelerate launch`, one process documents the model
-        record(run, stage, len(examples), len(examples), clock.total(), knobs)
-        write_model_card(
-            out, backtranslation_card(config, settings, name, iteration, sizes, run.read_summary())
-        )
-    return out
+    if not PartialState().is_main_process:  # under `accelerate launch`, one process documents the model
+        return None
+
+    def document() -> None:
+        card = backtranslation_card(config, settings, model.name, k, sizes, run.read_summary())
+        write_model_card(out, card)
+
+    return Done(len(examples), len(examples), seconds=clock.total(), then=document)

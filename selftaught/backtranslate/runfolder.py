@@ -1,4 +1,5 @@
-"""The run folder of `selftaught backtranslate`: where each stage writes, and when a stage counts as done.
+"""The run folder of `selftaught backtranslate`: where each stage writes, when a stage counts as done, and
+the bookkeeping every stage shares (`runs_stage`), so that each stage of recipe.py holds only its method.
 
 Rules (each pinned by a test in tests/test_backtranslate_stages.py):
 - a stage is finished when summary.json has its line AND its output is whole (the file, the model's
@@ -7,10 +8,10 @@ Rules (each pinned by a test in tests/test_backtranslate_stages.py):
   `content_fingerprint`); a finished stage rerun with other settings or files is skipped with a message
   naming only what differs and how to redo it (`--overwrite`);
 - `--overwrite` redoes a stage and discards the output of every stage that depends on it (the stage
-  graph below), so nothing downstream of new data is kept by mistake;
+  table, stages.py), so nothing downstream of new data is kept by mistake;
 - a stage's seconds add up every process that worked on it: a resumed stage's throughput counts all its
   rows over all its processes' time;
-- one process writes the run folder at a time (`writes_run_folder`): a second is refused at once, told
+- one process writes the run folder at a time (`holds_run_folder`): a second is refused at once, told
   which process holds it; `run` holds it once for every stage it chains (tests/test_folder_lock.py).
 """
 
@@ -22,14 +23,18 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import wraps
 from pathlib import Path
+from typing import Any
 
 from transformers import TrainerCallback
 
+from selftaught.backtranslate.config import BacktranslateConfig
+from selftaught.backtranslate.stages import EVALUATE, MODEL, Stage, current_name, parse
 from selftaught.data.folder_lock import writing_to
-from selftaught.data.shards import committed_shards, missing_shards, read_manifest, shard_seconds
-from selftaught.training.sft import COMPLETE_MARKER
+from selftaught.data.shards import committed_shards, shard_seconds
+from selftaught.training.sft import COMPLETE_MARKER, SFTSettings
 
 
 class RunFolder:
@@ -54,10 +59,6 @@ class RunFolder:
     def selected(self, k: int) -> Path:
         return self.root / f"iteration{k}" / "selected.parquet"
 
-    def trained(self, name: str, stage: str) -> Path:
-        """The folder of a finished model (its completion marker is written last)."""
-        return self.require(self.model(name) / COMPLETE_MARKER, stage).parent
-
     def name_of(self, model: Path) -> str:
         """How rows name a model of this run: its place in the run folder, e.g. "models/Myx", so the
         run folder can be moved or renamed and still resume into identical rows."""
@@ -69,43 +70,37 @@ class RunFolder:
         record = hashlib.sha256((model / COMPLETE_MARKER).read_bytes()).hexdigest()[:16]
         return f"{self.name_of(model)}@{record}"
 
-    def require(self, path: Path, stage: str) -> Path:
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: run `selftaught backtranslate {stage}` first")
-        return path
+    def ledger(self, name: str) -> Path:
+        """The seconds each process spent on stage `name`, where it keeps them (`StageClock`)."""
+        return self.timing / f"{name}.jsonl"
 
     def read_summary(self) -> dict:
-        return json.loads(self.summary.read_text()) if self.summary.exists() else {}
+        """summary.json, each stage under its name today (`stages.current_name`)."""
+        lines = json.loads(self.summary.read_text()) if self.summary.exists() else {}
+        return {current_name(name): line for name, line in lines.items()}
 
-    # --- the stage graph ---------------------------------------------------------------------------
+    # --- the stage graph, from the stage table (stages.py) ------------------------------------------
 
-    def outputs(self, stage: str) -> list[Path]:
-        """What `stage` writes (summary line aside)."""
-        kind, _, rest = stage.partition("_")
-        if stage == "seed":
-            return [self.seed_pairs]
-        if stage == "segment":
-            return [self.segments]
-        if stage == "augment":
-            return [self.augment, self.augment.with_suffix(".jsonl")]
-        if kind == "curate":
-            return [self.curate(int(rest)), self.curate(int(rest)).with_suffix(".jsonl")]
-        if kind == "select":
-            return [self.selected(int(rest))]
-        if kind == "train":
-            return [self.model(rest), self.timing / f"{stage}.jsonl"]
-        if stage == "evaluate":
-            return [self.evaluation, self.eval_results]
-        raise ValueError(f"unknown stage {stage!r}")
+    def input(self, name: str) -> Path:
+        """Stage `name`'s main output, for a stage that reads it; if missing, an error names its command."""
+        stage, k = parse(name)
+        main = stage.writes(self, k)[0]
+        needed = main / COMPLETE_MARKER if stage.output is MODEL else main
+        if not needed.exists():
+            raise FileNotFoundError(
+                f"{needed} is missing: run `selftaught backtranslate {stage.command_line(k)}` first"
+            )
+        return main
 
-    def is_whole(self, stage: str) -> bool:
-        """Whether `stage`'s output is all there (a deleted file or shard, or an unfinished model, is not)."""
-        main = self.outputs(stage)[0]
-        if stage.startswith("train_"):
-            return (main / COMPLETE_MARKER).is_file()
-        if stage == "augment" or stage.startswith("curate_"):
-            return read_manifest(main) is not None and not missing_shards(main)
-        return main.exists()
+    def outputs(self, name: str) -> list[Path]:
+        """What stage `name` writes (summary line aside), and its timing ledger if it keeps one."""
+        stage, k = parse(name)
+        return [*stage.writes(self, k), self.ledger(name)]
+
+    def is_whole(self, name: str) -> bool:
+        """Whether `name`'s output is all there (a deleted file or shard, or an unfinished model, is not)."""
+        stage, k = parse(name)
+        return stage.output.whole(stage.writes(self, k)[0])
 
 
 def writing_run_folder(run_dir: str | Path, command: str):
@@ -114,38 +109,10 @@ def writing_run_folder(run_dir: str | Path, command: str):
     return writing_to(run_dir, f"selftaught backtranslate {command}", "another --run_dir")
 
 
-def writes_run_folder(command: str) -> Callable:
-    """Make a stage `(config, ...)` hold its run folder's lock while it runs (`writing_run_folder`)."""
-
-    def decorate(stage: Callable) -> Callable:
-        @wraps(stage)
-        def locked(config, *args, **kwargs):
-            with writing_run_folder(config.run_dir, command):
-                return stage(config, *args, **kwargs)
-
-        return locked
-
-    return decorate
-
-
-def inputs_of(stage: str, known: list[str] = ()) -> list[str]:
-    """The stages whose output `stage` reads (the evaluation reads every model among `known`)."""
-    kind, _, rest = stage.partition("_")
-    if stage in ("seed", "segment"):
-        return []
-    if stage in ("train_M0", "train_Myx"):
-        return ["seed"]
-    if stage == "augment":
-        return ["segment", "train_Myx"]
-    if kind == "curate":  # Myx too: the backward score reads it
-        return ["augment", f"train_M{int(rest) - 1}", "train_Myx"]
-    if kind == "select":
-        return [f"curate_{rest}"]
-    if kind == "train":  # train_M{k}
-        return ["seed", f"select_{rest[1:]}"]
-    if stage == "evaluate":
-        return ["seed", *(s for s in known if s.startswith("train_"))]
-    raise ValueError(f"unknown stage {stage!r}")
+def inputs_of(name: str, known: list[str] = ()) -> list[str]:
+    """The stages whose output stage `name` reads (the evaluation reads every model among `known`)."""
+    stage, k = parse(name)
+    return stage.reads(k, list(known))
 
 
 def dependents(stage: str, known: list[str]) -> list[str]:
@@ -161,16 +128,22 @@ def dependents(stage: str, known: list[str]) -> list[str]:
     return found
 
 
-def stage_command(stage: str) -> str:
-    """The command that runs `stage`, as the user types it."""
-    kind, _, rest = stage.partition("_")
-    if stage in ("train_M0", "train_Myx"):
-        return {"train_M0": "train-seed", "train_Myx": "train-backward"}[stage]
-    if kind in ("curate", "select"):
-        return f"{kind} --iteration {rest}"
-    if kind == "train":
-        return f"train --iteration {rest[1:]}"
-    return stage
+def upstream(stage: str, known: list[str]) -> list[str]:
+    """Every stage whose output `stage` reads, directly or through others."""
+    found: list[str] = []
+    frontier = [stage]
+    while frontier:
+        for other in inputs_of(frontier.pop(), known):
+            if other not in found:
+                found.append(other)
+                frontier.append(other)
+    return found
+
+
+def stage_command(name: str) -> str:
+    """The command that runs stage `name`, as the user types it."""
+    stage, k = parse(name)
+    return stage.command_line(k)
 
 
 # --- when a stage is done, and what it ran with ------------------------------------------------------
@@ -216,7 +189,7 @@ def changed_settings(before: dict, now: dict) -> str:
 def overwrite(run: RunFolder, stage: str) -> None:
     """Discard `stage`'s output and that of every stage depending on it, with their summary lines."""
     summary = run.read_summary()
-    known = list(summary) + [s for s in ("evaluate",) if run.eval_results.exists()]
+    known = list(summary) + ([EVALUATE.name()] if run.eval_results.exists() else [])
     for name in [stage, *dependents(stage, known)]:
         removed = [p for p in run.outputs(name) if p.exists()]
         for path in removed:
@@ -230,8 +203,8 @@ def overwrite(run: RunFolder, stage: str) -> None:
 def overwrite_all(run: RunFolder) -> None:
     """`run --overwrite`: every stage's output goes, the run starts over (the folder itself stays)."""
     summary = run.read_summary()
-    for name in list(summary) + ["evaluate"]:
-        for path in run.outputs(name) if name != "evaluate" or run.eval_results.exists() else []:
+    for name in list(summary) + [EVALUATE.name()]:
+        for path in run.outputs(name) if name != EVALUATE.name() or run.eval_results.exists() else []:
             if path.exists():
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
     run.summary.unlink(missing_ok=True)
@@ -266,6 +239,79 @@ def record(
 def sharded_seconds(folder: Path) -> float:
     """A sharded stage's seconds: what every process spent on the shards it committed."""
     return shard_seconds(folder) if committed_shards(folder) else 0.0
+
+
+# --- the bookkeeping around every stage ---------------------------------------------------------------
+
+
+@dataclass
+class Done:
+    """What a stage's method did, for the stage's line in summary.json."""
+
+    rows_in: int
+    rows_out: int
+    counts: dict = field(default_factory=dict)  # the stage's own counts, recorded beside rows and seconds
+    seconds: float | None = None  # every process's seconds where several worked on it; else timed here
+    then: Callable[[], None] | None = None  # work that reads the stage's summary line (a model card)
+
+
+StageMethod = Callable[..., Any]
+
+
+def holds_run_folder(stage: Stage) -> Callable[[StageMethod], Callable]:
+    """Make a method `(config, settings, run, k)` the stage `(config, settings[, k])`: it holds the run
+    folder's lock while it runs and, under `--overwrite`, first discards its output and what depends on it
+    (`overwrite`). Training stages written by an older version have their ledgers renamed first."""
+
+    def decorate(method: StageMethod) -> Callable:
+        @wraps(method)
+        def run_stage(config: BacktranslateConfig, settings: SFTSettings, k: int = 0):
+            with writing_run_folder(config.run_dir, stage.command):
+                run = RunFolder(config.run_dir)
+                rename_legacy_ledgers(run)
+                if config.overwrite:
+                    overwrite(run, stage.name(k))
+                return method(config, settings, run, k)
+
+        return run_stage
+
+    return decorate
+
+
+def runs_stage(stage: Stage, knobs: Callable[..., dict]) -> Callable[[StageMethod], Callable]:
+    """Make a method `(config, settings, run, k, knobs) -> Done` the stage `(config, settings[, k])`, with
+    every piece of bookkeeping (`holds_run_folder`'s, then): `knobs(config, settings, run, k)`, what the
+    output depends on, is recorded; a stage finished with its output whole is skipped (`finished`: saying
+    so when they differ); else the method runs and its line goes into summary.json (`record`). Either way
+    the stage returns its output, read back. A method returning None records nothing: under `accelerate
+    launch`, the processes other than the main one."""
+
+    def decorate(method: StageMethod) -> Callable:
+        @holds_run_folder(stage)
+        @wraps(method)
+        def run_stage(config: BacktranslateConfig, settings: SFTSettings, run: RunFolder, k: int):
+            name, recorded = stage.name(k), knobs(config, settings, run, k)
+            if not finished(run, name, recorded):
+                started = time.perf_counter()
+                done = method(config, settings, run, k, recorded)
+                if done is not None:
+                    seconds = time.perf_counter() - started if done.seconds is None else done.seconds
+                    record(run, name, done.rows_in, done.rows_out, seconds, recorded, **done.counts)
+                    if done.then is not None:
+                        done.then()
+            return stage.output.read(stage.writes(run, k)[0])
+
+        return run_stage
+
+    return decorate
+
+
+def rename_legacy_ledgers(run: RunFolder) -> None:
+    """Timing ledgers under an older version's stage name (`train_M0.jsonl`) take today's, so that a
+    training stage resumed by this version counts the seconds spent before."""
+    for ledger in run.timing.glob("*.jsonl"):
+        if (name := current_name(ledger.stem)) != ledger.stem:
+            ledger.rename(run.ledger(name))
 
 
 class StageClock(TrainerCallback):

@@ -12,6 +12,7 @@ from pathlib import Path
 from selftaught.backtranslate.config import BacktranslateConfig
 from selftaught.backtranslate.examples import backward_example
 from selftaught.backtranslate.runfolder import RunFolder
+from selftaught.backtranslate.stages import AUGMENT
 from selftaught.data.ray_pipeline import ray_runner
 from selftaught.data.shards import check_folder, run_sharded
 from selftaught.generation.base import GenerationEngine, SamplingParams
@@ -44,7 +45,7 @@ def augment_shard_fn(config: BacktranslateConfig, settings: SFTSettings, backwar
         seed = settings.seed * 1_000_003 + shard
         params = SamplingParams(config.max_instruction_tokens, config.temperature, config.top_p, seed=seed)
         prompts = [prompt_ids(tokenizer, backward_example("", r["text"])) for r in rows]
-        completions = engine.generate(prompts, params, "augment")
+        completions = engine.generate(prompts, params, AUGMENT.name())
         instructions = tokenizer.batch_decode(completions, skip_special_tokens=True)
         return [
             {

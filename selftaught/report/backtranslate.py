@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
+from selftaught.backtranslate.stages import AUGMENT, CURATE, SEGMENT, SELECT, current_name, iterations
 from selftaught.report import plots
 from selftaught.report.page import Plot, Section, Table
 from selftaught.report.readers import card_tables, curve, is_number, numeric_results, read_json, read_jsonl
@@ -21,12 +21,6 @@ MODELS = ("base", "M0", "M1", "M2")
 COUNTS = ("rows_in", "rows_out", "seconds", "rows_per_second", "score_histogram", "kept_histogram")  # plotted
 
 
-def iterations(summary: dict) -> list[int]:
-    """The curation iterations the summary has a line for (curate_k / select_k)."""
-    found = {int(m.group(1)) for stage in summary if (m := re.fullmatch(r"(?:curate|select)_(\d+)", stage))}
-    return sorted(found)
-
-
 def rows_out(summary: dict, stage: str) -> int | None:
     value = summary.get(stage, {}).get("rows_out")
     return int(value) if is_number(value) else None
@@ -38,13 +32,13 @@ def funnel_section(summary: dict) -> Section:
         "From the unlabelled corpus to the pairs each iteration keeps for training. "
         f"Finished stages: {', '.join(summary) or 'none'}.",
     )
-    segment = summary.get("segment", {})
+    segment = summary.get(SEGMENT.name(), {})
     stages = [
         ("corpus documents", segment.get("rows_in")),
-        ("segments", rows_out(summary, "segment")),
-        ("instruction-segment pairs", rows_out(summary, "augment")),
+        ("segments", rows_out(summary, SEGMENT.name())),
+        ("instruction-segment pairs", rows_out(summary, AUGMENT.name())),
     ]
-    stages += [(f"selected, iteration {k}", rows_out(summary, f"select_{k}")) for k in iterations(summary)]
+    stages += [(f"selected, iteration {k}", rows_out(summary, SELECT.name(k))) for k in iterations(summary)]
     known = [(label, int(n)) for label, n in stages if is_number(n)]
     if known:
         title = "Data funnel: corpus to selected pairs"
@@ -58,10 +52,10 @@ def scores_section(summary: dict) -> Section:
     section = Section("Curation scores", "How the current model scored every (instruction, segment) pair.")
     histograms = {}
     for k in iterations(summary):
-        line = summary.get(f"select_{k}") or {}
+        line = summary.get(SELECT.name(k)) or {}
         every, kept = line.get("score_histogram"), line.get("kept_histogram")
         if isinstance(every, dict) and isinstance(kept, dict):
-            modes = summary.get(f"curate_{k}", {}).get("settings", {}).get("curation_mode", "?")
+            modes = summary.get(CURATE.name(k), {}).get("settings", {}).get("curation_mode", "?")
             label = f"iteration {k}: {line.get('score', 'score')}, scored by M{k - 1} ({modes})"
             histograms[label] = (every, kept)
         if "rule" in line:
@@ -151,7 +145,8 @@ def details_section(summary: dict) -> Section:
 
 
 def backtranslation_sections(run: Path) -> list[Section]:
-    summary = {k: v for k, v in (read_json(run / "summary.json") or {}).items() if isinstance(v, dict)}
+    lines = (read_json(run / "summary.json") or {}).items()
+    summary = {current_name(name): line for name, line in lines if isinstance(line, dict)}
     results = read_json(run / "eval_results.json")
     evaluation = evaluation_section(
         ordered(numeric_results(results, skip=("intervals", "comparisons")), MODELS),
