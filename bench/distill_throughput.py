@@ -651,7 +651,7 @@ def print_report(report: dict, args: argparse.Namespace) -> None:
         "over the rounds\n"
     )
     header = (
-        f"{'trainer':<16}{'tok/s':>20}{'s/step':>20}{'tok/step':>9}{'RSS GiB':>8}{'loss':>8}{'loss/tok':>9}"
+        f"{'trainer':<16}{'tok/s':>20}{'s/step':>22}{'tok/step':>9}{'RSS GiB':>8}{'loss':>8}{'loss/tok':>9}"
         f"{'ckpt':>5}{'kv':>4}"
     )
     print(header)
@@ -666,7 +666,7 @@ def print_report(report: dict, args: argparse.Namespace) -> None:
             continue
         print(
             f"{name:<16}{median_range(r['tokens_per_second'], 1):>20}"
-            f"{median_range(r['seconds_per_step']):>20}"
+            f"{median_range(r['seconds_per_step']):>22}"
             f"{r['trained_tokens_per_step']['median']:>9.1f}{r['peak_rss_gib']['max']:>8.2f}"
             f"{r['first_loss']:>8.4f}{r['first_loss_per_trained_token']:>9.4f}"
             f"{yes_no(r['settings']['gradient_checkpointing']):>5}"
@@ -693,7 +693,7 @@ def print_report(report: dict, args: argparse.Namespace) -> None:
                     ("    vLLM floor = a' + b + c + d", "vllm_floor_seconds"),
                 ]
             for label, key in lines:
-                print(f"  {label:<32}{median_range(p[key], unit=' s'):>24}")
+                print(f"  {label:<32}{median_range(p[key], unit=' s'):>26}")
         else:
             print(f"\nparts: FAILED: {p['error'].strip().splitlines()[-1:]}")
     if report["selftaught_ratios"]:
