@@ -65,7 +65,7 @@ bench: $(VENV)/.installed-test
 # student first if it is not cached: 5 more).
 SMOKE := runs/bench-smoke
 bench-smoke: $(VENV)/.installed-test
-	HF_HUB_OFFLINE=1 $(BIN)/python bench/distill_throughput.py $(DISTILL_RUNS) --steps 2 --max-new-tokens 8 \
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/distill_throughput.py $(DISTILL_RUNS) --steps 2 --max-new-tokens 8 --rounds 2 \
 		--output $(SMOKE)/distill_throughput.json
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/curation.py --limit 16 --modes rubric,pmi --output $(SMOKE)/curation.json
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/generation.py --prompts 16 --max-new-tokens 16 \

@@ -4,6 +4,9 @@ A number is only worth comparing with the commit that produced it, the exact com
 machine and library versions it ran on. Every script in bench/ writes its JSON through `write_result`,
 which adds these under "provenance". Paths are written relative to the repository (or as their last part,
 outside it), so a result carries no path of the machine it ran on.
+
+Benches that compare speeds run what they compare in alternating rounds (`interleave`) and report each
+ratio as the median [range] of the rounds' (`spreads`), with the drift of a fixed reference timing.
 """
 
 from __future__ import annotations
@@ -13,14 +16,19 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "vllm")
 # Variables that change what a benchmark measures (threads, visible devices), recorded when set.
 SETTINGS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
+T = TypeVar("T")
 
 
 def portable(path: str | Path) -> str:
@@ -52,9 +60,11 @@ def git(*arguments: str) -> str:
 
 
 def commit() -> dict:
-    """HEAD of the repository, and whether tracked files differed from it (uncommitted changes)."""
+    """HEAD of the repository, and whether tracked files differed from it (uncommitted changes; results in
+    bench/results/ aside, which a benchmark run in chunks rewrites itself)."""
     try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "-uno"))}
+        changed = git("status", "--porcelain", "-uno", "--", ".", ":!bench/results")
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(changed)}
     except (OSError, subprocess.CalledProcessError):  # not a git checkout (an sdist, a copied folder)
         return {"commit": None, "dirty": None}
 
@@ -109,3 +119,78 @@ def write_result(path: Path, payload: dict) -> None:
     """`payload` after its provenance (read first), as indented JSON at `path` (folders made as needed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"provenance": provenance(), **payload}, indent=2) + "\n")
+
+
+# --- comparing speeds on a host whose speed drifts -------------------------------------------------------
+# A shared machine's speed drifts by a third within minutes, so runs timed one after another partly
+# measure the drift. Benches that compare speeds alternate what they compare in short rounds (A B A B ...),
+# take each ratio within a round (its two sides minutes apart at most), report the median and range of the
+# rounds' ratios, and time one fixed reference before every round and after the last to show the drift.
+
+
+def interleave(
+    names: Sequence[str],
+    rounds: int,
+    run: Callable[[str, int], T],
+    reference: Callable[[], float],
+    after_round: Callable[[list[dict[str, T]], list[float]], None] = lambda results, timings: None,
+) -> tuple[list[dict[str, T]], list[float]]:
+    """`run(name, round)` for every name in order, round after round (A B A B ...), and the `reference`
+    seconds before each round and after the last: (one {name: result} per round, rounds + 1 timings).
+    `after_round` sees both after each round (to save them: a run cut short keeps its finished rounds)."""
+    results: list[dict[str, T]] = []
+    timings = [reference()]
+    for round_index in range(rounds):
+        results.append({name: run(name, round_index) for name in names})
+        timings.append(reference())
+        after_round(results, timings)
+    return results, timings
+
+
+REFERENCE = "forward pass, no grad, over a fixed batch of 4 x 256 tokens (median of 5 after 1 warm-up)"
+
+
+def forward_reference(model) -> Callable[[], float]:
+    """A callable timing REFERENCE with `model` (on its device): the same work each time it is called."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (4, 256), generator=generator).to(model.device)
+
+    def forward() -> float:
+        started = time.perf_counter()
+        with torch.no_grad():
+            model(input_ids=ids)
+        if ids.is_cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    def seconds() -> float:
+        forward()
+        return statistics.median(forward() for _ in range(5))
+
+    return seconds
+
+
+def spread(values: Sequence[float]) -> dict:
+    """Median, smallest, largest and count of `values` (one per round)."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def spreads(per_round: Sequence[dict[str, float]]) -> dict[str, dict]:
+    """`spread` of every key over the rounds that have it, in the order the keys first appear."""
+    keys = list(dict.fromkeys(key for values in per_round for key in values))
+    return {key: spread([values[key] for values in per_round if key in values]) for key in keys}
+
+
+def drift(timings: Sequence[float]) -> dict:
+    """The reference timings, and how the last compares with the first (> 1: the machine slowed down)."""
+    return {"seconds": list(timings), "end_over_start": timings[-1] / timings[0], **spread(timings)}
+
+
+def median_range(values: dict, digits: int = 2, unit: str = "") -> str:
+    """A `spread` as "median [min-max]" (just the median when one round)."""
+    median = f"{values['median']:.{digits}f}{unit}"
+    if values["n"] == 1:
+        return median
+    return f"{median} [{values['min']:.{digits}f}-{values['max']:.{digits}f}]"

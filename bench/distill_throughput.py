@@ -12,10 +12,18 @@ do not leak between them):
 A fourth subprocess times the parts of one step on their own (sampling with the KV cache, teacher
 forward, student forward + backward) on one batch: their sum is a floor no trainer's step can beat.
 
+The host's speed drifts (by a third within minutes on a shared 2-core machine), so the trainers do not run
+one after another: they alternate in rounds (A B C A B C ..., --rounds, 3 by default), each round a fresh
+subprocess per trainer training --steps steps (the first a warm-up), and every ratio is taken within a
+round and reported as the median [range] of the rounds'. A fixed reference (the student's forward on a
+fixed batch, in this process) is timed before every round and after the last: its end / start is the
+drift. --append adds rounds to an earlier run's JSON, so a long run can be split into chunks.
+
 Usage:
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/distill_throughput.py            # the full run (~10 min, CPU)
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/distill_throughput.py            # 3 rounds (~15 min, CPU)
     HF_HUB_OFFLINE=1 .venv/bin/python bench/distill_throughput.py --steps 2 --max-new-tokens 8   # smoke
     ... --only selftaught --only parts                                        # a subset
+    ... --rounds 2 --output X.json; ... --rounds 2 --output X.json --append   # 4 rounds in two chunks
 
 What is measured, per trainer:
 - trained completion tokens: the positions whose divergence enters the loss, counted from the very
@@ -23,8 +31,9 @@ What is measured, per trainer:
   selftaught and DistillationTrainer: `completion_mask.sum()`; GKDTrainer: `(labels[:, 1:] != -100).sum()`
   (its on-policy labels mask the prompt, the padding and all after the first EOS). Padding never counts.
 - seconds per step: time between consecutive `on_step_end` callbacks (so sampling, wherever a trainer
-  does it, is inside the step); the first step is warm-up and left out; the median of the rest.
-- tokens per second: trained tokens of the steps after the first / their total time.
+  does it, is inside the step); the first step of each round is warm-up and left out; the median of the
+  rest, per round.
+- tokens per second: trained tokens of a round's steps after the first / their total time.
 - peak RSS: `ru_maxrss` of the subprocess at its end (models, data, optimizer state, activations).
 - first-batch loss: the value the first `compute_loss` returned (what was back-propagated), with the
   denominator it was divided by, and the per-trained-token mean it implies, to compare across trainers.
@@ -43,9 +52,18 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
-from common import write_result  # bench/common.py
+from common import (  # bench/common.py
+    REFERENCE,
+    drift,
+    forward_reference,
+    interleave,
+    median_range,
+    spreads,
+    write_result,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "selftaught" / "data" / "builtin" / "math_prompts" / "train.jsonl"
@@ -549,11 +567,18 @@ def run_in_subprocess(name: str, args: argparse.Namespace) -> dict:
         return result
 
 
-# --- the report -------------------------------------------------------------------------------------
+# --- the drift's reference and the rounds -----------------------------------------------------------
+
+
+def reference_forward() -> Callable[[], float]:
+    """The drift's reference, timed in this process with the student (the smaller model)."""
+    from selftaught.models import load_model
+
+    return forward_reference(load_model(student_path(), "float32").eval())
 
 
 def ratios(results: dict) -> dict:
-    """selftaught against each TRL trainer and against the floor, where both sides ran."""
+    """selftaught against each TRL trainer and against the floor, where both sides ran (one round)."""
     ok = {name: r for name, r in results.items() if r.get("ok")}
     out: dict[str, float] = {}
     if "selftaught" not in ok:
@@ -581,65 +606,110 @@ def ratios(results: dict) -> dict:
     return out
 
 
+# What is summarised over the rounds, per trainer and for the parts (each a median [range]).
+TRAINER_MEASURES = ("tokens_per_second", "seconds_per_step", "trained_tokens_per_step", "peak_rss_gib")
+PART_MEASURES = (
+    "sampling_seconds", "teacher_forward_seconds", "student_forward_backward_seconds",
+    "optimizer_step_seconds", "floor_seconds", "floor_tokens_per_second",
+    "vllm_sampling_seconds", "push_seconds", "vllm_floor_seconds",
+)  # fmt: skip
+FIRST_ROUND_ONLY = (
+    "first_loss", "first_loss_per_trained_token", "settings",
+    "batch_size", "completion_tokens", "vllm_prompts",
+)  # fmt: skip
+
+
+def over_rounds(rounds: list[dict]) -> dict:
+    """Per trainer (and the parts): each measure's median [range] over the rounds it succeeded in, how
+    many rounds failed, and what does not change between rounds (settings, first loss) from its first."""
+    summary = {}
+    for name in dict.fromkeys(name for r in rounds for name in r["results"]):
+        ran = [r["results"][name] for r in rounds if name in r["results"]]
+        ok = [result for result in ran if result.get("ok")]
+        entry: dict = {"ok": bool(ok), "rounds": len(ran), "failed_rounds": len(ran) - len(ok)}
+        if not ok:
+            summary[name] = entry | {"error": ran[-1].get("error", "")}
+            continue
+        measures = PART_MEASURES if name == PARTS else TRAINER_MEASURES
+        entry |= spreads([{key: result[key] for key in measures if key in result} for result in ok])
+        first = ok[0]  # the same in every round: settings, the seeded first batch, the parts' shapes
+        entry |= {key: first[key] for key in FIRST_ROUND_ONLY if key in first}
+        summary[name] = entry
+    return summary
+
+
 def yes_no(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
-def print_report(results: dict, summary: dict, args: argparse.Namespace) -> None:
+def print_report(report: dict, args: argparse.Namespace) -> None:
+    rounds, summary = len(report["rounds"]), report["results"]
     warmup = "first step = warm-up, excluded" if args.steps > 1 else "one step: nothing excluded as warm-up"
     print(
-        f"\nOn-policy distillation, {args.steps} step(s) x batch {args.batch_size}, "
-        f"max_new_tokens {args.max_new_tokens}, float32 CPU ({warmup})\n"
+        f"\nOn-policy distillation, {rounds} round(s) of {args.steps} step(s) per trainer x batch "
+        f"{args.batch_size}, max_new_tokens {args.max_new_tokens}, float32 CPU ({warmup}); median [range] "
+        "over the rounds\n"
     )
     header = (
-        f"{'trainer':<13}{'tok/s':>8}{'s/step':>9}{'tok/step':>10}{'RSS GiB':>9}{'loss':>9}{'loss/tok':>9}"
-        f"{'ckpt':>6}{'kv':>5}"
+        f"{'trainer':<16}{'tok/s':>20}{'s/step':>22}{'tok/step':>9}{'RSS GiB':>8}{'loss':>8}{'loss/tok':>9}"
+        f"{'ckpt':>5}{'kv':>4}"
     )
     print(header)
     print("-" * len(header))
     for name in RUNNERS:
-        if name not in results:
+        if name not in summary:
             continue
-        r = results[name]
-        if not r.get("ok"):
-            print(f"{name:<13}FAILED: {r.get('error', '').strip().splitlines()[-1:]}")
+        r = summary[name]
+        failed = f" ({r['failed_rounds']} of {r['rounds']} rounds FAILED)" if r["failed_rounds"] else ""
+        if not r["ok"]:
+            print(f"{name:<16}FAILED: {r['error'].strip().splitlines()[-1:]}")
             continue
         print(
-            f"{name:<13}{r['tokens_per_second']:>8.1f}{r['seconds_per_step']:>9.2f}"
-            f"{r['trained_tokens_per_step']:>10.1f}{r['peak_rss_gib']:>9.2f}{r['first_loss']:>9.4f}"
-            f"{r['first_loss_per_trained_token']:>9.4f}"
-            f"{yes_no(r['settings']['gradient_checkpointing']):>6}{yes_no(r['settings']['generation_use_cache']):>5}"
+            f"{name:<16}{median_range(r['tokens_per_second'], 1):>20}"
+            f"{median_range(r['seconds_per_step']):>22}"
+            f"{r['trained_tokens_per_step']['median']:>9.1f}{r['peak_rss_gib']['max']:>8.2f}"
+            f"{r['first_loss']:>8.4f}{r['first_loss_per_trained_token']:>9.4f}"
+            f"{yes_no(r['settings']['gradient_checkpointing']):>5}"
+            f"{yes_no(r['settings']['generation_use_cache']):>4}{failed}"
         )
-    if PARTS in results:
-        p = results[PARTS]
-        if p.get("ok"):
+    if PARTS in summary:
+        p = summary[PARTS]
+        if p["ok"]:
             print(
                 f"\nParts of one step (batch {p['batch_size']}, {p['completion_tokens']} completion tokens, "
-                f"median of 3; peak RSS {p['peak_rss_gib']:.2f} GiB):"
+                "median of 3 per round; median [range] over the rounds):"
             )
-            print(f"  (a) student sampling, KV cache  {p['sampling_seconds']:8.2f} s")
-            print(f"  (b) teacher forward, no grad    {p['teacher_forward_seconds']:8.2f} s")
-            print(f"  (c) student forward + backward  {p['student_forward_backward_seconds']:8.2f} s")
-            print(
-                f"      floor = a + b + c           {p['floor_seconds']:8.2f} s "
-                f"({p['floor_tokens_per_second']:.1f} tok/s)"
-            )
-            print(f"      (AdamW step, not in floor)  {p['optimizer_step_seconds']:8.2f} s")
+            lines = [
+                ("(a) student sampling, KV cache", "sampling_seconds"),
+                ("(b) teacher forward, no grad", "teacher_forward_seconds"),
+                ("(c) student forward + backward", "student_forward_backward_seconds"),
+                ("    floor = a + b + c", "floor_seconds"),
+                ("    (AdamW step, not in floor)", "optimizer_step_seconds"),
+            ]
             if "vllm_floor_seconds" in p:
-                print(
-                    f"  (a') vLLM sampling, {p['vllm_prompts']} prompts {p['vllm_sampling_seconds']:8.2f} s"
-                )
-                print(f"  (d) weight push to vLLM        {p['push_seconds']:8.2f} s")
-                print(f"      vLLM floor = a' + b + c + d {p['vllm_floor_seconds']:8.2f} s")
+                lines += [
+                    (f"(a') vLLM sampling, {p['vllm_prompts']} prompts", "vllm_sampling_seconds"),
+                    ("(d) weight push to vLLM", "push_seconds"),
+                    ("    vLLM floor = a' + b + c + d", "vllm_floor_seconds"),
+                ]
+            for label, key in lines:
+                print(f"  {label:<32}{median_range(p[key], unit=' s'):>26}")
         else:
-            print(f"\nparts: FAILED: {p.get('error', '').strip().splitlines()[-1:]}")
-    if summary:
-        print("\nselftaught relative to:")
-        for key, value in summary.items():
-            print(f"  {key:<34}{value:8.2f}")
+            print(f"\nparts: FAILED: {p['error'].strip().splitlines()[-1:]}")
+    if report["selftaught_ratios"]:
+        print(f"\nselftaught relative to (median [range] of the per-round ratios, {rounds} rounds):")
+        for key, value in report["selftaught_ratios"].items():
+            print(f"  {key:<38}{median_range(value):>20}")
+    drifted = report["drift"]
+    print(
+        f"\nDrift: reference ({drifted['reference']}): {drifted['seconds'][0]:.3f} s before round 1, "
+        f"{drifted['seconds'][-1]:.3f} s after round {rounds} (end / start {drifted['end_over_start']:.2f}); "
+        f"range over the {drifted['n']} timings {drifted['min']:.3f}-{drifted['max']:.3f} s"
+    )
     print(
         "\n(loss = first batch's loss as returned by compute_loss; loss/tok = loss x its denominator /"
-        " trained tokens;\n ckpt = gradient checkpointing; kv = sampling uses the KV cache)"
+        " trained tokens;\n ckpt = gradient checkpointing; kv = sampling uses the KV cache; RSS = the"
+        " largest over the rounds)"
     )
     print(LOSS_NOTES)
 
@@ -647,7 +717,13 @@ def print_report(results: dict, summary: dict, args: argparse.Namespace) -> None
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--steps", type=int, default=4, help="optimizer steps per trainer (the first is warm-up)"
+        "--steps", type=int, default=3, help="optimizer steps per trainer and round (the first is warm-up)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds, each running every trainer once in turn (A B A B ...); ratios: median [range] of them",
     )
     parser.add_argument("--max-new-tokens", type=int, default=128, help="longest sampled completion")
     parser.add_argument(
@@ -669,12 +745,33 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--vllm-parts", action="store_true", help="the parts also time vLLM sampling and one weight push"
     )
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="add this run's rounds to those already in --output (same settings): a long run in chunks",
+    )
     parser.add_argument("--worker", choices=[*RUNNERS, PARTS], help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if min(args.steps, args.max_new_tokens, args.batch_size, args.grad_accum) < 1:
-        parser.error("--steps, --max-new-tokens and --batch-size must be at least 1")
+    if min(args.steps, args.max_new_tokens, args.batch_size, args.grad_accum, args.rounds) < 1:
+        parser.error("--steps, --max-new-tokens, --batch-size, --grad-accum and --rounds must be at least 1")
     return args
+
+
+def earlier_rounds(args: argparse.Namespace, config: dict) -> tuple[list[dict], list[float], list[dict]]:
+    """With --append: the rounds, reference timings and provenance of the runs already in --output (same
+    configuration only)."""
+    if not args.append or not args.output.exists():
+        return [], [], []
+    earlier = json.loads(args.output.read_text())
+    if earlier.get("config") != config or "rounds" not in earlier:
+        print(
+            f"--append: {args.output} holds no rounds of this configuration; give the same --steps, "
+            "--max-new-tokens, --batch-size and --grad-accum as its run, or another --output",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    return earlier["rounds"], earlier["drift"]["seconds"], [*earlier["earlier_runs"], earlier["provenance"]]
 
 
 def main() -> None:
@@ -683,32 +780,45 @@ def main() -> None:
         worker(args.worker, args)
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    config = {
+        "steps": args.steps, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
+        "gradient_accumulation_steps": args.grad_accum, "lmbda": LMBDA, "beta": BETA,
+        "temperature": TEMPERATURE,
+        "learning_rate": LEARNING_RATE, "seed": SEED, "dtype": "float32", "device": "cpu",
+        "prompts": f"first {prompts_needed(args)} rows of {DATA.relative_to(ROOT)}",
+    }  # fmt: skip
+    rounds, timings, earlier_runs = earlier_rounds(args, config)
     print("preparing the embedded models (built and cached on first use) ...", flush=True)
     model_paths()  # built here once, so no worker times the build
     todo = [name for name in (*RUNNERS, PARTS) if not args.only or name in args.only]
-    results: dict[str, dict] = {}
-    for name in todo:
-        print(f"\n=== {name}: running in its own subprocess ===", flush=True)
-        results[name] = run_in_subprocess(name, args)
-        status = "ok" if results[name].get("ok") else "FAILED"
-        print(f"=== {name}: {status} in {results[name]['wall_seconds']:.0f} s ===", flush=True)
-    summary = ratios(results)
-    print_report(results, summary, args)
 
-    report = {
-        "config": {
-            "steps": args.steps, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-            "gradient_accumulation_steps": args.grad_accum, "lmbda": LMBDA, "beta": BETA,
-            "temperature": TEMPERATURE,
-            "learning_rate": LEARNING_RATE, "seed": SEED, "dtype": "float32", "device": "cpu",
-            "prompts": f"first {prompts_needed(args)} rows of {DATA.relative_to(ROOT)}",
-        },
-        "results": results,
-        "selftaught_ratios": summary,
-        "notes": LOSS_NOTES,
-    }  # fmt: skip
-    write_result(args.output, report)
-    print(f"\nwrote {args.output}")
+    def run(name: str, round_index: int) -> dict:
+        print(f"\n=== round {len(rounds) + round_index + 1}, {name}: in its own subprocess ===", flush=True)
+        result = run_in_subprocess(name, args)
+        status = "ok" if result.get("ok") else "FAILED"
+        print(f"=== {name}: {status} in {result['wall_seconds']:.0f} s ===", flush=True)
+        return result
+
+    def report(new_rounds: list[dict], new_timings: list[float]) -> dict:
+        """The run so far: the earlier rounds (--append) and this run's."""
+        # Appended: the earlier run's last timing (its end) is followed by this run's first (its start).
+        every_round = rounds + [{"results": results, "ratios": ratios(results)} for results in new_rounds]
+        return {
+            "config": config,
+            "results": over_rounds(every_round),
+            "selftaught_ratios": spreads([r["ratios"] for r in every_round]),
+            "drift": drift(timings + new_timings) | {"reference": f"the student's {REFERENCE}"},
+            "rounds": every_round,
+            "earlier_runs": earlier_runs,  # --append: the provenance of the runs whose rounds come first
+            "notes": LOSS_NOTES,
+        }
+
+    def save(new_rounds: list[dict], new_timings: list[float]) -> None:
+        write_result(args.output, report(new_rounds, new_timings))
+        print(f"\nround {len(rounds) + len(new_rounds)} done: wrote {args.output}", flush=True)
+
+    new_rounds, new_timings = interleave(todo, args.rounds, run, reference_forward(), after_round=save)
+    print_report(report(new_rounds, new_timings), args)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,15 @@ never sorted): the problems of selftaught/data/builtin/math_prompts/*.jsonl (wit
 instruction), the first turns of selftaught/data/builtin/oasst_seed.jsonl, and the same first
 turns preceded by 1-3 other seed answers as "notes": prompts of ~35 to ~330 tokens.
 
-Measured per run:
+The runs alternate (--rounds, 3 by default): round r generates prompts r, r + R, r + 2R, ... with every
+run in turn (A B C A B C ...), so runs minutes apart are not compared across the host's drifting speed.
+Each ratio is taken within a round and reported as the median [range] of the rounds'; a fixed reference
+(the model's forward on a fixed batch) is timed before every round and after the last: the drift. A
+vllm run loads its engine (untimed) in each of its rounds.
+
+Measured per run (over all rounds, and per round in the JSON):
 - new tokens: generated tokens up to and including the first EOS (or max_new_tokens), summed;
-- tokens/s: new tokens / wall seconds of the generation call alone (model loaded and warmed up before);
+- tokens/s: new tokens / wall seconds of the generation calls alone (model loaded and warmed up before);
 - work (not for the vllm rows: vLLM's forward passes are out of reach of the hooks, "–" in the table and
   absent from the JSON): forward hooks count the positions that enter the decoder stack and the rows
   that enter the lm_head, so padding and finished rows that keep decoding are counted as they happen.
@@ -64,7 +70,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from common import write_result  # bench/common.py
+from common import REFERENCE, drift, forward_reference, interleave, median_range, spreads, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 MATH_FILES = sorted((ROOT / "selftaught" / "data" / "builtin" / "math_prompts").glob("*.jsonl"))
@@ -247,8 +253,8 @@ class Runner:
 def timed_run(
     fn: Callable, prompts: list[list[int]], batch_size: int, counter: WorkCounter | None, device: str
 ) -> tuple[list[list[int]], dict]:
-    """Outputs of one run and its speed, and with a counter (runs through `model`) its work: real tokens,
-    positions and FLOPs, total and useful."""
+    """Outputs of one run on `prompts` and its counts: seconds and new tokens, and with a counter (runs
+    through `model`) the positions, lm_head rows and FLOPs, total and useful."""
     if counter is not None:
         counter.reset()
     synchronize(device)
@@ -257,27 +263,38 @@ def timed_run(
     synchronize(device)
     seconds = time.perf_counter() - started
     new_tokens = sum(len(o) for o in outputs)
-    speed = {
-        "batch_size": batch_size,
-        "seconds": seconds,
-        "new_tokens": new_tokens,
-        "tokens_per_second": new_tokens / seconds,
-    }
+    counts = {"batch_size": batch_size, "seconds": seconds, "new_tokens": new_tokens}
     if counter is None:
-        return outputs, speed
+        return outputs, counts
     useful_positions = sum(len(p) + max(len(o) - 1, 0) for p, o in zip(prompts, outputs, strict=True))
-    flops = counter.flops(counter.positions, counter.head_rows)
-    useful_flops = counter.flops(useful_positions, new_tokens)
-    return outputs, speed | {
+    return outputs, counts | {
         "positions": counter.positions,
         "useful_positions": useful_positions,
         "head_rows": counter.head_rows,
         "useful_head_rows": new_tokens,
-        "flops": flops,
-        "wasted_flops_share": 1 - useful_flops / flops,
-        "flops_per_second": flops / seconds,
-        "useful_flops_per_second": useful_flops / seconds,
+        "flops": counter.flops(counter.positions, counter.head_rows),
+        "useful_flops": counter.flops(useful_positions, new_tokens),
     }
+
+
+def with_rates(counts: dict) -> dict:
+    """`counts` and the rates they give: tokens/s, and where the work was counted the FLOP rates and the
+    wasted share."""
+    rates = {"tokens_per_second": counts["new_tokens"] / counts["seconds"]}
+    if "flops" in counts:
+        rates |= {
+            "wasted_flops_share": 1 - counts["useful_flops"] / counts["flops"],
+            "flops_per_second": counts["flops"] / counts["seconds"],
+            "useful_flops_per_second": counts["useful_flops"] / counts["seconds"],
+        }
+    return counts | rates
+
+
+def summed(per_round: list[dict]) -> dict:
+    """One run's counts summed over the rounds, their rates, and each round's own counts and rates."""
+    total = {key: sum(counts[key] for counts in per_round) for key in per_round[0] if key != "batch_size"}
+    rounds = [with_rates(counts) for counts in per_round]
+    return with_rates({"batch_size": per_round[0]["batch_size"], **total}) | {"rounds": rounds}
 
 
 def row_logits(model, prompt: list[int], completion: list[int], device: str):
@@ -334,18 +351,26 @@ def divergences(
 # --- the report --------------------------------------------------------------------------------------------
 
 
-def comparisons(results: dict[str, dict], batch_sizes: list[int]) -> tuple[dict, dict]:
-    """Speed ratios of the hf engine over (a) and (b) and of vllm over hf, and the targets at the largest
+def comparisons(rounds: list[dict[str, dict]], batch_sizes: list[int]) -> tuple[dict, dict]:
+    """Speed ratios of the hf engine over (a) and (b) and of vllm over hf, each taken within a round and
+    summarised as the median [range] over the rounds, and the targets (on the medians) at the largest
     batch size: those whose runs both ran."""
-    speed = {name: r["tokens_per_second"] for name, r in results.items()}
     pairs = [(f"hf@{b}", "loop") for b in batch_sizes]
     pairs += [(f"hf@{b}", f"naive@{b}") for b in batch_sizes]
     pairs += [(f"vllm@{b}", f"hf@{b}") for b in batch_sizes]
-    ratios = {f"{a} / {b}": speed[a] / speed[b] for a, b in pairs if a in speed and b in speed}
+    per_round = [
+        {
+            f"{a} / {b}": r[a]["tokens_per_second"] / r[b]["tokens_per_second"]
+            for a, b in pairs
+            if a in r and b in r
+        }
+        for r in rounds
+    ]
+    ratios = spreads(per_round)
     top = max(batch_sizes)
     goals = [("loop", TARGET_VS_LOOP, "(a)"), (f"naive@{top}", TARGET_VS_NAIVE, "(b)")]
     targets = {
-        f"hf@{top} >= {target:g}x {other} {label}": ratios[f"hf@{top} / {other}"] >= target
+        f"hf@{top} >= {target:g}x {other} {label}": ratios[f"hf@{top} / {other}"]["median"] >= target
         for other, target, label in goals
         if f"hf@{top} / {other}" in ratios
     }
@@ -391,11 +416,17 @@ def print_report(report: dict) -> None:
         "useful: real tokens only;\n % peak: useful / matmul peak; FLOPs = 2 N_body positions + 2 N_head "
         "lm_head rows; –: not measured (vllm: no hooks inside vLLM) or no loop to compare with)"
     )
-    print("\nratios and targets:")
+    rounds, drifted = config["rounds"], report["drift"]
+    print(f"\nratios (median [range] of the per-round ratios, {rounds} rounds) and targets (on the median):")
     for key, value in report["ratios"].items():
-        print(f"  {key:<24}{value:8.2f}")
+        print(f"  {key:<24}{median_range(value):>20}")
     for target, met in report["targets"].items():
         print(f"  {target:<40}{'met' if met else 'NOT met'}")
+    print(
+        f"\nDrift: reference ({drifted['reference']}): {drifted['seconds'][0]:.3f} s before round 1, "
+        f"{drifted['seconds'][-1]:.3f} s after round {rounds} (end / start {drifted['end_over_start']:.2f}); "
+        f"range over the {drifted['n']} timings {drifted['min']:.3f}-{drifted['max']:.3f} s"
+    )
     if "loop" in report["results"]:
         print_divergences(report["divergences"])
 
@@ -435,6 +466,12 @@ def parse_args() -> argparse.Namespace:
         "--runs",
         help=f"comma-separated runs among {','.join(RUNS)} (default: all; vllm where vLLM is installed)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds the runs alternate in, each on its share of the prompts; ratios: median [range] of them",
+    )
     parser.add_argument("--model", help="model folder, Hub id or .gguf (default: the embedded SmolLM2-135M)")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
@@ -445,8 +482,12 @@ def parse_args() -> argparse.Namespace:
         args.batch_sizes = sorted({int(b) for b in args.batch_sizes.split(",")})
     except ValueError:
         parser.error(f"--batch-sizes {args.batch_sizes!r}: write integers separated by commas, e.g. 1,8,32")
-    if args.prompts < 1 or args.max_new_tokens < 1 or min(args.batch_sizes) < 1:
-        parser.error("--prompts, --max-new-tokens and every batch size must be at least 1")
+    if min(args.prompts, args.max_new_tokens, args.rounds, *args.batch_sizes) < 1:
+        parser.error("--prompts, --max-new-tokens, --rounds and every batch size must be at least 1")
+    if args.rounds > args.prompts:
+        parser.error(
+            f"--rounds {args.rounds}: each round needs a prompt; give at most --prompts ({args.prompts})"
+        )
     args.runs = select_runs(parser, args.runs)
     if args.model:  # a model that cannot load fails here, in milliseconds, not after the matmul peak
         from selftaught.models.check import ModelArgumentError, check_model_argument
@@ -486,26 +527,42 @@ def load(args: argparse.Namespace):
 
 def run_all(
     args: argparse.Namespace, runner: Runner, counter: WorkCounter, prompts: list[list[int]], path: str
-) -> tuple[dict[str, list[list[int]]], dict[str, dict]]:
-    """Outputs and results of every run --runs asks for, each timed after its warm-up."""
+) -> tuple[dict[str, list[list[int]]], dict[str, dict], list[dict[str, dict]], list[float]]:
+    """Every run --runs asks for, alternating in --rounds rounds (round r generates prompts r, r + R,
+    r + 2R, ...: the same mix of kinds in every round): each run's outputs in prompt order, its counts over
+    all rounds, each round's counts, and the drift's reference timings."""
     if {"loop", "hf", "naive"} & set(args.runs):
         runner.naive(prompts[:2], 2)  # untimed: first-call set-up of generate, padding and the cache
     fns = {"loop": runner.loop, "hf": runner.hf_engine, "naive": runner.naive, "vllm": runner.vllm}
     sizes = {"loop": [1], "naive": [b for b in args.batch_sizes if b > 1]}
-    outputs, results = {}, {}
-    for run in args.runs:
-        for batch_size in sizes.get(run, args.batch_sizes):
-            name = "loop" if run == "loop" else f"{run}@{batch_size}"
-            if run == "vllm":
-                runner.load_vllm(path, batch_size, prompts[:2])
-            work = None if run == "vllm" else counter
-            outputs[name], results[name] = timed_run(fns[run], prompts, batch_size, work, args.device)
-            print(
-                f"  {name}: {results[name]['seconds']:.1f} s, {results[name]['tokens_per_second']:.1f} tok/s",
-                flush=True,
-            )
+    plan = {
+        "loop" if run == "loop" else f"{run}@{batch_size}": (run, batch_size)
+        for run in args.runs
+        for batch_size in sizes.get(run, args.batch_sizes)
+    }
+    slices = [range(r, len(prompts), args.rounds) for r in range(args.rounds)]
+
+    def one(name: str, round_index: int) -> tuple[list[list[int]], dict]:
+        run, batch_size = plan[name]
+        if run == "vllm":  # one engine at a time: loaded (untimed) for each of its rounds
+            runner.load_vllm(path, batch_size, prompts[:2])
+        work = None if run == "vllm" else counter
+        chunk = [prompts[i] for i in slices[round_index]]
+        outputs, counts = timed_run(fns[run], chunk, batch_size, work, args.device)
+        speed = counts["new_tokens"] / counts["seconds"]
+        print(f"  round {round_index + 1}, {name}: {counts['seconds']:.1f} s, {speed:.1f} tok/s", flush=True)
+        return outputs, counts
+
+    rounds, timings = interleave(list(plan), args.rounds, one, forward_reference(runner.model))
     runner.close_vllm()
-    return outputs, results
+    outputs: dict[str, list[list[int]]] = {name: [[] for _ in prompts] for name in plan}
+    for round_slice, done in zip(slices, rounds, strict=True):
+        for name, (chunk_outputs, _) in done.items():
+            for index, output in zip(round_slice, chunk_outputs, strict=True):
+                outputs[name][index] = output
+    per_round = [{name: counts for name, (_, counts) in done.items()} for done in rounds]
+    results = {name: summed([counts[name] for counts in per_round]) for name in plan}
+    return outputs, results, [{n: with_rates(c) for n, c in r.items()} for r in per_round], timings
 
 
 def main() -> None:
@@ -520,14 +577,14 @@ def main() -> None:
     runner, counter = Runner(model, tokenizer, args.max_new_tokens, args.device), WorkCounter(model)
     print(f"measuring the matmul peak; warming up; {len(prompts)} prompts ...", flush=True)
     peak = measured_peak(args.device, args.matmul_size)
-    outputs, results = run_all(args, runner, counter, prompts, path)
+    outputs, results, rounds, timings = run_all(args, runner, counter, prompts, path)
     shares, records = divergences(outputs, prompts, kinds, runner)
-    ratios, targets = comparisons(results, args.batch_sizes)
+    ratios, targets = comparisons(rounds, args.batch_sizes)
     lengths = [len(p) for p in prompts]
     report = {
         "config": {
             "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "batch_sizes": args.batch_sizes,
-            "runs": args.runs,
+            "runs": args.runs, "rounds": args.rounds,
             "model": model_name, "dtype": "float32", "device": args.device, "decoding": "greedy",
             "matmul_size": args.matmul_size, "order_seed": ORDER_SEED,
             "prompt_kinds": {k: kinds.count(k) for k in sorted(set(kinds))},
@@ -541,6 +598,7 @@ def main() -> None:
         "results": results,
         "ratios": ratios,
         "targets": targets,
+        "drift": drift(timings) | {"reference": f"the model's {REFERENCE}"},
         "identical_to_loop": shares,
         "divergences": records,
         "rows": [
