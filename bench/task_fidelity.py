@@ -32,7 +32,8 @@ interval), the seeds' spread, and the training wall time per run (the trainer's 
 
 The bench is resumable: every finished run is written to the output JSON at once, and a rerun skips the runs
 already there (saying so). `--lock FILE` holds an exclusive lock on FILE while runs train and evaluate, and
-releases it between two runs once it has held it `--lock-minutes`, so a shared machine's other jobs get turns.
+releases it between two runs once it has held it `--lock-minutes`, so a shared machine's other jobs get turns
+(do not also wrap the command in `flock` on the same file: it would wait for itself).
 
 Usage (the teacher and student are built into the cache on first use, about 15 minutes on 2 cores):
     HF_HUB_OFFLINE=1 .venv/bin/python bench/task_fidelity.py
