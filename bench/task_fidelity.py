@@ -233,6 +233,9 @@ def print_table(baseline: dict, table: dict) -> None:
         )
 
 
+COMPETENT = 0.6  # held-out accuracy the task teacher must reach (issue 30)
+
+
 def read_earlier(path: Path, settings: dict) -> dict:
     """The runs of an earlier, unfinished invocation with the same settings (none when there is none)."""
     if not path.is_file():
@@ -257,6 +260,15 @@ def main() -> None:
     held_out = {name: json.loads((folder / "task.json").read_text())["held_out"] for name, folder in
                 (("teacher", teacher), ("student", student))}  # fmt: skip
     baseline = {"teacher": held_out["teacher"]["teacher"], "student": held_out["student"]["student"]}
+    teacher_acc, student_acc = baseline["teacher"]["accuracy"], baseline["student"]["accuracy"]
+    if not args.quick and (teacher_acc < COMPETENT or student_acc > teacher_acc / 2):
+        # issue 30: on-policy distillation only helps when the teacher adds ability the student lacks;
+        # a grid run from an incompetent teacher would measure closeness to it, not task skill
+        sys.exit(
+            f"the task teacher scores {teacher_acc:.3f} and the student {student_acc:.3f} held out: the grid "
+            f"needs a teacher >= {COMPETENT} and a student <= half of it. Rebuild them with other settings "
+            "(python -m selftaught.distill.task_models --help), or pass --quick for a smoke run"
+        )
     for method in args.methods.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:
             if str(seed) in runs.get(method, {}):
