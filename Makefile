@@ -49,7 +49,8 @@ lint: $(VENV)/.installed-test
 # bench/results/ with its provenance (commit, command, machine, library versions). 1.5 to 2 hours on the
 # 2-core CPU of BENCHMARKS.md; run it with nothing else running (the timings are wall time). Each one's
 # time there: distill_throughput ~5 min, curation 38 min with the cores shared (its free+regex mode writes
-# 280 reasonings), generation 22 min, injection ~3 min, method_fidelity 39.5 min. The headline results
+# 280 reasonings), generation 22 min, injection ~3 min, method_fidelity 39.5 min, task_fidelity (BENCHMARKS.md;
+# it builds the addition task's teacher and student first if they are not cached: about 12 min more). The headline results
 # have no vLLM rows: the vLLM runs of generation and distill_throughput, like the other variants in
 # bench/results/, have their own commands in BENCHMARKS.md.
 DISTILL_RUNS := --only selftaught --only gkd --only distillation --only parts
@@ -59,10 +60,11 @@ bench: $(VENV)/.installed-test
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/generation.py --runs loop,hf,naive
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/injection.py --undefended
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/method_fidelity.py --output bench/results/method_fidelity_all.json
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/task_fidelity.py
 
 # Every benchmark at a smoke size, into runs/bench-smoke/ (not bench/results/): checks that each runs and
 # writes its JSON; its numbers mean nothing. About 10 minutes on 2 cores (method_fidelity builds the healed
-# student first if it is not cached: 5 more).
+# student first if it is not cached: 5 more; task_fidelity the addition task's teacher and student: 12 more).
 SMOKE := runs/bench-smoke
 bench-smoke: $(VENV)/.installed-test
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/distill_throughput.py $(DISTILL_RUNS) --steps 2 --max-new-tokens 8 --rounds 2 \
@@ -72,6 +74,7 @@ bench-smoke: $(VENV)/.installed-test
 		--output $(SMOKE)/generation.json
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/injection.py --output $(SMOKE)/injection.json
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/method_fidelity.py --quick --output $(SMOKE)/method_fidelity.json
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/task_fidelity.py --quick --output $(SMOKE)/task_fidelity.json
 
 # Re-resolve pyproject.toml's ranges in a scratch venv and rewrite lock/test.txt and lock/demo.txt.
 lock:

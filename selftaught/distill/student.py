@@ -14,24 +14,14 @@ The healed student is cached beside the dequantised teacher, written atomically,
 it was cut and healed, on what, for how many tokens, and how close it came to the teacher on the
 held-out math prompts.
 
-The build runs in a child process (`python -m selftaught.distill.student`), under a file lock: the
-calling run's accelerate state (mixed precision, a distributed launch) stays its own, and of several
-processes started at once (`accelerate launch`), one builds while the others wait for it, told which
-process they wait for. The child holds the lock with its parent (it inherits the locked file) and ends
-with it (`end_with_parent`): a killed run leaves no build running on alone, and a rerun never takes the
-scratch folder of a live build for a dead one's.
+The build runs once, in a child process (`python -m selftaught.distill.student`), under a file lock
+(`distill.cached`).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -39,10 +29,10 @@ from pathlib import Path
 
 import yaml
 
-from selftaught.data.folder_lock import holding
 from selftaught.data.formats import Example, to_examples, tokenize_examples, tokenize_prompt
 from selftaught.data.loading import load_rows
 from selftaught.data.seed_pairs import BUILTIN_OASST_SEED, load_seed_pairs
+from selftaught.distill.cached import CachedModel, end_with_parent
 from selftaught.distill.config import DistillConfig
 from selftaught.distill.trainer import GKDistillTrainer
 from selftaught.evaluate.distance import HeldOutEvaluation, HeldOutSettings
@@ -61,8 +51,6 @@ from selftaught.models.embedded import (
     cache_dir,
     embedded_student,
     embedded_teacher,
-    is_complete,
-    publish,
 )
 from selftaught.scoring.degeneration import ended_with_eos, is_degenerate
 from selftaught.training.callbacks import replace_progress_bar
@@ -72,8 +60,6 @@ MATH_PROMPTS = BUILTIN / "math_prompts"
 # Longer than any `Healing.max_completion_tokens`: an answer cut at this cap is cut again when tokenised
 # for healing, so the student never learns a made-up EOS in mid-sentence.
 TEACHER_ANSWER_TOKENS = 160
-# Distributed-launch variables the child must not inherit: it trains alone, as one process.
-LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 @dataclass(frozen=True)
@@ -193,18 +179,25 @@ def heal(student_dir: Path, teacher_dir: Path, examples: list[Example], out: Pat
 
 
 def held_out_numbers(
-    models: dict[str, Path], teacher_dir: Path, healing: Healing, answers: Path
+    models: dict[str, Path],
+    teacher_dir: Path,
+    data: Path,
+    prompts: int,
+    max_new_tokens: int,
+    answers: Path,
+    batch_size: int = 16,
 ) -> dict[str, dict]:
-    """Each model's held-out metrics against the teacher on the first math test prompts (never trained on);
-    every answer is saved in `answers` (`<model>.parquet`) for a person to read."""
+    """Each model's held-out metrics against the teacher on the first `prompts` test prompts of `data` (never
+    trained on), and the teacher's own; every answer is saved in `answers` (`<model>.parquet`) for a person
+    to read."""
     tokenizer = load_tokenizer(str(teacher_dir))
     teacher = load_for_inference(str(teacher_dir), "float32")  # the card's numbers: float32 everywhere
-    examples = to_examples(load_rows(str(MATH_PROMPTS), "test"), str(MATH_PROMPTS))[: healing.eval_prompts]
+    examples = to_examples(load_rows(str(data), "test"), str(data))[:prompts]
     numbers = {}
     for name, folder in models.items():
         model = load_for_inference(str(folder), "float32")
         settings = HeldOutSettings(
-            healing.eval_max_new_tokens, 16, shared_vocab_size(tokenizer, model, teacher), 512
+            max_new_tokens, batch_size, shared_vocab_size(tokenizer, model, teacher), 512
         )
         evaluation = HeldOutEvaluation(teacher, tokenizer, examples, answers, settings)
         numbers[name] = evaluation.metrics(model, name)
@@ -264,78 +257,42 @@ def settings_of(healing: Healing) -> dict:
     return json.loads(json.dumps(asdict(healing)))  # tuples as lists, as healing.json holds them
 
 
-def is_current(folder: Path, healing: Healing) -> bool:
-    """A complete healed student, built with these very settings (a changed recipe is rebuilt)."""
-    record = folder / "healing.json"
-    return (
-        is_complete(folder)
-        and record.is_file()
-        and json.loads(record.read_text()).get("settings") == settings_of(healing)
+def cached_student(healing: Healing) -> CachedModel:
+    return CachedModel(
+        healed_folder(healing),
+        settings_of(healing),
+        record="healing.json",
+        module="selftaught.distill.student",
+        flag="--healing",
+        description="the embedded student",
+        duration="cut, then healed; a few minutes",
     )
+
+
+def is_current(folder: Path, healing: Healing) -> bool:
+    """A complete healed student in `folder`, built with these very settings (a changed recipe is rebuilt)."""
+    return folder == healed_folder(healing) and cached_student(healing).is_current()
 
 
 def build_healed_student(healing: Healing = HEALING) -> Path:
     """Cut, heal, evaluate and save the embedded student (in this process); returns its folder."""
-    folder = healed_folder(healing)
-    if is_current(folder, healing):
-        return folder
-    teacher_dir = embedded_teacher()
-    cut = embedded_student(list(healing.layers))
-    with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=f".{folder.name}.") as scratch:
-        healed = Path(scratch) / "model"
+
+    def make(healed: Path) -> dict:
+        teacher_dir = embedded_teacher()
+        cut = embedded_student(list(healing.layers))
         record = heal(cut, teacher_dir, healing_examples(BUILTIN / healing.data), healed, healing)
-        numbers = held_out_numbers(
-            {"cut": cut, "healed": healed}, teacher_dir, healing, healed / "evaluation"
-        )
+        models, answers = {"cut": cut, "healed": healed}, healed / "evaluation"
+        lengths = (healing.eval_prompts, healing.eval_max_new_tokens)
+        numbers = held_out_numbers(models, teacher_dir, MATH_PROMPTS, *lengths, answers)
         (healed / "README.md").write_text(healed_card(healing, record, numbers))
-        summary = {"settings": settings_of(healing)} | record | {"held_out": numbers}
-        (healed / "healing.json").write_text(json.dumps(summary, indent=2) + "\n")
-        shutil.rmtree(folder, ignore_errors=True)  # one built by another recipe
-        publish(healed, folder)
-    return folder
+        return record | {"held_out": numbers}
+
+    return cached_student(healing).build(make)
 
 
 def healed_student(healing: Healing = HEALING) -> Path:
-    """Folder of the default student, built on first use in a child process (see the module docstring)."""
-    folder = healed_folder(healing)
-    if is_current(folder, healing):
-        return folder
-    cache_dir().mkdir(parents=True, exist_ok=True)
-
-    def wait(who: str) -> None:  # another process is building it: wait for it
-        print(f"Waiting for {who}: it is building the embedded student {folder.name}", flush=True)
-
-    with holding(cache_dir() / f".{folder.name}.lock", f"building {folder.name}", wait) as lock:
-        if not is_current(folder, healing):
-            for stale in cache_dir().glob(f".{folder.name}.*"):  # a dead build's: a live one holds the lock
-                if stale.is_dir():
-                    shutil.rmtree(stale)
-            print(f"Building the embedded student once: {folder.name} (cut, then healed; a few minutes)")
-            env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
-            child = [sys.executable, "-m", "selftaught.distill.student", "--parent", str(os.getpid())]
-            child += ["--healing", json.dumps(settings_of(healing))]
-            subprocess.run(child, env=env, check=True, pass_fds=() if lock is None else (lock,))
-    return folder
-
-
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-
-
-def end_with_parent(parent: int) -> None:
-    """End this build when `parent`, the run that started it, ends, however it ends (kill -9 too).
-
-    On Linux the kernel sends SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG, called through ctypes:
-    Python has no binding), and SIGTERM ends the build as Ctrl-C does, removing its scratch folder. Where
-    there is no such call, an orphaned build runs on to its end, holding the lock it inherited, so that a
-    rerun waits for it rather than starting a second one.
-    """
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGTERM)) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != parent:  # it ended before the kernel was told
-        sys.exit(128 + signal.SIGTERM)
+    """Folder of the default student, built on first use in a child process (`distill.cached`)."""
+    return cached_student(healing).ensure()
 
 
 if __name__ == "__main__":
