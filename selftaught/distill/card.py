@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from selftaught.distill.config import SELF_TEACHER, DistillConfig
+from selftaught.distill.results import DistillResults
 from selftaught.models.naming import model_label
 from selftaught.training.model_card import CardContent, EvalRow, comparison_table, declared_base_model
 
@@ -77,12 +78,12 @@ KNOBS = (
 ROW_LABELS = {"teacher": "teacher", "student_before": "student (before)", "student_after": "student (after)"}
 
 
-def eval_rows(results: dict, dataset: str) -> list[EvalRow]:
+def eval_rows(results: DistillResults, dataset: str) -> list[EvalRow]:
     rows = []
-    for key, label in ROW_LABELS.items():
-        for metric, value in results.get(key, {}).items():
+    for key, metrics in results.evaluated().items():
+        for metric, value in metrics.items():
             if metric != "tokens":
-                rows.append(EvalRow("held-out distillation", dataset, metric, label, float(value)))
+                rows.append(EvalRow("held-out distillation", dataset, metric, ROW_LABELS[key], float(value)))
     return rows
 
 
@@ -126,14 +127,14 @@ def trained_on(prompts: tuple[int, int], data: str) -> str:
 
 
 def distillation_card(
-    config: DistillConfig, results: dict, prompts: tuple[int, int], n_eval: int
+    config: DistillConfig, results: DistillResults, prompts: tuple[int, int], n_eval: int
 ) -> CardContent:
     """`prompts`: (distinct training prompts the steps reached, training prompts available)."""
     student_name = Path(config.student).name
     data = data_name(config.data)
     self_taught = config.teacher == SELF_TEACHER
     how = "Self-distilled on-policy with privileged context" if self_taught else "Distilled on-policy"
-    warning = results.get("warning")
+    warning = results.warning
     return CardContent(
         model_name=f"{student_name}-opsd"
         if self_taught
@@ -173,9 +174,9 @@ CLOSENESS_NOTE = (
 )
 
 
-def closeness(results: dict) -> str:
+def closeness(results: DistillResults) -> str:
     """The trained student against its start on every distance to the teacher, with 95% intervals."""
-    return comparison_table(results.get("comparisons") or [], "student_after", CLOSENESS_NOTE)
+    return comparison_table(results.comparisons or [], "student_after", CLOSENESS_NOTE)
 
 
 def student_origin(student: str) -> str:
