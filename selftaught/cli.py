@@ -258,7 +258,15 @@ def main(argv: list[str] | None = None) -> None:
     from selftaught.data.folder_lock import FolderInUseError
     from selftaught.data.loading import DataError
     from selftaught.data.shards import StageMismatchError
-    from selftaught.generation.openai_engine import EchoUnsupportedError
+    from selftaught.distill.teachers import TeacherUnavailableError
+    from selftaught.generation.base import TooFewLogprobsError
+    from selftaught.generation.openai_engine import (
+        EchoUnsupportedError,
+        PromptLogprobsUnsupportedError,
+    )
+    from selftaught.generation.openai_engine import (
+        TokenizerMismatchError as ServedTokenizerMismatchError,
+    )
     from selftaught.models.check import ModelArgumentError
     from selftaught.models.vocab import TokenizerMismatchError
     from selftaught.scoring.curation import NonFiniteScoresError
@@ -275,6 +283,10 @@ def main(argv: list[str] | None = None) -> None:
             StageMismatchError,
             FileNotFoundError,
             EchoUnsupportedError,
+            PromptLogprobsUnsupportedError,
+            ServedTokenizerMismatchError,
+            TooFewLogprobsError,
+            TeacherUnavailableError,
             FolderInUseError,
             NonFiniteScoresError,
         ) as err:

@@ -16,8 +16,8 @@ from selftaught.cli import main
 from selftaught.data.loading import DataError
 from selftaught.data.shards import write_parquet
 from selftaught.distill.card import distillation_card
-from selftaught.distill.results import DistillResults
 from selftaught.distill.config import DistillConfig
+from selftaught.distill.results import DistillResults
 from selftaught.report import detect_kind, write_report
 from selftaught.report.distill import by_policy
 from selftaught.report.sections import direction_hints

@@ -100,6 +100,9 @@ def data_name(data: str) -> str:
 def teacher_label(config: DistillConfig) -> str:
     if config.teacher == SELF_TEACHER:
         return "self (a frozen copy of the student's starting weights)"
+    if config.teacher_url:  # never the URL: it names a machine of the user's
+        named = model_label(config.teacher) if config.teacher else "a model"
+        return f"{named} served over HTTP (its top-{config.teacher_top_k_used} log-probabilities per token)"
     return model_label(config.teacher)
 
 
@@ -113,6 +116,11 @@ def hyperparameters(config: DistillConfig) -> dict[str, object]:
         del knobs["teacher_context"]
     if not config.use_peft:
         knobs = {k: v for k, v in knobs.items() if not k.startswith("lora_")}
+    if config.teacher_url:
+        knobs["teacher_top_k"] = config.teacher_top_k_used
+        del knobs["teacher_dtype"]  # the server's own
+    if config.loss != "jsd":
+        knobs |= {"loss": config.loss, "kl_estimator": config.kl_estimator_used}
     if float(config.warmup_steps).is_integer():
         # transformers types it float (below 1, a ratio of the steps): `--warmup_steps 1` is 1 step, not 1.0.
         knobs["warmup_steps"] = int(config.warmup_steps)
@@ -138,7 +146,7 @@ def distillation_card(
     return CardContent(
         model_name=f"{student_name}-opsd"
         if self_taught
-        else f"{student_name}-gkd-{Path(config.teacher).name}",
+        else f"{student_name}-gkd-{Path(config.teacher or 'served-teacher').name}",
         base_model=model_label(declared_base_model(config.student)),  # a Hub id, else a name, never a path
         summary=(
             (f"**{warning}**\n\n" if warning else "")

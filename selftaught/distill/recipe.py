@@ -27,18 +27,20 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.trainer_utils import TrainOutput
 
 from selftaught.data.folder_lock import writing_to
-from selftaught.data.formats import Example, rename_columns, to_examples, tokenize_examples
+from selftaught.data.formats import Example, rename_columns, to_examples, tokenize_examples, tokenize_prompt
 from selftaught.data.loading import DataError, available_splits, load_rows
 from selftaught.data.shards import StageMismatchError
 from selftaught.distill.card import distillation_card
 from selftaught.distill.config import SELF_TEACHER, DistillConfig
 from selftaught.distill.context import add_teacher_context
 from selftaught.distill.results import DistillResults
+from selftaught.distill.teachers import InProcessTeacher, ServedTeacher, Teacher, TeacherUnavailableError
 from selftaught.distill.trainer import GKDistillTrainer
 from selftaught.evaluate.distance import HeldOutEvaluation, HeldOutSettings, drift_warning
-from selftaught.models import check_same_vocabulary, load_model, load_tokenizer
+from selftaught.models import check_same_vocabulary, load_model, load_tokenizer, shared_vocab_size
 from selftaught.models.check import check_model_flags
 from selftaught.models.loading import resolve_dtype
 from selftaught.report import write_report
@@ -62,11 +64,12 @@ BUILTIN_DATA = Path(__file__).resolve().parent.parent / "data" / "builtin" / "ma
 
 def resolve_defaults(config: DistillConfig) -> DistillConfig:
     """Fill unset models and data with the embedded default (built, healed and cached on first use)."""
-    if config.teacher is None or config.student is None:
+    if (config.teacher is None and not config.teacher_url) or config.student is None:
         from selftaught.distill.student import healed_student
         from selftaught.models.embedded import embedded_teacher
 
-        config.teacher = config.teacher or str(embedded_teacher())
+        if not config.teacher_url:  # a served teacher needs no weights here (--teacher only names it)
+            config.teacher = config.teacher or str(embedded_teacher())
         config.student = config.student or str(healed_student())
     config.data = config.data or str(BUILTIN_DATA)
     return config
@@ -147,14 +150,23 @@ def replace_earlier_run(out: Path) -> None:
     (out / "eval_results.json").unlink()  # present again only when this run finishes
 
 
-def load_teacher(config: DistillConfig, student) -> object:
-    """The frozen teacher: the named model, or for `--teacher self` a copy of the student's starting weights
-    (taken before any LoRA adapter is added, so it is exactly the start)."""
+def load_teacher(config: DistillConfig, student: PreTrainedModel, tokenizer, probe: Example) -> Teacher:
+    """The frozen teacher: the server at --teacher_url (checked on `probe`'s prompt before any training: its
+    prompt log-probabilities, K of them, and its tokenizer), the named model, or for `--teacher self` a copy
+    of the student's starting weights (taken before any LoRA adapter is added, so it is exactly the start)."""
+    if config.teacher_url:
+        served = ServedTeacher(config.teacher_url, config.teacher_top_k_used, tokenizer)
+        ids = tokenize_prompt(tokenizer, probe.teacher_prompt or probe.prompt)[-config.max_prompt_length :]
+        served.check(ids[:1], ids[1:])
+        return served
     dtype = config.teacher_dtype_used
     if config.teacher == SELF_TEACHER:
-        teacher = copy.deepcopy(student)
-        return teacher.to(resolved) if isinstance(resolved := resolve_dtype(dtype), torch.dtype) else teacher
-    return load_model(config.teacher, dtype, config.trust_remote_code)
+        model = copy.deepcopy(student)
+        model = model.to(resolved) if isinstance(resolved := resolve_dtype(dtype), torch.dtype) else model
+    else:
+        model = load_model(config.teacher, dtype, config.trust_remote_code)
+    vocab_size = shared_vocab_size(tokenizer, student, model)
+    return InProcessTeacher(model, tokenizer, vocab_size, config.per_device_eval_batch_size)
 
 
 def prompts_trained_on(config: DistillConfig, global_step: int, available: int) -> int:
@@ -178,11 +190,10 @@ def distill_into_output_dir(config: DistillConfig) -> DistillResults:
     train_examples, eval_examples = load_examples(config)  # data first: it fails fast and cheap
     check_completions(train_examples, config)
     resume = prepare_output_dir(config)
-    tokenizer, student, teacher = load_models(config)
+    tokenizer, student, teacher = load_models(config, train_examples[0])
     trainer = build_trainer(config, tokenizer, student, teacher, train_examples, eval_examples)
     evaluation, results = evaluate_before_training(config, trainer, teacher, eval_examples, resume)
-    with stops_cleanly(trainer, RESUME_FLAGS):
-        train_output = trainer.train(resume_from_checkpoint=resume)
+    train_output = train(trainer, resume)
     save_final_model(trainer, Path(config.output_dir), config.use_peft)
     if trainer.accelerator.is_main_process:
         if evaluation is not None:
@@ -194,6 +205,21 @@ def distill_into_output_dir(config: DistillConfig) -> DistillResults:
     return results
 
 
+def train(trainer: GKDistillTrainer, resume: str | bool | None) -> TrainOutput:
+    """`trainer.train`, stopped in one line, naming the newest complete checkpoint, by Ctrl-C or by a served
+    teacher that stays down after the client's retries (its checkpoints are whole: resume once it is back)."""
+    with stops_cleanly(trainer, RESUME_FLAGS):
+        try:
+            return trainer.train(resume_from_checkpoint=resume)
+        except TeacherUnavailableError as err:
+            newest = newest_complete_checkpoint(trainer.args.output_dir)
+            where = f"{newest.name} is the newest complete checkpoint" if newest else "no checkpoint yet"
+            raise TeacherUnavailableError(
+                f"{err}. Training stopped ({where}); once the server answers again, rerun with "
+                f"{' '.join(RESUME_FLAGS)}"
+            ) from None
+
+
 def prepare_output_dir(config: DistillConfig) -> str | bool | None:
     """The checkpoint to resume from; a fresh run first clears a finished earlier run out of the folder."""
     resume = resume_checkpoint(config)
@@ -203,14 +229,16 @@ def prepare_output_dir(config: DistillConfig) -> str | bool | None:
     return resume
 
 
-def load_models(config: DistillConfig) -> tuple[PreTrainedTokenizerBase, PreTrainedModel, PreTrainedModel]:
-    """The run's tokenizer (the student's, checked against the teacher's), the student (with LoRA adapters
-    under --use_peft) and the frozen teacher."""
+def load_models(
+    config: DistillConfig, probe: Example
+) -> tuple[PreTrainedTokenizerBase, PreTrainedModel, Teacher]:
+    """The run's tokenizer (the student's, checked against the teacher's when --teacher names one), the
+    student (with LoRA adapters under --use_peft) and the frozen teacher (`load_teacher`)."""
     tokenizer = load_tokenizer(config.student, config.trust_remote_code)
-    if config.teacher != SELF_TEACHER:
+    if config.teacher not in (SELF_TEACHER, None):
         check_same_vocabulary(tokenizer, load_tokenizer(config.teacher, config.trust_remote_code))
     student = load_model(config.student, config.student_dtype, config.trust_remote_code)
-    teacher = load_teacher(config, student)  # before the adapters: `self` copies the starting weights
+    teacher = load_teacher(config, student, tokenizer, probe)  # before the adapters: `self` copies the start
     return tokenizer, with_lora(config, student) if config.use_peft else student, teacher
 
 
@@ -231,7 +259,7 @@ def build_trainer(
     config: DistillConfig,
     tokenizer: PreTrainedTokenizerBase,
     student: PreTrainedModel,
-    teacher: PreTrainedModel,
+    teacher: Teacher,
     train_examples: list[Example],
     eval_examples: list[Example],
 ) -> GKDistillTrainer:
@@ -255,7 +283,7 @@ def build_trainer(
 def evaluate_before_training(
     config: DistillConfig,
     trainer: GKDistillTrainer,
-    teacher: PreTrainedModel,
+    teacher: Teacher,
     eval_examples: list[Example],
     resume: str | bool | None,
 ) -> tuple[HeldOutEvaluation | None, DistillResults]:
@@ -274,8 +302,14 @@ def evaluate_before_training(
             trainer.vocab_size,
             config.max_prompt_length,
         )
+        if isinstance(teacher, ServedTeacher):  # said, as the card and results name the distances alike
+            print(
+                f"[distill] held-out distances to the served teacher on its top-{teacher.top_k} log-probs "
+                "plus a tail bin: forward_kl, reverse_kl and jsd are lower bounds of the full-vocabulary "
+                "ones; top1_agreement is exact"
+            )
         evaluation = HeldOutEvaluation(teacher, trainer.processing_class, eval_examples, folder, settings)
-        results.teacher = evaluation.metrics(evaluation.teacher, "teacher")
+        results.teacher = evaluation.teacher_metrics()
         results.student_before = evaluation.metrics(trainer.model, "student_before")
     trainer.accelerator.wait_for_everyone()
     return evaluation, results
