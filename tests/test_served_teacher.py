@@ -31,10 +31,11 @@ from selftaught.distill.teachers import CompletionBatch, InProcessTeacher, Serve
 from selftaught.generation.base import EngineSettings, TooFewLogprobsError, left_pad, right_pad
 from selftaught.generation.engines import make_engine
 from selftaught.generation.openai_engine import TokenizerMismatchError
-from selftaught.models import load_tokenizer
+from selftaught.models import load_model, load_tokenizer
 from selftaught.models.embedded import embedded_teacher
 from selftaught.scoring.logits import join_prompt_completion
 from selftaught.training.checkpoints import newest_complete_checkpoint
+from selftaught.training.losses import generalized_jsd
 from selftaught.training.sparse_losses import SparseTeacher, sparse_generalized_jsd
 
 pytest.importorskip("vllm")
@@ -208,33 +209,61 @@ def test_distill_trains_on_policy_against_a_served_teacher_without_loading_it(
     assert "127.0.0.1" not in card  # the server's address is the user's machine's
 
 
+@pytest.fixture(scope="module")
+def tiny_teacher_server(tmp_path_factory, tokenizer_dir):
+    """A tiny random model on SmolLM2's tokenizer, served with --max-logprobs = the whole vocabulary (49,152).
+    The last test of this module kills it."""
+    folder = build_tiny_model(tmp_path_factory.mktemp("tiny-teacher"), tokenizer_dir, seed=4, **VLLM_TINY)
+    load_tokenizer(str(tokenizer_dir)).save_pretrained(folder)
+    with vllm_server(folder, "tiny", max_logprobs=VOCABULARY) as server:
+        yield folder, server
+
+
+VOCABULARY = 49152  # SmolLM2's tokenizer, and the tiny models' output rows
+
+
+def test_at_k_equal_to_the_vocabulary_the_served_loss_is_the_dense_loss(tiny_teacher_server, tokenizer):
+    """With every token's log-probability served there is no tail bin: the sparse JSD on the server's answer
+    is the dense JSD on the in-process teacher's logits (float32 kernels of vLLM and torch: 1e-4)."""
+    folder, server = tiny_teacher_server
+    prompt = tokenizer.encode("What is 2 + 3?", add_special_tokens=False)
+    batch = completion_batch([prompt, prompt[:2]], [[28, 1232, 30], [355]], tokenizer.pad_token_id)
+    dense = InProcessTeacher(load_model(str(folder)), tokenizer, VOCABULARY).scores(batch)
+    served = ServedTeacher(server.base_url, VOCABULARY, tokenizer).scores(batch)
+    assert served.top_ids.shape == (4, VOCABULARY)
+    student_logits = torch.randn(4, VOCABULARY, generator=torch.Generator().manual_seed(0)) * 4
+    for beta in (0.0, 0.5, 1.0):
+        expected = generalized_jsd(student_logits, dense, beta)
+        torch.testing.assert_close(
+            sparse_generalized_jsd(student_logits, served, beta), expected, atol=1e-4, rtol=0
+        )
+
+
 def newest_step(out: Path) -> int:
     newest = newest_complete_checkpoint(out)
     return int(newest.name.rpartition("-")[2]) if newest else 0
 
 
 def test_a_served_teacher_that_dies_mid_run_stops_it_in_one_line_and_it_resumes_once_back(
-    tmp_path, tokenizer_dir, tiny_student, math_data
+    tiny_teacher_server, tiny_student, math_data, tmp_path
 ):
     """The server is killed after the second checkpoint: the run ends with exit 2 and one line naming the
     server and the newest complete checkpoint, which loads; a new server (another port) and
     `--resume_from_checkpoint last` train the remaining steps, each once."""
-    teacher = build_tiny_model(tmp_path / "tiny", tokenizer_dir, seed=4, **VLLM_TINY)
-    load_tokenizer(str(tokenizer_dir)).save_pretrained(teacher)
+    teacher, server = tiny_teacher_server
     out, steps = tmp_path / "out", 30
     argv = [sys.executable, "-m", "selftaught.cli"]
     argv += distill_argv(tiny_student, math_data, out, "--max_steps", str(steps), "--eval_size", "0")
     argv += ["--teacher_top_k", "8"]
     environment = os.environ | {"HF_HUB_OFFLINE": "1"}
-    with vllm_server(teacher, "tiny", max_logprobs=8) as server:
-        run = subprocess.Popen(
-            [*argv, "--teacher_url", server.base_url], stderr=subprocess.PIPE, text=True, env=environment
-        )
-        deadline = time.monotonic() + 300
-        while newest_step(out) < 2 and run.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        server.kill()
-        _, stderr = run.communicate(timeout=300)
+    run = subprocess.Popen(
+        [*argv, "--teacher_url", server.base_url], stderr=subprocess.PIPE, text=True, env=environment
+    )
+    deadline = time.monotonic() + 300
+    while newest_step(out) < 2 and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    server.kill()
+    _, stderr = run.communicate(timeout=300)
     stopped_at = newest_step(out)
     assert run.returncode == 2, stderr[-2000:]
     line = stderr.strip().splitlines()[-1]
@@ -244,8 +273,8 @@ def test_a_served_teacher_that_dies_mid_run_stops_it_in_one_line_and_it_resumes_
     assert 2 <= stopped_at < steps
     assert load_file(out / f"checkpoint-{stopped_at}" / "model.safetensors")
 
-    with vllm_server(teacher, "tiny", max_logprobs=8) as server:
-        resume = [*argv, "--teacher_url", server.base_url, "--resume_from_checkpoint", "last"]
+    with vllm_server(teacher, "tiny", max_logprobs=8) as restarted:
+        resume = [*argv, "--teacher_url", restarted.base_url, "--resume_from_checkpoint", "last"]
         subprocess.run(resume, check=True, env=environment, capture_output=True)
     logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     resumed = [step for step in logged if step > stopped_at]
