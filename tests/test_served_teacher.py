@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -180,6 +182,29 @@ def distill_argv(student: Path, data: Path, out: Path, *extra: str) -> list[str]
     ]  # fmt: skip
 
 
+def test_a_server_unfit_for_the_run_is_named_in_one_line_before_training(
+    teacher_server, tiny_student, math_data, tmp_path, capsys
+):
+    """A K above the server's --max-logprobs, and a student whose tokenizer maps ids to other tokens than the
+    server's: each stops `selftaught distill` with exit 2 and one line, before any step is trained."""
+    student = tmp_path / "swapped"
+    shutil.copytree(tiny_student, student)
+    swapped_tokenizer(student, "Ġhelpful", "Ġcats")  # " helpful" is in SmolLM2's system prompt
+    too_many = MAX_LOGPROBS + 1
+    for model, top_k, expected in (
+        (tiny_student, too_many, rf"refuses {too_many} log-probs .*--max-logprobs {too_many}"),
+        (student, MAX_LOGPROBS, r"decodes token \d+ as ' cats' where this run's tokenizer .* has ' helpful'"),
+    ):
+        out = tmp_path / f"out-{top_k}"
+        argv = ["--teacher_url", teacher_server.base_url, "--teacher_top_k", str(top_k), "--max_steps", "1"]
+        with pytest.raises(SystemExit) as stop:
+            main(distill_argv(model, math_data, out, *argv, "--eval_size", "0"))
+        assert stop.value.code == 2
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert line.startswith("selftaught distill: error: ") and re.search(expected, line), line
+        assert not list(out.glob("checkpoint-*")) and not (out / "metrics.jsonl").exists()
+
+
 def test_distill_trains_on_policy_against_a_served_teacher_without_loading_it(
     teacher_server, tiny_student, math_data, tmp_path, monkeypatch
 ):
@@ -214,7 +239,6 @@ def tiny_teacher_server(tmp_path_factory, tokenizer_dir):
     """A tiny random model on SmolLM2's tokenizer, served with --max-logprobs = the whole vocabulary (49,152).
     The last test of this module kills it."""
     folder = build_tiny_model(tmp_path_factory.mktemp("tiny-teacher"), tokenizer_dir, seed=4, **VLLM_TINY)
-    load_tokenizer(str(tokenizer_dir)).save_pretrained(folder)
     with vllm_server(folder, "tiny", max_logprobs=VOCABULARY) as server:
         yield folder, server
 
@@ -267,7 +291,7 @@ def test_a_served_teacher_that_dies_mid_run_stops_it_in_one_line_and_it_resumes_
     stopped_at = newest_step(out)
     assert run.returncode == 2, stderr[-2000:]
     line = stderr.strip().splitlines()[-1]
-    assert line.startswith("selftaught distill: error: the served teacher stopped answering: ")
+    assert line.startswith("selftaught distill: error: the served teacher does not answer: ")
     assert server.base_url in line and f"checkpoint-{stopped_at} is the newest complete checkpoint" in line
     assert line.endswith("rerun with --resume_from_checkpoint last")
     assert 2 <= stopped_at < steps
