@@ -182,7 +182,7 @@ def distill_argv(student: Path, data: Path, out: Path, *extra: str) -> list[str]
     ]  # fmt: skip
 
 
-def test_a_server_unfit_for_the_run_is_named_in_one_line_before_training(
+def test_distill_trains_nothing_against_a_server_unfit_for_the_run(
     teacher_server, tiny_student, math_data, tmp_path, capsys
 ):
     """A K above the server's --max-logprobs, and a student whose tokenizer maps ids to other tokens than the
