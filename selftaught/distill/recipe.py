@@ -151,21 +151,25 @@ def replace_earlier_run(out: Path) -> None:
     (out / "eval_results.json").unlink()  # present again only when this run finishes
 
 
-def load_teacher(config: DistillConfig, student: PreTrainedModel, tokenizer, probe: Example) -> Teacher:
-    """The frozen teacher: the server at --teacher_url (checked on `probe`'s prompt before any training: its
-    prompt log-probabilities, K of them, and its tokenizer), the named model, or for `--teacher self` a copy
-    of the student's starting weights (taken before any LoRA adapter is added, so it is exactly the start)."""
+def load_teacher(config: DistillConfig, student: PreTrainedModel) -> PreTrainedModel:
+    """The frozen teacher model: the named one, or for `--teacher self` a copy of the student's starting
+    weights (taken before any LoRA adapter is added, so it is exactly the start)."""
+    dtype = config.teacher_dtype_used
+    if config.teacher == SELF_TEACHER:
+        teacher = copy.deepcopy(student)
+        return teacher.to(resolved) if isinstance(resolved := resolve_dtype(dtype), torch.dtype) else teacher
+    return load_model(config.teacher, dtype, config.trust_remote_code)
+
+
+def teacher_source(config: DistillConfig, student: PreTrainedModel, tokenizer, probe: Example) -> Teacher:
+    """Where the teacher's scores come from: the server at --teacher_url (checked on `probe`'s prompt before
+    any training: its prompt log-probabilities, K of them, and its tokenizer), else `load_teacher`'s model."""
     if config.teacher_url:
         served = ServedTeacher(config.teacher_url, config.teacher_top_k_used, tokenizer)
         ids = tokenize_prompt(tokenizer, probe.teacher_prompt or probe.prompt)[-config.max_prompt_length :]
         served.check(ids[:1], ids[1:])
         return served
-    dtype = config.teacher_dtype_used
-    if config.teacher == SELF_TEACHER:
-        model = copy.deepcopy(student)
-        model = model.to(resolved) if isinstance(resolved := resolve_dtype(dtype), torch.dtype) else model
-    else:
-        model = load_model(config.teacher, dtype, config.trust_remote_code)
+    model = load_teacher(config, student)
     vocab_size = shared_vocab_size(tokenizer, student, model)
     return InProcessTeacher(model, tokenizer, vocab_size, config.per_device_eval_batch_size)
 
@@ -235,12 +239,12 @@ def load_models(
     config: DistillConfig, probe: Example
 ) -> tuple[PreTrainedTokenizerBase, PreTrainedModel, Teacher]:
     """The run's tokenizer (the student's, checked against the teacher's when --teacher names one), the
-    student (with LoRA adapters under --use_peft) and the frozen teacher (`load_teacher`)."""
+    student (with LoRA adapters under --use_peft) and the frozen teacher (`teacher_source`)."""
     tokenizer = load_tokenizer(config.student, config.trust_remote_code)
     if config.teacher not in (SELF_TEACHER, None):
         check_same_vocabulary(tokenizer, load_tokenizer(config.teacher, config.trust_remote_code))
     student = load_model(config.student, config.student_dtype, config.trust_remote_code)
-    teacher = load_teacher(config, student, tokenizer, probe)  # before the adapters: `self` copies the start
+    teacher = teacher_source(config, student, tokenizer, probe)  # before the adapters: `self` copies it
     return tokenizer, with_lora(config, student) if config.use_peft else student, teacher
 
 
