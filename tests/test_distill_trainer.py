@@ -40,6 +40,7 @@ from selftaught.models import (
     load_tokenizer,
     shared_vocab_size,
 )
+from selftaught.models.cross_tokenizer import CrossTokenizer
 
 STUDENT_ROWS, TEACHER_ROWS = 49152, 49280
 
@@ -72,9 +73,11 @@ def make_trainer(
     train_dataset,
     callbacks: list | None = None,
     teacher: PreTrainedModel | None = None,
+    cross_tokenizer: CrossTokenizer | None = None,
     **overrides,
 ) -> GKDistillTrainer:
-    """A trainer on freshly loaded tiny models (or the given teacher) that reads the dataset in order."""
+    """A trainer on freshly loaded tiny models (or the given teacher) that reads the dataset in order; with
+    `cross_tokenizer`, the teacher's tokenizer differs from the student's."""
     settings = dict(
         output_dir=str(tmp_path / "run"),
         max_steps=1,
@@ -97,6 +100,7 @@ def make_trainer(
         processing_class=tokenizer,
         train_dataset=train_dataset,
         callbacks=callbacks,
+        cross_tokenizer=cross_tokenizer,
     )
     trainer._get_train_sampler = lambda *args, **kwargs: SequentialSampler(train_dataset)
     return trainer

@@ -1,9 +1,11 @@
 """`selftaught distill`: on-policy distillation (GKD) from data to an evaluated, documented model.
 
 The whole run, top to bottom:
-  1. resolve the models (the embedded SmolLM2 pair by default) and check they share a tokenizer;
+  1. resolve the models (the embedded SmolLM2 pair by default) and choose how to align them: token ids
+     when they share a tokenizer, byte offsets when they do not (`distill.cross_teacher`);
   2. read the data, turn rows into chat prompts (+ completions), hold out an evaluation split;
-  3. evaluate the teacher once and the student before training, on the held-out prompts;
+  3. evaluate the teacher once and the student before training, on the held-out prompts (across
+     tokenizers: the per-byte NLL of the teacher's answers, `evaluate.cross_tokenizer`);
   4. train with `GKDistillTrainer` (resumable from the last checkpoint);
   5. save the student in Hugging Face format, evaluate it again, write metrics and the model card, and
      end with a warning when training made the student's answers degenerate.
@@ -29,9 +31,11 @@ from selftaught.data.shards import StageMismatchError
 from selftaught.distill.card import distillation_card
 from selftaught.distill.config import SELF_TEACHER, DistillConfig
 from selftaught.distill.context import add_teacher_context
+from selftaught.distill.cross_teacher import PATHS, Alignment, choose_alignment, with_teacher_prompts
 from selftaught.distill.trainer import GKDistillTrainer
+from selftaught.evaluate.cross_tokenizer import CrossTokenizerEvaluation
 from selftaught.evaluate.distance import HeldOutEvaluation, HeldOutSettings, drift_warning
-from selftaught.models import check_same_vocabulary, load_model, load_tokenizer, shared_vocab_size
+from selftaught.models import load_model, load_tokenizer, shared_vocab_size
 from selftaught.models.check import check_model_flags
 from selftaught.models.loading import resolve_dtype
 from selftaught.report import write_report
@@ -150,6 +154,26 @@ def load_teacher(config: DistillConfig, student) -> object:
     return load_model(config.teacher, dtype, config.trust_remote_code)
 
 
+def teacher_alignment(config: DistillConfig, tokenizer) -> Alignment:
+    """How the teacher's targets reach the student's tokens (`distill.cross_teacher.choose_alignment`)."""
+    if config.teacher == SELF_TEACHER:
+        return Alignment(None, "token ids: the teacher is a frozen copy of the student, with its tokenizer")
+    teacher_tokenizer = load_tokenizer(config.teacher, config.trust_remote_code)
+    return choose_alignment(tokenizer, teacher_tokenizer, config.teacher_chat_template, config.seq_kd)
+
+
+def cross_tokenizer_summary(alignment: Alignment, config: DistillConfig, path_tokens: dict[str, int]) -> dict:
+    """What eval_results.json and the card say of a cross-tokenizer run: the alignment and why, the
+    fallback loss, and the share of the completion tokens trained on that took each loss path."""
+    total = sum(path_tokens.values())
+    return {
+        "alignment": alignment.reason,
+        "fallback": config.cross_tokenizer_fallback,
+        "completion_tokens": total,
+        **{f"{name}_share": path_tokens[name] / max(total, 1) for name in PATHS},
+    }
+
+
 def prompts_trained_on(config: DistillConfig, global_step: int, available: int) -> int:
     """How many distinct training prompts the optimizer steps reached (each step takes a whole batch)."""
     per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps * config.world_size
@@ -175,12 +199,18 @@ def distill_into_output_dir(config: DistillConfig) -> dict:
             replace_earlier_run(out)
     check_completions(train_examples, config)
     tokenizer = load_tokenizer(config.student, config.trust_remote_code)
-    if config.teacher != SELF_TEACHER:
-        check_same_vocabulary(tokenizer, load_tokenizer(config.teacher, config.trust_remote_code))
+    alignment = teacher_alignment(config, tokenizer)
+    print(f"[distill] alignment: {alignment.reason}")
+    cross = alignment.cross
 
     student = load_model(config.student, config.student_dtype, config.trust_remote_code)
     teacher = load_teacher(config, student)
-    vocab_size = shared_vocab_size(tokenizer, student, teacher)
+    if cross is not None:  # its greedy held-out answers end where its chat template ends a turn
+        teacher.generation_config.eos_token_id = [
+            cross.teacher.tokenizer.eos_token_id,
+            cross.teacher.end_of_turn,
+        ]
+    vocab_size = shared_vocab_size(tokenizer, student, *([] if cross else [teacher]))
     if config.use_peft:
         student = get_peft_model(
             student,
@@ -196,16 +226,21 @@ def distill_into_output_dir(config: DistillConfig) -> dict:
         )
 
     lengths = (config.max_prompt_length, config.max_new_tokens)
+
+    def dataset(examples: list[Example]):
+        data = tokenize_examples(tokenizer, examples, *lengths)
+        return with_teacher_prompts(data, examples, cross, config.max_prompt_length) if cross else data
+
     trainer = GKDistillTrainer(
         model=student,
         teacher=teacher,
         args=config,
         processing_class=tokenizer,
-        train_dataset=tokenize_examples(tokenizer, train_examples, *lengths),
-        eval_dataset=tokenize_examples(tokenizer, eval_examples, *lengths)
-        if eval_examples and config.eval_strategy != "no"
-        else None,
+        train_dataset=dataset(train_examples),
+        eval_dataset=dataset(eval_examples) if eval_examples and config.eval_strategy != "no" else None,
         callbacks=[MetricsFileCallback(out / "metrics.jsonl")],
+        cross_tokenizer=cross,
+        cross_tokenizer_fallback=config.cross_tokenizer_fallback,
     )
     replace_progress_bar(trainer)
     quiet_tied_weights_on_resume(trainer)
@@ -223,9 +258,14 @@ def distill_into_output_dir(config: DistillConfig) -> dict:
             vocab_size,
             config.max_prompt_length,
         )
-        evaluation = HeldOutEvaluation(
-            unwrapped_teacher, tokenizer, eval_examples, out / "evaluation", settings
-        )
+        if cross is not None:
+            evaluation = CrossTokenizerEvaluation(
+                unwrapped_teacher, cross, eval_examples, out / "evaluation", settings
+            )
+        else:
+            evaluation = HeldOutEvaluation(
+                unwrapped_teacher, tokenizer, eval_examples, out / "evaluation", settings
+            )
         results["teacher"] = evaluation.metrics(evaluation.teacher, "teacher")
         results["student_before"] = evaluation.metrics(trainer.model, "student_before")
     trainer.accelerator.wait_for_everyone()
@@ -243,6 +283,8 @@ def distill_into_output_dir(config: DistillConfig) -> dict:
             if warnings := [w for w in (collapse_warning(before, after), drift_warning(before, after)) if w]:
                 results["warning"] = " ".join(warnings)
         results["train"] = {k: v for k, v in train_output.metrics.items() if isinstance(v, (int, float))}
+        if cross is not None:
+            results["cross_tokenizer"] = cross_tokenizer_summary(alignment, config, trainer.path_tokens)
         (out / "eval_results.json").write_text(json.dumps(results, indent=2))
         trained = prompts_trained_on(config, train_output.global_step, len(train_examples))
         card = distillation_card(config, results, (trained, len(train_examples)), len(eval_examples))

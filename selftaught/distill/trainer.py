@@ -14,6 +14,9 @@ Built on `Trainer` (not TRL's GKDTrainer) for three reasons the peers' bug repor
   samples drawn from it made a resumed run differ from an uninterrupted one at every tensor.
 When the data gives the teacher prompts of its own (privileged context, `distill.context`), the teacher
 reads [its prompt | the same completion tokens] and scores exactly the student's completion positions.
+A teacher with another tokenizer (`cross_tokenizer`) reads the completions' text re-tokenised after its own
+prompt and gives per-token targets back (`distill.cross_teacher`); the share of completion tokens on each
+loss path is logged.
 Everything distributed (DDP, DeepSpeed, FSDP) comes from accelerate through `Trainer`; the teacher
 is wrapped with TRL's helpers for DeepSpeed and FSDP. Samples come from a policy engine
 (`selftaught.generation.policy`): the live student (`hf`) or vLLM through TRL's backend (`vllm`), which
@@ -34,8 +37,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 from trl.models.utils import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generation
 
 from selftaught.distill.config import DistillConfig
+from selftaught.distill.cross_teacher import PATHS, PROMPT_IDS, PROMPT_MASK, CrossTokenizerTeacher
 from selftaught.generation.base import SamplingParams, left_pad, right_pad
 from selftaught.generation.policy import HFPolicyEngine, PolicyEngine
+from selftaught.models.cross_tokenizer import CrossTokenizer
 from selftaught.models.vocab import shared_vocab_size
 from selftaught.scoring.logits import completion_logits, join_prompt_completion
 from selftaught.training.checkpoints import CompleteCheckpoints
@@ -47,7 +52,8 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
 @dataclass
 class PromptCompletionCollator:
     """Left-padded prompts and right-padded reference completions (possibly all empty), and the teacher's
-    own left-padded prompts when the data has them (privileged context)."""
+    own left-padded prompts when the data has them (privileged context; in the teacher's tokens for a
+    teacher with another tokenizer)."""
 
     pad_token_id: int
 
@@ -62,9 +68,10 @@ class PromptCompletionCollator:
             "completion_ids": completion_ids,
             "completion_mask": completion_mask,
         }
-        if "teacher_prompt_ids" in features[0]:
-            ids, mask = left_pad([f["teacher_prompt_ids"] for f in features], self.pad_token_id)
-            batch |= {"teacher_prompt_ids": ids, "teacher_prompt_mask": mask}
+        for prefix in ("teacher_prompt", "teacher_vocab_prompt"):
+            if f"{prefix}_ids" in features[0]:
+                ids, mask = left_pad([f[f"{prefix}_ids"] for f in features], self.pad_token_id)
+                batch |= {f"{prefix}_ids": ids, f"{prefix}_mask": mask}
         return batch
 
 
@@ -84,6 +91,8 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
         train_dataset=None,
         eval_dataset=None,
         callbacks=None,
+        cross_tokenizer: CrossTokenizer | None = None,
+        cross_tokenizer_fallback: str = "sampled_kl",
     ) -> None:
         super().__init__(
             model=model,
@@ -94,8 +103,19 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
             processing_class=processing_class,
             callbacks=callbacks,
         )
-        self.vocab_size = shared_vocab_size(processing_class, model, teacher)
+        self.vocab_size = shared_vocab_size(processing_class, model, *([] if cross_tokenizer else [teacher]))
         self.teacher = self._prepare_teacher(teacher)
+        self.cross_teacher = (
+            CrossTokenizerTeacher(
+                self.teacher,
+                cross_tokenizer,
+                shared_vocab_size(cross_tokenizer.teacher.tokenizer, teacher),
+                cross_tokenizer_fallback,
+            )
+            if cross_tokenizer
+            else None
+        )
+        self.path_tokens: dict[str, int] = dict.fromkeys(PATHS, 0)  # the whole run's, for the card
         self.sampling = SamplingParams(args.max_new_tokens, args.temperature, args.top_p)
         # every sampler draws an optimizer step's completions in one batch: decoding a small model reads
         # all its weights per token whatever the batch (on 2 CPU cores 16 prompts take 1.5x the time of 4);
@@ -198,6 +218,8 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
                     batch["teacher_prompt_ids"], batch["teacher_prompt_mask"], completion_ids, completion_mask
                 )
                 joined |= {f"teacher_{k}": v for k, v in teacher_joined.items()}
+            if PROMPT_IDS in batch:
+                joined |= {key: batch[key] for key in (PROMPT_IDS, PROMPT_MASK)}
             inputs.append(joined | {"completion_mask": completion_mask})
         return inputs
 
@@ -270,19 +292,35 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Sum of per-token JSD over completion tokens / completion tokens in the whole step."""
         mask = inputs["completion_mask"].bool()
-        model_inputs = {k: inputs[k] for k in MODEL_INPUTS}
-        # the teacher's own prompt (privileged context), if it has one, before the same completion tokens
-        teacher_inputs = {k: inputs.get(f"teacher_{k}", inputs[k]) for k in MODEL_INPUTS}
-        with torch.no_grad():
-            teacher_logits = completion_logits(self.teacher, teacher_inputs, mask, self.vocab_size)
-        student_logits = completion_logits(model, model_inputs, mask, self.vocab_size)
-        per_token = generalized_jsd(student_logits, teacher_logits, self.args.beta)
+        if self.cross_teacher is not None:
+            per_token = self._cross_tokenizer_loss(model, inputs)
+        else:
+            # the teacher's own prompt (privileged context), if it has one, before the same completion tokens
+            teacher_inputs = {k: inputs.get(f"teacher_{k}", inputs[k]) for k in MODEL_INPUTS}
+            with torch.no_grad():
+                teacher_logits = completion_logits(self.teacher, teacher_inputs, mask, self.vocab_size)
+            student_logits = completion_logits(
+                model, {k: inputs[k] for k in MODEL_INPUTS}, mask, self.vocab_size
+            )
+            per_token = generalized_jsd(student_logits, teacher_logits, self.args.beta)
         if num_items_in_batch is None:  # evaluation: this batch alone
             loss = per_token.sum() / mask.sum().clamp(min=1)
         else:
             # DDP averages gradients over processes; the count is global, so undo that average.
             loss = per_token.sum() / num_items_in_batch * self.accelerator.num_processes
         return (loss, {"per_token": per_token.detach()}) if return_outputs else loss
+
+    def _cross_tokenizer_loss(self, model, inputs) -> torch.Tensor:
+        """Per completion token, the loss against a teacher with another tokenizer; counts each token's loss
+        path while training."""
+        scored = self.cross_teacher.score(inputs)
+        if model.training:
+            for name, count in scored.counts().items():
+                self._since_log[f"{name}_tokens"] += count
+                self.path_tokens[name] += count
+        model_inputs = {k: inputs[k] for k in MODEL_INPUTS}
+        student_logits = completion_logits(model, model_inputs, inputs["completion_mask"], self.vocab_size)
+        return self.cross_teacher.per_token_loss(student_logits, scored, self.args.beta)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Held-out loss on the dataset's completions, or on the student's samples for prompt-only data."""
@@ -303,6 +341,10 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
             logs["completion_tokens"] = int(self._since_log["completion_tokens"])
             logs["tokens_per_second"] = self._since_log["completion_tokens"] / max(elapsed, 1e-9)
             logs["generation_seconds"] = self._since_log["generation_seconds"]
+            if self.cross_teacher is not None:  # the share of completion tokens on each loss path
+                counted = sum(self._since_log[f"{name}_tokens"] for name in PATHS)
+                for name in PATHS:
+                    logs[f"{name}_share"] = self._since_log[f"{name}_tokens"] / max(counted, 1)
             self._since_log.clear()
             self._last_log_time = now
         super().log(logs, start_time)

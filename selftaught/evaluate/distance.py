@@ -150,6 +150,36 @@ class HeldOutSettings:
     max_prompt_length: int  # prompts keep their last this many tokens
 
 
+def greedy_answer_rows(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[int]],
+    questions: list[str],
+    gold_answers: list[str | None],
+    settings: HeldOutSettings,
+    path: Path,
+    name: str,
+) -> tuple[list[list[int]], list[dict]]:
+    """Greedy completion ids of `model` to `prompts` (its `tokenizer`'s ids) and one audit row per prompt
+    (the question as the model saw it, text, ids, gold answer, extracted answer, verdict), saved to `path`;
+    read back from there when present."""
+    if path.exists():
+        rows = read_parquet(path)
+        return [r["completion_ids"] for r in rows], rows
+    params = SamplingParams(settings.max_new_tokens, temperature=0.0)
+    ids = generate_all(model, tokenizer, prompts, params, settings.batch_size, f"{name} answers")
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    rows = []
+    for question, completion_ids, text, answer in zip(questions, ids, texts, gold_answers, strict=True):
+        checked = score_math([text], [answer])[0]  # verdict None without a gold answer
+        rows.append(
+            {"prompt": question, "completion": text, "completion_ids": completion_ids, "gold_answer": answer}
+            | checked
+        )
+    write_parquet(path, rows)
+    return ids, rows
+
+
 class HeldOutEvaluation:
     """Greedy answers and distance to the teacher on held-out prompts: `selftaught distill` before and
     after training, and `selftaught eval distance`, share this one implementation.
@@ -185,31 +215,17 @@ class HeldOutEvaluation:
 
     def greedy_answers(self, model: PreTrainedModel, name: str) -> tuple[list[list[int]], list[dict]]:
         """Greedy completion ids of `model` and one audit row per prompt, read back if saved."""
-        if self.path(name).exists():
-            rows = read_parquet(self.path(name))
-            return [r["completion_ids"] for r in rows], rows
         is_teacher = model is self.teacher
-        prompts = self.teacher_prompts if is_teacher else self.prompts
-        questions = self.teacher_questions if is_teacher else self.questions
-        params = SamplingParams(self.settings.max_new_tokens, temperature=0.0)
-        ids = generate_all(
-            model, self.tokenizer, prompts, params, self.settings.batch_size, f"{name} answers"
+        return greedy_answer_rows(
+            model,
+            self.tokenizer,
+            self.teacher_prompts if is_teacher else self.prompts,
+            self.teacher_questions if is_teacher else self.questions,
+            self.answers,
+            self.settings,
+            self.path(name),
+            name,
         )
-        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        rows = []
-        for question, completion_ids, text, answer in zip(questions, ids, texts, self.answers, strict=True):
-            checked = score_math([text], [answer])[0]  # verdict None without a gold answer
-            rows.append(
-                {
-                    "prompt": question,
-                    "completion": text,
-                    "completion_ids": completion_ids,
-                    "gold_answer": answer,
-                }
-                | checked
-            )
-        write_parquet(self.path(name), rows)
-        return ids, rows
 
     def metrics(self, model: PreTrainedModel, name: str) -> dict[str, float]:
         """Accuracy, boxed share, degeneration measures and (for a student) distance to the teacher."""

@@ -104,7 +104,7 @@ def evaluation_section_of(results: dict | None) -> Section:
             "prompts (eval_results.json holds the training statistics only)."
         )
     section = evaluation_section(
-        ordered(numeric_results(results, skip=("train",)), MODELS),
+        ordered(numeric_results(results, skip=("train", "cross_tokenizer")), MODELS),
         "Held-out evaluation: teacher, student before and after",
         "Greedy answers to the held-out prompts; distances are per token to the teacher's greedy answers. "
         "degenerate_share, distinct_2, mean_tokens and eos_share say whether each model still writes text. "
