@@ -196,3 +196,7 @@ def test_a_teacher_with_another_tokenizer_needs_a_chat_template(tokenizer, gemma
     assert "<start_of_turn>" in bare.chat_template
     same = choose_alignment(tokenizer, copy.deepcopy(tokenizer), None, seq_kd=True)
     assert same.cross is None and same.reason.startswith("token ids")
+    assert (
+        "--teacher_chat_template is not used"
+        in choose_alignment(tokenizer, tokenizer, "gemma3", False).reason
+    )

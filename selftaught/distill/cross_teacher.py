@@ -101,10 +101,12 @@ def choose_alignment(
     except TokenizerMismatchError:
         pass
     else:
+        unused = "; --teacher_chat_template is not used: the teacher reads the student's prompt tokens"
         return Alignment(
             None,
             "token ids: student and teacher share one tokenizer (every token has the same id), so the "
-            "teacher scores the student's own tokens and the loss is the dense generalized JSD",
+            "teacher scores the student's own tokens and the loss is the dense generalized JSD"
+            + (unused if chat_template else ""),
         )
     if chat_template is not None:
         teacher.chat_template = read_chat_template(chat_template)
