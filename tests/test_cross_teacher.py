@@ -20,8 +20,10 @@ from selftaught.distill.cross_teacher import (
     choose_alignment,
     with_teacher_prompts,
 )
-from selftaught.distill.trainer import GKDistillTrainer
+from selftaught.distill.teachers import CompletionBatch
+from selftaught.distill.trainer import MODEL_INPUTS, GKDistillTrainer
 from selftaught.generation.next_token import completion_logprobs
+from selftaught.models import load_model
 from selftaught.models.cross_tokenizer import CrossTokenizer, path_shares
 from selftaught.scoring.logits import completion_logits
 
@@ -58,14 +60,24 @@ def dataset(tokenizer, cross: CrossTokenizer, context: str | None = None):
 
 
 def make_trainer(tmp_path, student_dir, teacher_dir, tokenizer, data, cross=None, **overrides):
+    """test_distill_trainer's trainer on `data` (one batch of QA); with `cross`, its teacher is a
+    `CrossTokenizerTeacher`."""
+    teacher = None
+    if cross is not None:
+        teacher = CrossTokenizerTeacher(load_model(str(teacher_dir)), cross, len(cross.teacher.tokenizer))
     settings = {"per_device_train_batch_size": len(QA)} | overrides
-    return distill_trainer(
-        tmp_path, student_dir, teacher_dir, tokenizer, data, cross_tokenizer=cross, **settings
-    )
+    return distill_trainer(tmp_path, student_dir, teacher_dir, tokenizer, data, teacher=teacher, **settings)
+
+
+def batch(trainer: GKDistillTrainer, data) -> tuple[dict[str, torch.Tensor], CompletionBatch]:
+    """The data's completions as the trainer's inputs, and as the batch its teacher scores."""
+    [inputs] = trainer.complete([trainer.data_collator(list(data))], "data")
+    teacher_inputs = {k: inputs.get(f"teacher_{k}", inputs[k]) for k in MODEL_INPUTS}
+    return inputs, CompletionBatch(teacher_inputs, inputs["completion_mask"].bool())
 
 
 def student_logits(trainer: GKDistillTrainer, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    model_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    model_inputs = {k: inputs[k] for k in MODEL_INPUTS}
     return completion_logits(trainer.model, model_inputs, inputs["completion_mask"], trainer.vocab_size)
 
 
@@ -101,8 +113,8 @@ def test_with_one_tokenizer_the_cross_tokenizer_path_gives_todays_loss_and_gradi
     assert today_grads.keys() == cross_grads.keys()
     for name, grad in today_grads.items():
         torch.testing.assert_close(cross_grads[name], grad, atol=1e-5, rtol=0, msg=name)
-    [inputs] = cross.complete([cross.data_collator(list(data))], "data")
-    assert cross.cross_teacher.score(inputs).counts() == {
+    inputs, teacher_batch = batch(cross, data)
+    assert cross.teacher.scores(teacher_batch).counts() == {
         "shared_support": int(inputs["completion_mask"].sum()),
         "fallback": 0,
         "unaligned": 0,
@@ -118,9 +130,9 @@ def test_across_tokenizers_the_sampled_token_values_sum_to_the_sequence_log_rati
     cross = CrossTokenizer.between(tokenizer, gemma_tokenizer)
     data = dataset(tokenizer, cross)
     trainer = make_trainer(tmp_path, tiny_student, tiny_gemma, tokenizer, data, cross)
-    teacher = CrossTokenizerTeacher(trainer.teacher, cross, len(gemma_tokenizer), loss="sampled_kl")
-    [inputs] = trainer.complete([trainer.data_collator(list(data))], "data")
-    scored = teacher.score(inputs)
+    teacher = CrossTokenizerTeacher(trainer.teacher.model, cross, len(gemma_tokenizer), loss="sampled_kl")
+    inputs, teacher_batch = batch(trainer, data)
+    scored = teacher.scores(teacher_batch)
     assert scored.counts()["shared_support"] == 0  # every token on the sampled-token path
     mask = inputs["completion_mask"].bool()
     with torch.no_grad():
@@ -135,7 +147,7 @@ def test_across_tokenizers_the_sampled_token_values_sum_to_the_sequence_log_rati
     teacher_ids = [gemma_tokenizer(a, add_special_tokens=False)["input_ids"] + [end_of_turn] for _, a in QA]
     teacher_prompts = [tokenize_prompt(gemma_tokenizer, e.prompt) for e in examples()]
     teacher_lp = completion_logprobs(
-        trainer.teacher, teacher_prompts, teacher_ids, gemma_tokenizer.pad_token_id
+        trainer.teacher.model, teacher_prompts, teacher_ids, gemma_tokenizer.pad_token_id
     )
     expected = [sum(s) - sum(t) for s, t in zip(student_lp, teacher_lp, strict=True)]
     assert per_row.tolist() == pytest.approx(expected, abs=1e-3)
@@ -168,12 +180,12 @@ def test_the_uld_fallback_changes_only_the_tokens_off_teacher_boundaries(
     cross = CrossTokenizer.between(tokenizer, gemma_tokenizer)
     data = dataset(tokenizer, cross)
     trainer = make_trainer(tmp_path, tiny_student, tiny_gemma, tokenizer, data, cross)
-    [inputs] = trainer.complete([trainer.data_collator(list(data))], "data")
+    inputs, teacher_batch = batch(trainer, data)
     logits = student_logits(trainer, inputs)
     losses = {}
     for fallback in ("sampled_kl", "uld"):
-        teacher = CrossTokenizerTeacher(trainer.teacher, cross, len(gemma_tokenizer), fallback)
-        scored = teacher.score(inputs)
+        teacher = CrossTokenizerTeacher(trainer.teacher.model, cross, len(gemma_tokenizer), fallback)
+        scored = teacher.scores(teacher_batch)
         losses[fallback] = teacher.per_token_loss(logits, scored, beta=0.5).detach()
     fallback = scored.path == PATHS.index("fallback")
     assert fallback.any()

@@ -40,7 +40,7 @@ from selftaught.models import (
     load_tokenizer,
     shared_vocab_size,
 )
-from selftaught.models.cross_tokenizer import CrossTokenizer
+from selftaught.scoring.logits import completion_logits
 
 STUDENT_ROWS, TEACHER_ROWS = 49152, 49280
 
@@ -73,11 +73,9 @@ def make_trainer(
     train_dataset,
     callbacks: list | None = None,
     teacher: PreTrainedModel | None = None,
-    cross_tokenizer: CrossTokenizer | None = None,
     **overrides,
 ) -> GKDistillTrainer:
-    """A trainer on freshly loaded tiny models (or the given teacher) that reads the dataset in order; with
-    `cross_tokenizer`, the teacher's tokenizer differs from the student's."""
+    """A trainer on freshly loaded tiny models (or the given teacher) that reads the dataset in order."""
     settings = dict(
         output_dir=str(tmp_path / "run"),
         max_steps=1,
@@ -100,7 +98,6 @@ def make_trainer(
         processing_class=tokenizer,
         train_dataset=train_dataset,
         callbacks=callbacks,
-        cross_tokenizer=cross_tokenizer,
     )
     trainer._get_train_sampler = lambda *args, **kwargs: SequentialSampler(train_dataset)
     return trainer
@@ -359,12 +356,12 @@ def test_teacher_stays_frozen_in_eval_mode(tmp_path, tiny_student, tiny_teacher,
         teacher=arriving,
         learning_rate=1e-2,
     )
-    teacher = trainer.accelerator.unwrap_model(trainer.teacher)
+    teacher = trainer.accelerator.unwrap_model(trainer.teacher.model)
     teacher_before = {n: p.detach().clone() for n, p in teacher.named_parameters()}
     student_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
 
-    assert teacher.training is False and trainer.teacher.training is False
+    assert teacher.training is False and trainer.teacher.model.training is False
     for name, param in teacher.named_parameters():
         assert param.requires_grad is False, name
         assert param.grad is None, name
@@ -518,7 +515,7 @@ def test_padded_teacher_vocabulary_is_aligned_to_the_tokenizer(
     tmp_path, tiny_student, tiny_teacher, tokenizer
 ):
     trainer = make_trainer(tmp_path, tiny_student, tiny_teacher, tokenizer, dataset(tokenizer), lmbda=1.0)
-    teacher = trainer.accelerator.unwrap_model(trainer.teacher)
+    teacher = trainer.accelerator.unwrap_model(trainer.teacher.model)
     assert trainer.model.get_output_embeddings().weight.shape[0] == STUDENT_ROWS
     assert teacher.get_output_embeddings().weight.shape[0] == TEACHER_ROWS
     assert len(tokenizer) == STUDENT_ROWS
@@ -605,6 +602,38 @@ def test_loss_is_the_plain_kl_at_the_limits(tmp_path, sharp_student, sharp_teach
         assert recorder.losses == [pytest.approx(expected, rel=1e-4)], f"beta={beta}"
 
 
+@pytest.mark.parametrize("estimator", ["k1", "k3"])
+def test_sampled_kl_trains_on_the_teachers_log_prob_of_each_sampled_token(
+    tmp_path, sharp_student, sharp_teacher, tokenizer, estimator
+):
+    """--loss sampled_kl with the in-process teacher: the loss of an on-policy step is the mean over the
+    student's sampled tokens of log q(x) - log p(x) (k1), or of p/q - 1 - log p/q (k3), from the two models'
+    log-probabilities of those tokens alone."""
+    trainer = on_policy_trainer(
+        tmp_path,
+        sharp_student,
+        sharp_teacher,
+        tokenizer,
+        loss="sampled_kl",
+        kl_estimator=estimator,
+        temperature=1.0,
+    )
+    recorder = Recorder(trainer)
+    trainer.train()
+    [batch] = recorder.batches
+    mask = batch["completion_mask"].bool()
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    tokens = batch["input_ids"][:, -mask.shape[1] :][mask]
+
+    def token_log_probs(folder: Path) -> torch.Tensor:
+        logits = completion_logits(load_model(str(folder)), inputs, mask, len(tokenizer)).double()
+        return logits.log_softmax(-1).gather(-1, tokens[:, None])[:, 0]
+
+    delta = token_log_probs(sharp_student) - token_log_probs(sharp_teacher)  # log q - log p
+    expected = delta if estimator == "k1" else torch.expm1(-delta) + delta
+    assert recorder.losses == [pytest.approx(float(expected.mean()), rel=1e-4)]
+
+
 # --------------------------------------------------------------------------------------------------------
 # 10. Sequence-level KD samples from the teacher
 # --------------------------------------------------------------------------------------------------------
@@ -624,7 +653,7 @@ def test_seq_kd_completions_are_sampled_from_the_teacher(tmp_path, tiny_student,
         return count
 
     trainer.model.register_forward_pre_hook(counter("student"), with_kwargs=True)
-    trainer.accelerator.unwrap_model(trainer.teacher).register_forward_pre_hook(
+    trainer.accelerator.unwrap_model(trainer.teacher.model).register_forward_pre_hook(
         counter("teacher"), with_kwargs=True
     )
 
@@ -643,7 +672,7 @@ def test_seq_kd_never_samples_padded_teacher_rows(tmp_path, tiny_student, tiny_t
     trainer = make_trainer(
         tmp_path, tiny_student, tiny_teacher, tokenizer, dataset(tokenizer), lmbda=0.0, seq_kd=True
     )
-    teacher = trainer.accelerator.unwrap_model(trainer.teacher)
+    teacher = trainer.accelerator.unwrap_model(trainer.teacher.model)
     # An extreme but legal teacher: untie its output layer and put all its mass on the padded rows.
     teacher.lm_head.weight = torch.nn.Parameter(teacher.lm_head.weight.detach().clone(), requires_grad=False)
     with torch.no_grad():

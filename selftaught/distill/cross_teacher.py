@@ -42,7 +42,9 @@ from transformers import PreTrainedTokenizerBase
 
 from selftaught.arguments import ArgumentError
 from selftaught.data.formats import Example
-from selftaught.generation.base import left_pad, right_pad
+from selftaught.distill.teachers import CompletionBatch
+from selftaught.generation.base import SamplingParams, left_pad, right_pad
+from selftaught.generation.hf import eos_ids_of, generate_all
 from selftaught.models.cross_tokenizer import CompletionAlignment, CrossTokenizer, chat_prompt_text
 from selftaught.models.vocab import TokenizerMismatchError, check_same_vocabulary
 from selftaught.scoring.logits import completion_logits, join_prompt_completion
@@ -57,8 +59,6 @@ from selftaught.training.sparse_losses import SparseTeacher, sampled_kl
 
 FALLBACKS = ("sampled_kl", "uld")
 PATHS = ("shared_support", "fallback", "unaligned")
-# the batch columns holding the teacher's own prompt in the teacher's tokens (left-padded)
-PROMPT_IDS, PROMPT_MASK = "teacher_vocab_prompt_ids", "teacher_vocab_prompt_mask"
 TRL_TEMPLATES = Path(trl.chat_template_utils.__file__).parent / "chat_templates"
 
 
@@ -141,12 +141,13 @@ def teacher_prompt_ids(cross: CrossTokenizer, prompt: list[dict[str, str]], max_
 def with_teacher_prompts(
     data: Dataset, examples: Sequence[Example], cross: CrossTokenizer, max_length: int
 ) -> Dataset:
-    """A tokenised dataset with each row's teacher prompt (its `--teacher_context` one, if any) in the
-    teacher's tokens, in place of the student-token teacher prompts of `tokenize_examples`."""
+    """A tokenised dataset whose `teacher_prompt_ids` are each row's teacher prompt (its `--teacher_context`
+    one, if any) in the teacher's tokens: the trainer puts them before the student's completion tokens,
+    and `CrossTokenizerTeacher.scores` reads the two blocks apart (they are never one model's input)."""
     if "teacher_prompt_ids" in data.column_names:
         data = data.remove_columns("teacher_prompt_ids")
     prompts = [teacher_prompt_ids(cross, e.teacher_prompt or e.prompt, max_length) for e in examples]
-    return data.add_column(PROMPT_IDS, prompts)
+    return data.add_column("teacher_prompt_ids", prompts)
 
 
 @dataclass(frozen=True)
@@ -163,41 +164,46 @@ class ScoredBatch:
         return {name: int((self.path == k).sum()) for k, name in enumerate(PATHS)}
 
 
+@dataclass
 class CrossTokenizerTeacher:
-    """A frozen teacher whose tokenizer differs from the student's, as a source of per-token targets."""
+    """A frozen teacher in this process whose tokenizer differs from the student's: a `distill.teachers`
+    source whose scores are per-token targets on the student's tokens (`ScoredBatch`)."""
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        cross: CrossTokenizer,
-        teacher_vocab: int,
-        fallback: str = "sampled_kl",
-        loss: str = "jsd",
-    ) -> None:
-        if fallback not in FALLBACKS:
-            raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
-        self.model, self.cross, self.teacher_vocab = model, cross, teacher_vocab
-        self.fallback, self.loss = fallback, loss
+    model: torch.nn.Module
+    cross: CrossTokenizer
+    vocab_size: int  # the teacher's tokenizer's tokens (its padded embedding rows dropped)
+    fallback: str = "sampled_kl"  # the loss off teacher boundaries: FALLBACKS
+    loss: str = "jsd"  # --loss: jsd (by path) or sampled_kl (every aligned token)
+    batch_size: int = 8  # prompts per generate call
+    alignment: str = ""  # how the run aligns the two tokenizers, and why (`choose_alignment`), for the card
 
-    def _prompt_texts(self, inputs: dict[str, torch.Tensor]) -> list[str]:
-        pieces = self.cross.teacher.pieces
-        return [
-            b"".join(pieces[i] for i in ids[mask.bool()].tolist()).decode()
-            for ids, mask in zip(inputs[PROMPT_IDS], inputs[PROMPT_MASK], strict=True)
-        ]
+    def __post_init__(self) -> None:
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
+
+    @property
+    def name(self) -> str:
+        return getattr(self.model, "name_or_path", None) or type(self.model).__name__
+
+    @property
+    def eos_ids(self) -> list[int]:
+        return eos_ids_of(self.model, self.cross.teacher.tokenizer)
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams, desc: str | None) -> list[list[int]]:
+        """Completions of prompts in the teacher's own tokens, in its tokens."""
+        return generate_all(self.model, self.cross.teacher.tokenizer, prompts, params, self.batch_size, desc)
 
     @torch.no_grad()
-    def score(self, inputs: dict[str, torch.Tensor]) -> ScoredBatch:
-        """The teacher's targets for a trainer batch: `input_ids` ([prompt | completion]), `completion_mask`,
-        and the teacher's own prompt in its tokens (`PROMPT_IDS`, `PROMPT_MASK`)."""
-        mask = inputs["completion_mask"].bool()
-        completions = inputs["input_ids"][:, -mask.shape[1] :]
-        student_ids = [row[keep].tolist() for row, keep in zip(completions, mask, strict=True)]
+    def scores(self, batch: CompletionBatch) -> ScoredBatch:
+        """The teacher's targets for rows of [the teacher's prompt, in its tokens | the student's completion,
+        in the student's tokens] (module docstring)."""
+        pieces = self.cross.teacher.pieces
+        prompt_texts = [b"".join(pieces[i] for i in ids).decode() for ids in batch.prompts()]
+        student_ids = batch.completions()
         alignments = [
-            self.cross.align_after(text, ids)
-            for text, ids in zip(self._prompt_texts(inputs), student_ids, strict=True)
+            self.cross.align_after(text, ids) for text, ids in zip(prompt_texts, student_ids, strict=True)
         ]
-        logits = self._teacher_logits(alignments, inputs["input_ids"].device)
+        logits = self._teacher_logits(alignments, batch.completion_mask.device)
         starts = torch.tensor([0] + [len(a.teacher_completion_ids) for a in alignments]).cumsum(0).tolist()
         teacher_tokens = torch.tensor(
             [i for a in alignments for i in a.teacher_completion_ids], dtype=torch.long, device=logits.device
@@ -228,11 +234,11 @@ class CrossTokenizerTeacher:
         on_support = path == PATHS.index("shared_support")
         elsewhere = path == PATHS.index("fallback")
         return ScoredBatch(
-            student_ids=torch.tensor([i for ids in student_ids for i in ids], device=logits.device),
+            student_ids=batch.token_ids(),
             token_log_probs=spread,
             path=path,
             support=teacher_on_support(logits[rows[on_support]], self.cross.support),
-            sorted_probs=teacher_sorted_probs(logits[rows[elsewhere]], self.teacher_vocab)
+            sorted_probs=teacher_sorted_probs(logits[rows[elsewhere]], self.vocab_size)
             if self.fallback == "uld" and self.loss == "jsd"
             else None,
         )
@@ -247,7 +253,7 @@ class CrossTokenizerTeacher:
         completion_ids, completion_mask = right_pad([a.teacher_completion_ids for a in alignments], pad)
         inputs = join_prompt_completion(prompt_ids, prompt_mask, completion_ids, completion_mask)
         inputs = {k: v.to(device) for k, v in inputs.items()}
-        return completion_logits(self.model, inputs, completion_mask.to(device), self.teacher_vocab)
+        return completion_logits(self.model, inputs, completion_mask.to(device), self.vocab_size)
 
     def per_token_loss(
         self, student_logits: torch.Tensor, scored: ScoredBatch, beta: float, estimator: str = "k3"
@@ -255,15 +261,13 @@ class CrossTokenizerTeacher:
         """[N] the loss at each completion token (module docstring); 0 at unaligned tokens. The sampled-token
         signal's value is `estimator`'s (k3 by default: never negative, so the logged loss is a sum of
         divergence estimates); its gradient is the same for k1 and k3."""
-        loss = student_logits.new_zeros(
-            len(scored.path), dtype=torch.promote_types(student_logits.dtype, torch.float32)
-        )
+        dtype = torch.promote_types(student_logits.dtype, torch.float32)
+        loss = student_logits.new_zeros(len(scored.path), dtype=dtype)
         on_support = scored.path == PATHS.index("shared_support")
         elsewhere = scored.path == PATHS.index("fallback")
         if on_support.any():
-            loss = loss.masked_scatter(
-                on_support, support_jsd(student_logits[on_support], scored.support, self.cross.support, beta)
-            )
+            values = support_jsd(student_logits[on_support], scored.support, self.cross.support, beta)
+            loss = loss.masked_scatter(on_support, values.to(dtype))
         if elsewhere.any():
             logits = student_logits[elsewhere]
             if scored.sorted_probs is not None:
@@ -276,5 +280,5 @@ class CrossTokenizerTeacher:
                     token_log_probs=scored.token_log_probs[elsewhere],
                 )
                 values = sampled_kl(logits, teacher, estimator)
-            loss = loss.masked_scatter(elsewhere, values.to(loss.dtype))
+            loss = loss.masked_scatter(elsewhere, values.to(dtype))
         return loss

@@ -27,8 +27,9 @@ from selftaught.evaluate.distance import (
 )
 from selftaught.evaluate.intervals import paired_comparison
 from selftaught.evaluate.per_byte import answer_nll, per_byte_nll, per_byte_nll_change
+from selftaught.generation.base import SamplingParams
 from selftaught.generation.engines import HFEngine
-from selftaught.generation.hf import eos_ids_of
+from selftaught.generation.hf import eos_ids_of, generate_all
 from selftaught.models.cross_tokenizer import ByteVocabulary, CrossTokenizer
 from selftaught.scoring.degeneration import is_degenerate
 
@@ -64,34 +65,42 @@ class CrossTokenizerEvaluation:
     def _answers(
         self, model: PreTrainedModel, vocabulary: ByteVocabulary, prompts: list, name: str
     ) -> tuple[list[list[int]], list[dict]]:
-        ids = [tokenize_prompt(vocabulary.tokenizer, p)[-self.settings.max_prompt_length :] for p in prompts]
+        tokenizer, batch = vocabulary.tokenizer, self.settings.batch_size
+
+        def generate(ids: list[list[int]], params: SamplingParams, desc: str) -> list[list[int]]:
+            return generate_all(model, tokenizer, ids, params, batch, desc)
+
+        ids = [tokenize_prompt(tokenizer, p)[-self.settings.max_prompt_length :] for p in prompts]
         questions = [p[-1]["content"] for p in prompts]
         return greedy_answer_rows(
-            model, vocabulary.tokenizer, ids, questions, self.gold, self.settings, self.path(name), name
+            generate, tokenizer, ids, questions, self.gold, self.settings.max_new_tokens, self.path(name)
         )
 
+    def teacher_metrics(self) -> dict[str, float]:
+        """The teacher's accuracy, boxed share, degeneration measures and per-byte NLL of its own answers
+        (the floor a student could reach)."""
+        return self._metrics(self.teacher, "teacher", self.cross.teacher, self.teacher_ids, self.teacher_rows)
+
     def metrics(self, model: PreTrainedModel, name: str) -> dict[str, float]:
-        """Accuracy, boxed share, degeneration measures and the per-byte NLL of the teacher's answers (for a
-        student, also its agreement with them)."""
-        is_teacher = model is self.teacher
-        vocabulary = self.cross.teacher if is_teacher else self.cross.student
-        if is_teacher:
-            ids, rows = self.teacher_ids, self.teacher_rows
-        else:
-            ids, rows = self._answers(model, vocabulary, self.prompts, name)
+        """A student's accuracy, boxed share, degeneration measures, per-byte NLL of the teacher's answers
+        and agreement with them."""
+        ids, rows = self._answers(model, self.cross.student, self.prompts, name)
+        results = self._metrics(model, name, self.cross.student, ids, rows)
         texts = [r["completion"] for r in rows]
-        results = answer_metrics(rows) | answer_degeneration(
-            texts, ids, eos_ids_of(model, vocabulary.tokenizer)
-        )
-        engine = HFEngine(model, vocabulary.tokenizer, self.settings.batch_size, name)
-        prompts = self.teacher_prompts if is_teacher else self.prompts
-        self.nll[name] = answer_nll(engine, vocabulary, prompts, self.teacher_answers, self.ended)
-        results["nll_per_byte"] = per_byte_nll(self.nll[name], self.teacher_answers)["nll_per_byte"]
-        if is_teacher:
-            return results
         self.degenerate[name] = [float(is_degenerate(text)) for text in texts]
         agreeing = sum(answers_agree(t, s) for t, s in zip(self.teacher_answers, texts, strict=True))
         return results | {"answer_agreement": agreeing / len(rows)}
+
+    def _metrics(
+        self, model: PreTrainedModel, name: str, vocabulary: ByteVocabulary, ids: list, rows: list[dict]
+    ) -> dict[str, float]:
+        texts = [r["completion"] for r in rows]
+        eos = eos_ids_of(model, vocabulary.tokenizer)
+        results = answer_metrics(rows) | answer_degeneration(texts, ids, eos)
+        engine = HFEngine(model, vocabulary.tokenizer, self.settings.batch_size, name)
+        prompts = self.teacher_prompts if model is self.teacher else self.prompts
+        self.nll[name] = answer_nll(engine, vocabulary, prompts, self.teacher_answers, self.ended)
+        return results | {"nll_per_byte": per_byte_nll(self.nll[name], self.teacher_answers)["nll_per_byte"]}
 
     def changes(self, name: str, against: str) -> list[dict]:
         """How student `name` moved from student `against`: per-byte NLL of the teacher's answers and the
