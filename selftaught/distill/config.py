@@ -67,8 +67,9 @@ class DistillConfig(TrainingArguments):
             "teacher token (about 3% of the shipped math answers' tokens), where the teacher has no "
             "next-token distribution for the same text: sampled_kl, the sampled-token reverse KL on the "
             "teacher's log-probability of the token's span of text; or uld, the distance between the sorted "
-            "probabilities (ULD), which sees only the distributions' shapes. Tokens that start on a teacher "
-            "token boundary always take the generalized JSD over the strings both vocabularies hold."
+            "probabilities (ULD), which sees only the distributions' shapes. With --loss jsd, tokens that "
+            "start on a teacher token boundary take the generalized JSD over the strings both vocabularies "
+            "hold; with --loss sampled_kl every token takes the sampled-token signal and this is not used."
         },
     )
     student_dtype: str = field(
