@@ -27,6 +27,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from common import write_result  # bench/common.py
@@ -40,11 +41,12 @@ RESULTS = ROOT / "bench" / "results" / "cross_tokenizer_distill.json"
 RUNS = ROOT / "runs" / "bench-cross-tokenizer"
 
 
-def run_argv(name: str, steps: int) -> list[str]:
+def run_argv(name: str, steps: int, eval_size: int) -> list[str]:
     argv = ["--config", str(PRESET), "--output_dir", str(RUNS / name), "--max_steps", str(steps)]
     argv += ["--save_steps", "2", "--report_to", "none"]
     if name == "cross":
-        return argv + ["--teacher", str(packaged_gemma_gguf()), "--teacher_chat_template", "gemma3"]
+        gemma = ["--teacher", str(packaged_gemma_gguf()), "--teacher_chat_template", "gemma3"]
+        return argv + gemma + ["--eval_size", str(eval_size)]
     return argv + ["--eval_size", "0"]
 
 
@@ -53,9 +55,9 @@ def finished(name: str) -> bool:
     return (folder / "model.safetensors").is_file() and (folder / "README.md").is_file()
 
 
-def train(name: str, steps: int, budget: float) -> bool:
+def train(name: str, steps: int, eval_size: int, budget: float) -> bool:
     """Run (or resume) one run for at most `budget` seconds; whether it finished."""
-    argv = run_argv(name, steps)
+    argv = run_argv(name, steps, eval_size)
     if any((RUNS / name).glob("checkpoint-*")):
         argv += ["--resume_from_checkpoint", "last"]
     command = [sys.executable, "-m", "selftaught.cli", "distill", *argv]
@@ -100,17 +102,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps of the cross run (demo: 40)")
     parser.add_argument("--timing-steps", type=int, default=6, help="steps of the same-tokenizer run")
-    parser.add_argument("--budget", type=float, default=540, help="seconds of training in this call")
+    parser.add_argument(
+        "--eval-size", type=int, default=32, help="held-out prompts of the cross run (demo: 32)"
+    )
+    parser.add_argument("--budget", type=float, default=540, help="seconds of both runs in this call")
     args = parser.parse_args()
+    deadline = time.monotonic() + args.budget
     for name, steps in (("same", args.timing_steps), ("cross", args.steps)):
-        if not finished(name) and not train(name, steps, args.budget):
+        if not finished(name) and not train(name, steps, args.eval_size, deadline - time.monotonic()):
             print(f"{name}: not finished; rerun this command to resume it")
             return
     results = json.loads((RUNS / "cross" / "eval_results.json").read_text())
     write_result(
         RESULTS,
         {
-            "settings": {"preset": "selftaught/distill/default.yaml", "steps": args.steps},
+            "settings": {
+                "preset": "selftaught/distill/default.yaml",
+                "steps": args.steps,
+                "eval_size": args.eval_size,
+                "timing_steps": args.timing_steps,
+            },
             "held_out": {k: results[k] for k in ("teacher", "student_before", "student_after")},
             "comparisons": results["comparisons"],
             "loss_paths": results["cross_tokenizer"],
