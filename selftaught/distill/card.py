@@ -143,6 +143,7 @@ def distillation_card(
     self_taught = config.teacher == SELF_TEACHER
     how = "Self-distilled on-policy with privileged context" if self_taught else "Distilled on-policy"
     warning = results.warning
+    cross = results.cross_tokenizer
     return CardContent(
         model_name=f"{student_name}-opsd"
         if self_taught
@@ -155,7 +156,7 @@ def distillation_card(
             f"- Student (the starting weights): {model_label(config.student)}\n"
             f"- Teacher: {teacher_label(config)}\n\n" + student_origin(config.student)
         ),
-        method=METHOD + (SELF_METHOD if self_taught else ""),
+        method=METHOD + (SELF_METHOD if self_taught else "") + (CROSS_METHOD if cross else ""),
         citations=[GKD_CITATION] + ([OPSD_CITATION] if self_taught else []),
         hyperparameters=hyperparameters(config),
         data={
@@ -171,6 +172,7 @@ def distillation_card(
         + (["self-distillation", "opsd"] if self_taught else []),
         datasets=[config.data] if not Path(config.data).expanduser().exists() else [],
         extra_sections=({"Warning": warning} if warning else {})
+        | ({"Teacher with another tokenizer": alignment_section(cross)} if cross else {})
         | ({"Closer to the teacher?": closer} if (closer := closeness(results)) else {}),
     )
 
@@ -182,9 +184,43 @@ CLOSENESS_NOTE = (
 )
 
 
+CROSS_CLOSENESS_NOTE = (
+    "The student after training minus before, on the teacher's greedy answers to the held-out prompts: "
+    "nll_per_byte is the student's negative log-likelihood of those answers per UTF-8 byte (lower is closer; "
+    "per byte, not per token, because the two tokenizers cut text differently). degenerate_share is the "
+    "share of the student's own answers that loop or are empty: lower is better."
+)
+
+
 def closeness(results: DistillResults) -> str:
     """The trained student against its start on every distance to the teacher, with 95% intervals."""
-    return comparison_table(results.comparisons or [], "student_after", CLOSENESS_NOTE)
+    note = CROSS_CLOSENESS_NOTE if results.cross_tokenizer else CLOSENESS_NOTE
+    return comparison_table(results.comparisons or [], "student_after", note)
+
+
+CROSS_METHOD = (
+    " The teacher's tokenizer differs from the student's: each completion is turned into text, "
+    "re-tokenised by the teacher after its own chat template, and the teacher's log-probabilities are "
+    "mapped back onto the student's tokens by byte spans (a teacher token that straddles two student tokens "
+    "is shared by bytes). Where a student token starts on a teacher token boundary, the loss is the "
+    "generalized JSD over the token strings both vocabularies hold plus one tail bin for the rest; "
+    "elsewhere it is `cross_tokenizer_fallback`."
+)
+
+
+def alignment_section(cross: dict) -> str:
+    """The alignment the run used and why, and the share of the trained completion tokens on each path."""
+    shares = ", ".join(
+        f"{name.removesuffix('_share').replace('_', ' ')} {value:.1%}"
+        for name, value in cross.items()
+        if name.endswith("_share")
+    )
+    return (
+        f"Alignment: {cross['alignment']}.\n\nFallback loss: `{cross['fallback']}`. Of the "
+        f"{cross['completion_tokens']} completion tokens trained on: {shares} (shared support: the "
+        "generalized JSD over the shared strings; fallback; unaligned: past the last whole UTF-8 character, "
+        "no loss)."
+    )
 
 
 def student_origin(student: str) -> str:

@@ -13,6 +13,7 @@ import torch
 from transformers import TrainingArguments
 
 from selftaught.arguments import ArgumentError, check_at_least, check_output_folder, check_training_length
+from selftaught.distill.cross_teacher import FALLBACKS, read_chat_template
 from selftaught.generation.base import require_vllm
 from selftaught.generation.policy import POLICY_ENGINES, VLLM_MODES
 
@@ -35,9 +36,11 @@ class DistillConfig(TrainingArguments):
     teacher: str | None = field(
         default=None,
         metadata={
-            "help": "Frozen teacher sharing the student's tokenizer: Hub id, local folder or .gguf "
-            "file; or `self`: a frozen copy of the student's starting weights (self-distillation, which "
-            "needs --teacher_context). Default: the embedded SmolLM2-135M-Instruct."
+            "help": "Frozen teacher: Hub id, local folder or .gguf file; or `self`: a frozen copy of the "
+            "student's starting weights (self-distillation, which needs --teacher_context). A teacher with "
+            "another tokenizer reads the student's completions as text, re-tokenised after its own chat "
+            "template (see --teacher_chat_template, --cross_tokenizer_fallback). Default: the embedded "
+            "SmolLM2-135M-Instruct."
         },
     )
     teacher_context: str | None = field(
@@ -47,6 +50,26 @@ class DistillConfig(TrainingArguments):
             "name (`solution`) or a template with {column} fields ('Here is a reference solution:\\n"
             "{solution}'). It is appended to the prompt's last user turn, after the problem, following a "
             "blank line; the student samples and is scored without it."
+        },
+    )
+    teacher_chat_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Chat template of a teacher whose tokenizer differs from the student's: a Jinja file, or "
+            "the name of one TRL ships (gemma3, llama3, qwen3, ...). Needed when that teacher has none (a "
+            "base model's GGUF); given, it replaces the teacher's own."
+        },
+    )
+    cross_tokenizer_fallback: str = field(
+        default="sampled_kl",
+        metadata={
+            "help": "For a teacher with another tokenizer, the loss at completion tokens that start inside a "
+            "teacher token (about 3% of the shipped math answers' tokens), where the teacher has no "
+            "next-token distribution for the same text: sampled_kl, the sampled-token reverse KL on the "
+            "teacher's log-probability of the token's span of text; or uld, the distance between the sorted "
+            "probabilities (ULD), which sees only the distributions' shapes. With --loss jsd, tokens that "
+            "start on a teacher token boundary take the generalized JSD over the strings both vocabularies "
+            "hold; with --loss sampled_kl every token takes the sampled-token signal and this is not used."
         },
     )
     student_dtype: str = field(
@@ -305,6 +328,13 @@ class DistillConfig(TrainingArguments):
             raise ArgumentError(f"--vllm_mode must be one of {VLLM_MODES}, got {self.vllm_mode!r}")
         if self.engine == "vllm":
             require_vllm()
+        if self.cross_tokenizer_fallback not in FALLBACKS:
+            raise ArgumentError(
+                f"--cross_tokenizer_fallback must be one of {FALLBACKS}, "
+                f"got {self.cross_tokenizer_fallback!r}"
+            )
+        if self.teacher_chat_template is not None:
+            read_chat_template(self.teacher_chat_template)  # refused before any model loads
         if self.teacher == SELF_TEACHER and not self.teacher_context:
             raise ArgumentError(
                 "--teacher self without --teacher_context would teach nothing: the frozen copy of the "

@@ -4,10 +4,11 @@ The whole run, top to bottom (`distill_into_output_dir`, one function per step):
   1. resolve the models and data (the embedded SmolLM2 pair and the shipped math prompts by default,
      `resolve_defaults`), read the data, turn rows into chat prompts (+ completions) and hold out an
      evaluation split (`load_examples`: before any model loads, as it fails fast and cheap);
-  2. load the tokenizer, checked against the teacher's, the student (LoRA adapters with --use_peft) and the
-     teacher (`load_models`);
+  2. load the tokenizer, the student (LoRA adapters with --use_peft) and the teacher (`load_models`), aligned
+     by token ids when they share a tokenizer, by byte offsets when they do not (`distill.cross_teacher`);
   3. evaluate the teacher once and the student before training, on the held-out prompts
-     (`evaluate_before_training`);
+     (`evaluate_before_training`; across tokenizers the per-byte NLL of the teacher's answers,
+     `evaluate.cross_tokenizer`);
   4. train with `GKDistillTrainer` (`build_trainer`; resumable from the last checkpoint);
   5. save the student in Hugging Face format, evaluate it again (`evaluate_after_training`, which ends with
      a warning when training made the student's answers degenerate or moved it away from its teacher), and
@@ -36,9 +37,17 @@ from selftaught.data.shards import StageMismatchError
 from selftaught.distill.card import distillation_card
 from selftaught.distill.config import SELF_TEACHER, DistillConfig
 from selftaught.distill.context import add_teacher_context
+from selftaught.distill.cross_teacher import (
+    PATHS,
+    Alignment,
+    CrossTokenizerTeacher,
+    choose_alignment,
+    with_teacher_prompts,
+)
 from selftaught.distill.results import DistillResults
 from selftaught.distill.teachers import InProcessTeacher, ServedTeacher, Teacher, TeacherUnavailableError
 from selftaught.distill.trainer import GKDistillTrainer
+from selftaught.evaluate.cross_tokenizer import CrossTokenizerEvaluation
 from selftaught.evaluate.distance import HeldOutEvaluation, HeldOutSettings, drift_warning
 from selftaught.models import check_same_vocabulary, load_model, load_tokenizer, shared_vocab_size
 from selftaught.models.check import check_model_flags
@@ -161,15 +170,34 @@ def load_teacher(config: DistillConfig, student: PreTrainedModel) -> PreTrainedM
     return load_model(config.teacher, dtype, config.trust_remote_code)
 
 
-def teacher_source(config: DistillConfig, student: PreTrainedModel, tokenizer, probe: Example) -> Teacher:
+def teacher_source(
+    config: DistillConfig, student: PreTrainedModel, tokenizer, probe: Example, alignment: Alignment
+) -> Teacher:
     """Where the teacher's scores come from: the server at --teacher_url (checked on `probe`'s prompt before
-    any training: its prompt log-probabilities, K of them, and its tokenizer), else `load_teacher`'s model."""
+    any training: its prompt log-probabilities, K of them, and its tokenizer), else `load_teacher`'s model,
+    as a `CrossTokenizerTeacher` when its tokenizer is another (`alignment.cross`)."""
     if config.teacher_url:
         served = ServedTeacher(config.teacher_url, config.teacher_top_k_used, tokenizer)
         ids = tokenize_prompt(tokenizer, probe.teacher_prompt or probe.prompt)[-config.max_prompt_length :]
         served.check(ids[:1], ids[1:])
         return served
     model = load_teacher(config, student)
+    if (cross := alignment.cross) is not None:
+        # its greedy held-out answers end where its chat template ends a turn
+        model.generation_config.eos_token_id = [
+            cross.teacher.tokenizer.eos_token_id,
+            cross.teacher.end_of_turn,
+        ]
+        teacher_vocab = shared_vocab_size(cross.teacher.tokenizer, model)
+        return CrossTokenizerTeacher(
+            model,
+            cross,
+            teacher_vocab,
+            config.cross_tokenizer_fallback,
+            config.loss,
+            config.per_device_eval_batch_size,
+            alignment.reason,
+        )
     vocab_size = shared_vocab_size(tokenizer, student, model)
     return InProcessTeacher(model, tokenizer, vocab_size, config.per_device_eval_batch_size)
 
@@ -204,6 +232,8 @@ def distill_into_output_dir(config: DistillConfig) -> DistillResults:
         if evaluation is not None:
             evaluate_after_training(trainer, evaluation, results)
         results.train = {k: v for k, v in train_output.metrics.items() if isinstance(v, (int, float))}
+        if isinstance(trainer.teacher, CrossTokenizerTeacher):
+            results.cross_tokenizer = cross_tokenizer_summary(config, trainer.teacher, trainer.path_tokens)
         trained = prompts_trained_on(config, train_output.global_step, len(train_examples))
         write_outputs(config, results, (trained, len(train_examples)), len(eval_examples))
     trainer.accelerator.wait_for_everyone()
@@ -238,14 +268,38 @@ def prepare_output_dir(config: DistillConfig) -> str | bool | None:
 def load_models(
     config: DistillConfig, probe: Example
 ) -> tuple[PreTrainedTokenizerBase, PreTrainedModel, Teacher]:
-    """The run's tokenizer (the student's, checked against the teacher's when --teacher names one), the
-    student (with LoRA adapters under --use_peft) and the frozen teacher (`teacher_source`)."""
+    """The run's tokenizer (the student's), the student (with LoRA adapters under --use_peft) and the frozen
+    teacher (`teacher_source`), aligned as `teacher_alignment` chose and said."""
     tokenizer = load_tokenizer(config.student, config.trust_remote_code)
-    if config.teacher not in (SELF_TEACHER, None):
-        check_same_vocabulary(tokenizer, load_tokenizer(config.teacher, config.trust_remote_code))
+    alignment = teacher_alignment(config, tokenizer)
+    print(f"[distill] alignment: {alignment.reason}")
     student = load_model(config.student, config.student_dtype, config.trust_remote_code)
-    teacher = teacher_source(config, student, tokenizer, probe)  # before the adapters: `self` copies it
+    # before the adapters: `self` copies the start
+    teacher = teacher_source(config, student, tokenizer, probe, alignment)
     return tokenizer, with_lora(config, student) if config.use_peft else student, teacher
+
+
+def teacher_alignment(config: DistillConfig, tokenizer: PreTrainedTokenizerBase) -> Alignment:
+    """How the teacher's targets reach the student's tokens (`distill.cross_teacher.choose_alignment`). A
+    served teacher must share the student's tokenizer (its server scores the student's token ids)."""
+    if config.teacher in (SELF_TEACHER, None):
+        return Alignment(None, "token ids: the teacher shares the student's tokenizer")
+    teacher_tokenizer = load_tokenizer(config.teacher, config.trust_remote_code)
+    if config.teacher_url:
+        check_same_vocabulary(tokenizer, teacher_tokenizer)
+    return choose_alignment(tokenizer, teacher_tokenizer, config.teacher_chat_template, config.seq_kd)
+
+
+def cross_tokenizer_summary(config: DistillConfig, teacher: CrossTokenizerTeacher, path_tokens: dict) -> dict:
+    """What eval_results.json and the card say of a cross-tokenizer run: the alignment and why, the
+    fallback loss, and the share of the completion tokens trained on that took each loss path."""
+    total = sum(path_tokens.values())
+    return {
+        "alignment": teacher.alignment,
+        "fallback": config.cross_tokenizer_fallback,
+        "completion_tokens": total,
+        **{f"{name}_share": path_tokens[name] / max(total, 1) for name in PATHS},
+    }
 
 
 def with_lora(config: DistillConfig, student: PreTrainedModel) -> PreTrainedModel:
@@ -270,15 +324,20 @@ def build_trainer(
     eval_examples: list[Example],
 ) -> GKDistillTrainer:
     lengths = (config.max_prompt_length, config.max_new_tokens)
+
+    def dataset(examples: list[Example]):
+        data = tokenize_examples(tokenizer, examples, *lengths)
+        if isinstance(teacher, CrossTokenizerTeacher):  # the teacher's prompts in its own tokens
+            return with_teacher_prompts(data, examples, teacher.cross, config.max_prompt_length)
+        return data
+
     trainer = GKDistillTrainer(
         model=student,
         teacher=teacher,
         args=config,
         processing_class=tokenizer,
-        train_dataset=tokenize_examples(tokenizer, train_examples, *lengths),
-        eval_dataset=tokenize_examples(tokenizer, eval_examples, *lengths)
-        if eval_examples and config.eval_strategy != "no"
-        else None,
+        train_dataset=dataset(train_examples),
+        eval_dataset=dataset(eval_examples) if eval_examples and config.eval_strategy != "no" else None,
         callbacks=[MetricsFileCallback(Path(config.output_dir) / "metrics.jsonl")],
     )
     replace_progress_bar(trainer)
@@ -314,7 +373,12 @@ def evaluate_before_training(
                 "plus a tail bin: forward_kl, reverse_kl and jsd are lower bounds of the full-vocabulary "
                 "ones; top1_agreement is exact"
             )
-        evaluation = HeldOutEvaluation(teacher, trainer.processing_class, eval_examples, folder, settings)
+        if isinstance(teacher, CrossTokenizerTeacher):
+            evaluation = CrossTokenizerEvaluation(
+                teacher.model, teacher.cross, eval_examples, folder, settings
+            )
+        else:
+            evaluation = HeldOutEvaluation(teacher, trainer.processing_class, eval_examples, folder, settings)
         results.teacher = evaluation.teacher_metrics()
         results.student_before = evaluation.metrics(trainer.model, "student_before")
     trainer.accelerator.wait_for_everyone()

@@ -23,6 +23,8 @@ class DistillResults:
     comparisons: list[dict] | None = None
     warning: str | None = None
     train: dict[str, float] = field(default_factory=dict)
+    # a teacher with another tokenizer: the alignment and why, the fallback loss, the share on each path
+    cross_tokenizer: dict | None = None
 
     def evaluated(self) -> dict[str, dict[str, float]]:
         """{model: metrics} of the models the held-out evaluation measured, in `MODELS` order."""
@@ -31,7 +33,8 @@ class DistillResults:
     def to_json(self) -> dict:
         """eval_results.json's object: the fields that hold something, in the order above."""
         parts = self.evaluated() | {"comparisons": self.comparisons, "warning": self.warning}
-        return {k: v for k, v in parts.items() if v is not None} | {"train": self.train}
+        written = {k: v for k, v in parts.items() if v is not None} | {"train": self.train}
+        return written | ({"cross_tokenizer": self.cross_tokenizer} if self.cross_tokenizer else {})
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), indent=2))
@@ -50,4 +53,5 @@ class DistillResults:
             comparisons=typed("comparisons", list),
             warning=typed("warning", str),
             train=typed("train", dict) or {},
+            cross_tokenizer=typed("cross_tokenizer", dict),
         )

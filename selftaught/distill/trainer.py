@@ -17,6 +17,8 @@ exact generalized JSD) or a server (its top-K log-probabilities: the JSD on top-
 `training.sparse_losses`); `--loss sampled_kl` uses the teacher's log-probability of each sampled token alone.
 When the data gives the teacher prompts of its own (privileged context, `distill.context`), the teacher
 reads [its prompt | the same completion tokens] and scores exactly the student's completion positions.
+A teacher with another tokenizer (`distill.cross_teacher`) reads the completions' text re-tokenised after
+its own prompt and gives per-token targets back; the share of completion tokens on each loss path is logged.
 Everything distributed (DDP, DeepSpeed, FSDP) comes from accelerate through `Trainer`; the teacher
 is wrapped with TRL's helpers for DeepSpeed and FSDP. Samples come from a policy engine
 (`selftaught.generation.policy`): the live student (`hf`) or vLLM through TRL's backend (`vllm`), which
@@ -37,6 +39,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 from trl.models.utils import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generation
 
 from selftaught.distill.config import DistillConfig
+from selftaught.distill.cross_teacher import PATHS, CrossTokenizerTeacher, ScoredBatch
 from selftaught.distill.teachers import CompletionBatch, InProcessTeacher, Teacher, TeacherScores
 from selftaught.generation.base import SamplingParams, left_pad, right_pad
 from selftaught.generation.policy import HFPolicyEngine, PolicyEngine
@@ -123,7 +126,10 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
             teacher = InProcessTeacher(teacher, processing_class, vocab_size, args.per_device_eval_batch_size)
         in_process = isinstance(teacher, InProcessTeacher)
         self.vocab_size = shared_vocab_size(processing_class, model, *([teacher.model] if in_process else []))
-        self.teacher = replace(teacher, model=self._prepare_teacher(teacher.model)) if in_process else teacher
+        if in_process or isinstance(teacher, CrossTokenizerTeacher):  # a model of its own to place
+            teacher = replace(teacher, model=self._prepare_teacher(teacher.model))
+        self.teacher = teacher
+        self.path_tokens: dict[str, int] = dict.fromkeys(PATHS, 0)  # across tokenizers: the run's, per path
         self.sampling = SamplingParams(args.max_new_tokens, args.temperature, args.top_p)
         # every sampler draws an optimizer step's completions in one batch: decoding a small model reads
         # all its weights per token whatever the batch (on 2 CPU cores 16 prompts take 1.5x the time of 4);
@@ -310,6 +316,10 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
         )
         with torch.no_grad():
             teacher_scores = self.teacher.scores(teacher_batch)
+        if isinstance(teacher_scores, ScoredBatch) and model.training:
+            for name, count in teacher_scores.counts().items():
+                self._since_log[f"{name}_tokens"] += count
+                self.path_tokens[name] += count
         student_logits = completion_logits(model, model_inputs, mask, self.vocab_size)
         per_token = self.per_token_loss(student_logits, teacher_scores, teacher_batch)
         if num_items_in_batch is None:  # evaluation: this batch alone
@@ -323,7 +333,11 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
         self, student_logits: torch.Tensor, teacher: TeacherScores, batch: CompletionBatch
     ) -> torch.Tensor:
         """--loss at each completion position: the generalized JSD, exact on the teacher's logits or on its
-        top-K + a tail bin; or sampled_kl, from the teacher's log-probability of each actual token."""
+        top-K + a tail bin; or sampled_kl, from the teacher's log-probability of each actual token. Across
+        tokenizers, by each token's path (`CrossTokenizerTeacher.per_token_loss`)."""
+        if isinstance(teacher, ScoredBatch):
+            estimator = self.args.kl_estimator_used if self.args.loss == "sampled_kl" else "k3"
+            return self.teacher.per_token_loss(student_logits, teacher, self.args.beta, estimator)
         if self.args.loss == "sampled_kl":
             if isinstance(teacher, torch.Tensor):  # of the full distribution, only the actual tokens' count
                 teacher = SparseTeacher.from_logits(teacher, batch.token_ids(), k=1)
@@ -353,6 +367,10 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
             logs["completion_tokens"] = int(self._since_log["completion_tokens"])
             logs["tokens_per_second"] = self._since_log["completion_tokens"] / max(elapsed, 1e-9)
             logs["generation_seconds"] = self._since_log["generation_seconds"]
+            if isinstance(self.teacher, CrossTokenizerTeacher):  # the share of the tokens on each loss path
+                counted = sum(self._since_log[f"{name}_tokens"] for name in PATHS)
+                for name in PATHS:
+                    logs[f"{name}_share"] = self._since_log[f"{name}_tokens"] / max(counted, 1)
             self._since_log.clear()
             self._last_log_time = now
         super().log(logs, start_time)

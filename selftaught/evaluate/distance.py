@@ -171,6 +171,34 @@ class HeldOutSettings:
     max_prompt_length: int  # prompts keep their last this many tokens
 
 
+def greedy_answer_rows(
+    generate: Callable,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[int]],
+    questions: list[str],
+    gold_answers: list[str | None],
+    max_new_tokens: int,
+    path: Path,
+) -> tuple[list[list[int]], list[dict]]:
+    """Greedy completion ids from `generate` (as `Teacher.generate`) of `prompts` (ids of `tokenizer`, which
+    decodes the answers) and one audit row per prompt (the question as the model saw it, text, ids, gold
+    answer, extracted answer, verdict), saved to `path` (`<name>.parquet`); read back when present."""
+    if path.exists():
+        rows = read_parquet(path)
+        return [r["completion_ids"] for r in rows], rows
+    ids = generate(prompts, SamplingParams(max_new_tokens, temperature=0.0), f"{path.stem} answers")
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    rows = []
+    for question, completion_ids, text, answer in zip(questions, ids, texts, gold_answers, strict=True):
+        checked = score_math([text], [answer])[0]  # verdict None without a gold answer
+        rows.append(
+            {"prompt": question, "completion": text, "completion_ids": completion_ids, "gold_answer": answer}
+            | checked
+        )
+    write_parquet(path, rows)
+    return ids, rows
+
+
 class HeldOutEvaluation:
     """Greedy answers and distance to the teacher on held-out prompts: `selftaught distill` before and
     after training, and `selftaught eval distance`, share this one implementation.
@@ -214,29 +242,15 @@ class HeldOutEvaluation:
     ) -> tuple[list[list[int]], list[dict]]:
         """Greedy completion ids from `generate` (as `Teacher.generate`) of the student's prompts, or of the
         teacher's own `as_teacher`, and one audit row per prompt; read back if saved."""
-        if self.path(name).exists():
-            rows = read_parquet(self.path(name))
-            return [r["completion_ids"] for r in rows], rows
-        prompts = self.teacher_prompts if as_teacher else self.prompts
-        questions = self.teacher_questions if as_teacher else self.questions
-        ids = generate(
-            prompts, SamplingParams(self.settings.max_new_tokens, temperature=0.0), f"{name} answers"
+        return greedy_answer_rows(
+            generate,
+            self.tokenizer,
+            self.teacher_prompts if as_teacher else self.prompts,
+            self.teacher_questions if as_teacher else self.questions,
+            self.answers,
+            self.settings.max_new_tokens,
+            self.path(name),
         )
-        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        rows = []
-        for question, completion_ids, text, answer in zip(questions, ids, texts, self.answers, strict=True):
-            checked = score_math([text], [answer])[0]  # verdict None without a gold answer
-            rows.append(
-                {
-                    "prompt": question,
-                    "completion": text,
-                    "completion_ids": completion_ids,
-                    "gold_answer": answer,
-                }
-                | checked
-            )
-        write_parquet(self.path(name), rows)
-        return ids, rows
 
     def teacher_metrics(self) -> dict[str, float]:
         """The teacher's accuracy, boxed share and degeneration measures."""

@@ -310,13 +310,17 @@ class CrossTokenizer:
     ) -> CompletionAlignment:
         """The teacher's tokens for the student's `completion_ids` after `teacher_prompt` (chat messages),
         and how their log-probabilities map back (see the module's docstring)."""
+        return self.align_after(chat_prompt_text(self.teacher.tokenizer, teacher_prompt), completion_ids)
+
+    def align_after(self, teacher_prompt_text: str, completion_ids: Sequence[int]) -> CompletionAlignment:
+        """`align`, after a prompt the teacher's chat template has already rendered."""
         ended = bool(completion_ids) and completion_ids[-1] in self.stop_ids
         body = list(completion_ids[:-1] if ended else completion_ids)
         s_starts, s_ends = self.student.spans(body)
         data = b"".join(self.student.pieces[i] for i in body)
         kept = valid_prefix(s_ends, data)
         text = data[: s_ends[kept - 1] if kept else 0].decode()
-        teacher = self.teacher.tokenize_after(chat_prompt_text(self.teacher.tokenizer, teacher_prompt), text)
+        teacher = self.teacher.tokenize_after(teacher_prompt_text, text)
         shares = overlap_shares((s_starts[:kept], s_ends[:kept]), (teacher.starts, teacher.ends))
         completion = list(teacher.text_ids)
         teacher_starts = set(teacher.starts)

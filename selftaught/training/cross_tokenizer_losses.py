@@ -48,23 +48,40 @@ def support_log_probs(
     return torch.cat([binned, rest_log_prob], dim=-1)
 
 
+def has_tail(support: SharedSupport) -> bool:
+    """Whether either vocabulary holds strings the other lacks (then each side has a tail bin)."""
+    return bool(len(support.student_rest) or len(support.teacher_rest))
+
+
+@torch.no_grad()
+def teacher_on_support(teacher_logits: torch.Tensor, support: SharedSupport) -> torch.Tensor:
+    """[rows, shared strings (+1)]: the teacher's log-probabilities over the shared strings (and its tail),
+    computed in row chunks: what `shared_support_jsd` compares with, and all a caller must keep of the
+    teacher's full logits."""
+    tail = has_tail(support)
+    chunks = [
+        support_log_probs(rows, support.teacher_ids, support.teacher_rest, tail)
+        for rows in teacher_logits.split(CHUNK_ROWS)
+    ]
+    return torch.cat(chunks) if chunks else teacher_logits.new_zeros(0, len(support.teacher_ids) + tail)
+
+
 def shared_support_jsd(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, support: SharedSupport, beta: float
 ) -> torch.Tensor:
     """Per row, the generalized JSD between the student's and the teacher's next-token distributions over
     the shared strings plus a tail bin; rows are positions where both predict from the same text. Only
     the student's logits get a gradient."""
-    tail = bool(len(support.student_rest) or len(support.teacher_rest))
-    student = support_log_probs(student_logits, support.student_ids, support.student_rest, tail)
-    with torch.no_grad():
-        teacher = torch.cat(
-            [
-                support_log_probs(rows, support.teacher_ids, support.teacher_rest, tail)
-                for rows in teacher_logits.split(CHUNK_ROWS)
-            ]
-        )
+    return support_jsd(student_logits, teacher_on_support(teacher_logits, support), support, beta)
+
+
+def support_jsd(
+    student_logits: torch.Tensor, teacher_binned: torch.Tensor, support: SharedSupport, beta: float
+) -> torch.Tensor:
+    """`shared_support_jsd` against the teacher already on the support (`teacher_on_support`)."""
+    student = support_log_probs(student_logits, support.student_ids, support.student_rest, has_tail(support))
     # log-probabilities are valid logits: generalized_jsd's softmax leaves them as they are
-    return generalized_jsd(student, teacher, beta)
+    return generalized_jsd(student, teacher_binned, beta)
 
 
 def uld_distance(
@@ -73,12 +90,24 @@ def uld_distance(
     """Per row, the ULD distance: sum_i |s_(i) - t_(i)| over the two distributions sorted in decreasing
     order (each over its tokenizer's first `*_vocab` columns), the shorter one padded with zeros. In [0, 2];
     only the student's logits get a gradient."""
+    return uld_against(student_logits, teacher_sorted_probs(teacher_logits, teacher_vocab), student_vocab)
+
+
+@torch.no_grad()
+def teacher_sorted_probs(teacher_logits: torch.Tensor, teacher_vocab: int) -> torch.Tensor:
+    """The teacher's side of ULD: its probabilities sorted in decreasing order, in row chunks."""
+    chunks = [_sorted_probs(rows, teacher_vocab) for rows in teacher_logits.split(CHUNK_ROWS)]
+    return torch.cat(chunks) if chunks else teacher_logits.new_zeros(0, teacher_vocab, dtype=torch.float32)
+
+
+def uld_against(
+    student_logits: torch.Tensor, teacher_sorted: torch.Tensor, student_vocab: int
+) -> torch.Tensor:
+    """`uld_distance` against the teacher's sorted probabilities (`teacher_sorted_probs`)."""
     student = _sorted_probs(student_logits, student_vocab)
-    with torch.no_grad():
-        teacher = torch.cat([_sorted_probs(rows, teacher_vocab) for rows in teacher_logits.split(CHUNK_ROWS)])
-    common = min(student_vocab, teacher_vocab)
-    shared = (student[..., :common] - teacher[..., :common]).abs().sum(-1)
-    return shared + student[..., common:].sum(-1) + teacher[..., common:].sum(-1)
+    common = min(student_vocab, teacher_sorted.shape[-1])
+    shared = (student[..., :common] - teacher_sorted[..., :common]).abs().sum(-1)
+    return shared + student[..., common:].sum(-1) + teacher_sorted[..., common:].sum(-1)
 
 
 def _sorted_probs(logits: torch.Tensor, vocab: int) -> torch.Tensor:
