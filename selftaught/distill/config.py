@@ -271,3 +271,77 @@ class DistillConfig(TrainingArguments):
                 "completions), and --lmbda 1 leaves none. Lower --lmbda, or drop --seq_kd."
             )
         self.remove_unused_columns = False
+
+
+def _distill_field(name: str):
+    """A field of `DistillConfig`, with its default and help, for a command that reads the same data."""
+    shared = DistillConfig.__dataclass_fields__[name]
+    return field(default=shared.default, metadata=shared.metadata)
+
+
+@dataclass
+class CacheTeacherConfig:
+    """`selftaught distill cache-teacher`: the teacher's top-K log-probabilities for every training row's
+    completion, written once, for `selftaught distill --teacher_cache` (see `distill.teacher_cache`). The
+    data and prompt flags mean what they mean for `selftaught distill`, and must be given the same there."""
+
+    teacher: str | None = _distill_field("teacher")
+    teacher_context: str | None = _distill_field("teacher_context")
+    teacher_dtype: str = field(
+        default="float32", metadata={"help": "Dtype the teacher is loaded in (engine hf)."}
+    )
+    trust_remote_code: bool = _distill_field("trust_remote_code")
+    data: str | None = _distill_field("data")
+    data_config: str | None = _distill_field("data_config")
+    data_split: str = _distill_field("data_split")
+    prompt_column: str | None = _distill_field("prompt_column")
+    completion_column: str | None = _distill_field("completion_column")
+    answer_column: str | None = _distill_field("answer_column")
+    max_prompt_length: int = _distill_field("max_prompt_length")
+    max_new_tokens: int = _distill_field("max_new_tokens")
+    top_k: int = field(
+        default=32,
+        metadata={
+            "help": "Top log-probabilities stored per completion token (about 8 bytes each on disk); the "
+            "sparse loss's bias falls as K grows (README, 'Sparse losses')."
+        },
+    )
+    samples: int = field(
+        default=0,
+        metadata={
+            "help": "Teacher samples per prompt to cache besides the data's completion, for "
+            "`distill --teacher_cache --seq_kd` (0: the data's completions only)."
+        },
+    )
+    temperature: float = _distill_field("temperature")
+    top_p: float = _distill_field("top_p")
+    seed: int = field(default=42, metadata={"help": "Seeds the teacher's samples (per shard: reruns agree)."})
+    batch_size: int = field(default=8, metadata={"help": "Sequences the teacher scores or samples at once."})
+    shard_size: int = field(
+        default=64,
+        metadata={"help": "Training rows per shard: the work a kill can lose, and a rerun redoes."},
+    )
+    output_dir: str | None = field(
+        default=None, metadata={"help": "The cache folder (required); a rerun resumes it."}
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "Discard a cache made with other settings in --output_dir."}
+    )
+
+    def __post_init__(self) -> None:
+        if not self.output_dir:
+            raise ArgumentError("--output_dir is required: the folder the teacher cache is written to")
+        check_at_least(
+            self,
+            {
+                "top_k": 1,
+                "samples": 0,
+                "batch_size": 1,
+                "shard_size": 1,
+                "max_prompt_length": 1,
+                "max_new_tokens": 1,
+            },
+        )
+        if self.temperature <= 0:
+            raise ArgumentError(f"--temperature must be > 0 for sampling, got {self.temperature}")
+        check_output_folder(self.output_dir, "--output_dir")
