@@ -81,9 +81,9 @@ def test_cached_top_k_equals_the_live_teacher(cache, tiny_teacher, data):
     tokenizer = load_tokenizer(str(tiny_teacher))
     examples = read_split(config_for(tiny_teacher, data), "train")
     rows = tokenize_examples(tokenizer, examples, 64, 16)
-    reader = TeacherCache(cache, REDO)
     vocab = len(tokenizer)
-    cached = [reader.completion(i, sample, vocab) for i in range(len(rows)) for sample in (DATA_SAMPLE, 0)]
+    reader = TeacherCache(cache, REDO, vocab)
+    cached = [reader.completion(i, sample) for i in range(len(rows)) for sample in (DATA_SAMPLE, 0)]
     # the data's completions are the training rows' own; the samples are the teacher's (EOS-ended or full)
     assert [c.completion_ids for c in cached[::2]] == rows["completion_ids"]
     assert all(0 < len(c.completion_ids) <= 16 for c in cached[1::2])
@@ -184,3 +184,20 @@ def test_a_damaged_shard_is_named_and_a_rerun_rebuilds_it(
         assert "shard-00001.parquet is damaged" in capsys.readouterr().out
     assert pq.read_table(shard).equals(pq.read_table(cache / shard.name))
     TeacherCache(folder, REDO).completion(4)  # row 5 lives in shard 1
+
+
+def test_a_completion_is_found_by_its_prompt_and_tokens_and_an_uncached_one_refused(
+    cache, tiny_teacher, data
+):
+    tokenizer = load_tokenizer(str(tiny_teacher))
+    rows = tokenize_examples(tokenizer, read_split(config_for(tiny_teacher, data), "train"), 64, 16)
+    reader = TeacherCache(cache, REDO, len(tokenizer))
+    prompt = rows["prompt_ids"][3]
+    for sample in (DATA_SAMPLE, 0):
+        by_row = reader.completion(3, sample)
+        assert torch.equal(
+            reader.scored(prompt, by_row.completion_ids).teacher.top_ids, by_row.teacher.top_ids
+        )
+    assert reader.sample(prompt, 0) == reader.completion(3, 0).completion_ids
+    with pytest.raises(TeacherCacheError, match="student's samples need --teacher or --teacher_url"):
+        reader.scored(prompt, by_row.completion_ids[:-1])

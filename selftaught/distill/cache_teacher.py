@@ -22,7 +22,7 @@ from selftaught.data.formats import tokenize_examples
 from selftaught.data.shards import check_folder, committed_shards, run_sharded, shard_seconds, write_json
 from selftaught.distill.config import CacheTeacherConfig
 from selftaught.distill.recipe import BUILTIN_DATA, read_split
-from selftaught.distill.teacher_cache import DATA_SAMPLE, SUMMARY, run_settings
+from selftaught.distill.teacher_cache import DATA_SAMPLE, SUMMARY, content_key, run_settings
 from selftaught.generation.base import EngineSettings, GenerationEngine, SamplingParams
 from selftaught.generation.engines import make_engine
 from selftaught.models import load_tokenizer
@@ -76,12 +76,13 @@ def teacher_records(
         {
             "row": row,
             "sample": sample,
+            "prompt_key": content_key(prompt),
             "completion_ids": np.asarray(completion, dtype=np.int32),
             "top_ids": top.top_ids.numpy().astype(np.int32).ravel(),
             "top_logprobs": top.top_logprobs.numpy().astype(np.float32).ravel(),
             "token_logprobs": top.token_logprobs.numpy().astype(np.float32),
         }
-        for (row, sample, _, completion), top in zip(jobs, scored, strict=True)
+        for (row, sample, prompt, completion), top in zip(jobs, scored, strict=True)
     ]
 
 

@@ -11,6 +11,7 @@ Format: a folder of Parquet shards written through `data.shards` (atomic, resuma
 per (training row, sample), `sample` -1 for the data's own completion and 0..N-1 for the teacher's samples:
 
     row, sample          int        the row's position in the data split (before any held-out rows are cut)
+    prompt_key           int64      `content_key` of the teacher's prompt ids (its own, with any context)
     completion_ids       [T] int32  the completion's tokens (through the chat template, EOS included)
     top_ids              [T*K] int32, top_logprobs [T*K] float32: per token, the teacher's K most likely
                          next tokens before it and their log-probs over its whole output layer, row-major
@@ -25,10 +26,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -68,6 +71,14 @@ class TeacherCacheError(StageMismatchError):
 
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def content_key(ids: Sequence[int]) -> int:
+    """A 64-bit hash of a token sequence. The trainer finds a cached completion by its teacher prompt and its
+    tokens, what the batch holds, rather than by a row number that would have to travel with every batch
+    (and a prompt that occurs in several rows gets the same teacher scores from any of them)."""
+    digest = hashlib.blake2b(np.asarray(ids, dtype=np.int32).tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -125,12 +136,15 @@ class CachedCompletion:
 
 
 class TeacherCache:
-    """A complete cache folder, checked, read a shard at a time. Opening it reads only the `row` and
-    `sample` columns of every shard (which also proves each shard readable)."""
+    """A complete cache folder, checked, read a shard at a time. Opening it reads the small columns of every
+    shard (which also proves each shard readable); the top-K columns are read when a shard is first asked.
 
-    def __init__(self, folder: str | Path, redo: str) -> None:
+    `vocab_size`: the student's; top-K ids at or above it (rows a teacher pads its embeddings with, never a
+    token) are returned as `PADDING_ID`, so that their mass counts in the tail bin."""
+
+    def __init__(self, folder: str | Path, redo: str, vocab_size: int | None = None) -> None:
         """`redo`: the command that resumes the cache (it recomputes missing and damaged shards)."""
-        self.folder = Path(folder)
+        self.folder, self.redo, self.vocab_size = Path(folder), redo, vocab_size
         manifest = read_manifest(self.folder) if self.folder.is_dir() else None
         if manifest is None:
             raise TeacherCacheError(
@@ -147,23 +161,25 @@ class TeacherCache:
                 f"--teacher_cache {self.folder}: {len(missing)} of {manifest['num_shards']} shards are "
                 f"missing ({names}{more}): it is unfinished or was damaged. Complete it with {redo}"
             )
-        self.redo = redo
-        self._where: dict[tuple[int, int], tuple[Path, int]] = {}
+        Location = tuple[Path, int]
+        self._by_row: dict[tuple[int, int], Location] = {}
+        self._by_content: dict[tuple[int, int], Location] = {}
+        self._samples: dict[int, list[Location]] = defaultdict(list)  # prompt key -> its samples, in order
         for path in committed_shards(self.folder):
-            try:
-                index = (
-                    pq.read_table(path, columns=["row", "sample"])
-                    if pq.read_metadata(path).num_rows
-                    else None
-                )
-            except (OSError, pa.ArrowException) as err:
-                raise self._damaged(path, err) from None
-            if index is not None:
-                for offset, key in enumerate(
-                    zip(*(index[c].to_pylist() for c in ("row", "sample")), strict=True)
-                ):
-                    self._where[key] = (path, offset)
+            for offset, record in enumerate(self._index(path)):
+                where = (path, offset)
+                self._by_row[record["row"], record["sample"]] = where
+                self._by_content[record["prompt_key"], content_key(record["completion_ids"])] = where
+                if record["sample"] != DATA_SAMPLE:
+                    self._samples[record["prompt_key"]].append(where)
         self._shards: OrderedDict[Path, pa.Table] = OrderedDict()
+
+    def _index(self, path: Path) -> list[dict]:
+        columns = ["row", "sample", "prompt_key", "completion_ids"]
+        try:  # a shard of rows with nothing to score has no columns at all
+            return pq.read_table(path, columns=columns).to_pylist() if pq.read_metadata(path).num_rows else []
+        except (OSError, pa.ArrowException) as err:
+            raise self._damaged(path, err) from None
 
     def _damaged(self, path: Path, err: Exception) -> TeacherCacheError:
         return TeacherCacheError(
@@ -186,7 +202,38 @@ class TeacherCache:
                 f"with the cache's settings, or make a cache for these with {self.redo}"
             )
 
-    def _shard(self, path: Path) -> pa.Table:
+    def completion(self, row: int, sample: int = DATA_SAMPLE) -> CachedCompletion:
+        """The cached completion of training row `row` (`sample` -1: the data's; 0..N-1: the teacher's)."""
+        if (row, sample) not in self._by_row:
+            what = "the data's completion" if sample == DATA_SAMPLE else f"teacher sample {sample}"
+            raise TeacherCacheError(
+                f"--teacher_cache {self.folder} holds no {what} for training row {row + 1} (it has "
+                f"{self.samples} samples per row, and no data completion for rows that have none)"
+            )
+        return self._read(*self._by_row[row, sample])
+
+    def scored(self, prompt: Sequence[int], completion: Sequence[int]) -> CachedCompletion:
+        """The cached scores of `completion` after the teacher's `prompt` (a data completion or a sample)."""
+        where = self._by_content.get((content_key(prompt), content_key(completion)))
+        if where is None:
+            raise TeacherCacheError(
+                f"--teacher_cache {self.folder} holds no teacher scores for a completion this run trains on: "
+                "a cache scores the data's completions and its own samples only (the student's samples need "
+                "--teacher or --teacher_url)"
+            )
+        return self._read(*where)
+
+    def sample(self, prompt: Sequence[int], index: int) -> list[int]:
+        """Teacher sample `index` (modulo the samples cached) of the teacher's `prompt`."""
+        samples = self._samples.get(content_key(prompt))
+        if not samples:
+            raise TeacherCacheError(
+                f"--teacher_cache {self.folder} holds no teacher samples of a training prompt: make the "
+                f"cache with --samples 1 or more for --seq_kd ({self.redo})"
+            )
+        return self._read(*samples[index % len(samples)]).completion_ids
+
+    def _read(self, path: Path, offset: int) -> CachedCompletion:
         if path not in self._shards:
             try:
                 self._shards[path] = pq.read_table(path)
@@ -195,27 +242,11 @@ class TeacherCache:
             if len(self._shards) > CACHED_SHARDS:
                 self._shards.popitem(last=False)
         self._shards.move_to_end(path)
-        return self._shards[path]
-
-    def completion(
-        self, row: int, sample: int = DATA_SAMPLE, vocab_size: int | None = None
-    ) -> CachedCompletion:
-        """The cached completion of training row `row` (`sample` -1: the data's; 0..N-1: the teacher's).
-
-        `vocab_size`: the student's; top-K ids at or above it (rows a teacher pads its embeddings with,
-        never a token) become `PADDING_ID`, so their mass counts in the tail bin."""
-        if (row, sample) not in self._where:
-            what = "the data's completion" if sample == DATA_SAMPLE else f"teacher sample {sample}"
-            raise TeacherCacheError(
-                f"--teacher_cache {self.folder} holds no {what} for training row {row + 1} (it has "
-                f"{self.samples} samples per row, and no data completion for rows that have none)"
-            )
-        path, offset = self._where[(row, sample)]
-        record = self._shard(path).slice(offset, 1).to_pylist()[0]
+        record = self._shards[path].slice(offset, 1).to_pylist()[0]
         ids = torch.tensor(record["completion_ids"], dtype=torch.int64)
         top_ids = torch.tensor(record["top_ids"], dtype=torch.int64).reshape(len(ids), self.top_k)
-        if vocab_size is not None:
-            top_ids = top_ids.masked_fill(top_ids >= vocab_size, PADDING_ID)
+        if self.vocab_size is not None:
+            top_ids = top_ids.masked_fill(top_ids >= self.vocab_size, PADDING_ID)
         teacher = SparseTeacher(
             top_ids=top_ids,
             top_log_probs=torch.tensor(record["top_logprobs"], dtype=torch.float32).reshape(
