@@ -206,7 +206,8 @@ def load_bench(args: argparse.Namespace, scratch: Path) -> Bench:
 def evaluated(bench: Bench, model: PreTrainedModel, name: str) -> dict:
     """The model's held-out metrics and its greedy answers, kept in the results: what each method taught it
     to write can be read, and recounted when a metric's definition changes."""
-    metrics = bench.evaluation.metrics(model, name)
+    evaluation = bench.evaluation
+    metrics = evaluation.teacher_metrics() if model is bench.teacher else evaluation.metrics(model, name)
     return metrics | {"answers": [row["completion"] for row in read_parquet(bench.evaluation.path(name))]}
 
 

@@ -16,6 +16,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from selftaught.arguments import as_field_type, type_name
+from selftaught.distill.results import DistillResults
 
 
 class OneLineErrors:
@@ -173,26 +174,26 @@ def cache_teacher(argv: list[str]) -> None:
     )
 
 
-def print_summary(output_dir: str, results: dict) -> None:
+def print_summary(output_dir: str, results: DistillResults) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from selftaught.evaluate.intervals import excludes_zero
     from selftaught.training.model_card import signed_interval
 
-    columns = [k for k in ("teacher", "student_before", "student_after") if k in results]
-    if columns:
+    evaluated = results.evaluated()
+    if columns := list(evaluated):
         table = Table(title="held-out evaluation")
         table.add_column("metric")
         for column in columns:
             table.add_column(column.replace("_", " "), justify="right")
-        metrics = dict.fromkeys(m for c in columns for m in results[c])
+        metrics = dict.fromkeys(m for c in columns for m in evaluated[c])
         for metric in metrics:
             table.add_row(
-                metric, *(f"{results[c][metric]:.4g}" if metric in results[c] else "-" for c in columns)
+                metric, *(f"{evaluated[c][metric]:.4g}" if metric in evaluated[c] else "-" for c in columns)
             )
         Console().print(table)
-    if changes := results.get("comparisons"):
+    if changes := results.comparisons:
         table = Table(title="student after - before (95% paired interval over the held-out prompts)")
         for column in ("metric", "change", "95% interval", "verdict"):
             table.add_column(column, justify="left" if column == "metric" else "right")
@@ -201,8 +202,8 @@ def print_summary(output_dir: str, results: dict) -> None:
             table.add_row(c["metric"], f"{c['difference']:+.3g}", signed_interval(c["ci95"]), moved)
         Console().print(table)
     print(f"model, card, metrics: {output_dir}")
-    if results.get("warning"):  # the last thing said: the answers degenerated, or the student drifted away
-        Console().print(results["warning"], style="bold red", markup=False)
+    if results.warning:  # the last thing said: the answers degenerated, or the student drifted away
+        Console().print(results.warning, style="bold red", markup=False)
 
 
 BACKTRANSLATE_FLAGS = ("--config", "--base_model", "--base-model", "--seed_data", "--seed-data", "--corpus")
@@ -275,7 +276,15 @@ def main(argv: list[str] | None = None) -> None:
     from selftaught.data.folder_lock import FolderInUseError
     from selftaught.data.loading import DataError
     from selftaught.data.shards import StageMismatchError
-    from selftaught.generation.openai_engine import EchoUnsupportedError
+    from selftaught.distill.teachers import TeacherUnavailableError
+    from selftaught.generation.base import TooFewLogprobsError
+    from selftaught.generation.openai_engine import (
+        EchoUnsupportedError,
+        PromptLogprobsUnsupportedError,
+    )
+    from selftaught.generation.openai_engine import (
+        TokenizerMismatchError as ServedTokenizerMismatchError,
+    )
     from selftaught.models.check import ModelArgumentError
     from selftaught.models.vocab import TokenizerMismatchError
     from selftaught.scoring.curation import NonFiniteScoresError
@@ -292,6 +301,10 @@ def main(argv: list[str] | None = None) -> None:
             StageMismatchError,
             FileNotFoundError,
             EchoUnsupportedError,
+            PromptLogprobsUnsupportedError,
+            ServedTokenizerMismatchError,
+            TooFewLogprobsError,
+            TeacherUnavailableError,
             FolderInUseError,
             NonFiniteScoresError,
         ) as err:

@@ -355,12 +355,12 @@ def test_teacher_stays_frozen_in_eval_mode(tmp_path, tiny_student, tiny_teacher,
         teacher=arriving,
         learning_rate=1e-2,
     )
-    teacher = trainer.accelerator.unwrap_model(trainer.teacher)
+    teacher = trainer.accelerator.unwrap_model(trainer.teacher.model)
     teacher_before = {n: p.detach().clone() for n, p in teacher.named_parameters()}
     student_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
 
-    assert teacher.training is False and trainer.teacher.training is False
+    assert teacher.training is False and trainer.teacher.model.training is False
     for name, param in teacher.named_parameters():
         assert param.requires_grad is False, name
         assert param.grad is None, name
@@ -514,7 +514,7 @@ def test_padded_teacher_vocabulary_is_aligned_to_the_tokenizer(
     tmp_path, tiny_student, tiny_teacher, tokenizer
 ):
     trainer = make_trainer(tmp_path, tiny_student, tiny_teacher, tokenizer, dataset(tokenizer), lmbda=1.0)
-    teacher = trainer.accelerator.unwrap_model(trainer.teacher)
+    teacher = trainer.accelerator.unwrap_model(trainer.teacher.model)
     assert trainer.model.get_output_embeddings().weight.shape[0] == STUDENT_ROWS
     assert teacher.get_output_embeddings().weight.shape[0] == TEACHER_ROWS
     assert len(tokenizer) == STUDENT_ROWS
@@ -620,7 +620,7 @@ def test_seq_kd_completions_are_sampled_from_the_teacher(tmp_path, tiny_student,
         return count
 
     trainer.model.register_forward_pre_hook(counter("student"), with_kwargs=True)
-    trainer.accelerator.unwrap_model(trainer.teacher).register_forward_pre_hook(
+    trainer.accelerator.unwrap_model(trainer.teacher.model).register_forward_pre_hook(
         counter("teacher"), with_kwargs=True
     )
 
@@ -639,7 +639,7 @@ def test_seq_kd_never_samples_padded_teacher_rows(tmp_path, tiny_student, tiny_t
     trainer = make_trainer(
         tmp_path, tiny_student, tiny_teacher, tokenizer, dataset(tokenizer), lmbda=0.0, seq_kd=True
     )
-    teacher = trainer.accelerator.unwrap_model(trainer.teacher)
+    teacher = trainer.accelerator.unwrap_model(trainer.teacher.model)
     # An extreme but legal teacher: untie its output layer and put all its mass on the padded rows.
     teacher.lm_head.weight = torch.nn.Parameter(teacher.lm_head.weight.detach().clone(), requires_grad=False)
     with torch.no_grad():

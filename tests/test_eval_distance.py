@@ -74,7 +74,7 @@ def test_real_answers_are_not_flagged(tmp_path):
         max_new_tokens=40, batch_size=4, vocab_size=len(tokenizer), max_prompt_length=512
     )
     evaluation = HeldOutEvaluation(teacher, tokenizer, examples, tmp_path / "answers", settings)
-    metrics = evaluation.metrics(teacher, "teacher")
+    metrics = evaluation.teacher_metrics()
     assert metrics["degenerate_share"] == 0.0, [r["completion"] for r in evaluation.teacher_rows]
     assert metrics["distinct_2"] > 0.5
 

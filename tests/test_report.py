@@ -17,6 +17,7 @@ from selftaught.data.loading import DataError
 from selftaught.data.shards import write_parquet
 from selftaught.distill.card import distillation_card
 from selftaught.distill.config import DistillConfig
+from selftaught.distill.results import DistillResults
 from selftaught.report import detect_kind, write_report
 from selftaught.report.distill import by_policy
 from selftaught.report.sections import direction_hints
@@ -104,7 +105,9 @@ def distill_run(folder: Path) -> Path:
             for prompt, answer in zip(["What is 2 + 3?", "What is 2 + 2?"], answers, strict=True)
         ]
         write_parquet(folder / "evaluation" / f"{name}.parquet", rows)
-    write_model_card(folder, distillation_card(config, DISTILL_RESULTS, (16, 16), 4))
+    write_model_card(
+        folder, distillation_card(config, DistillResults.from_json(DISTILL_RESULTS), (16, 16), 4)
+    )
     return folder
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from selftaught.distill.config import SELF_TEACHER, DistillConfig
+from selftaught.distill.results import DistillResults
 from selftaught.models.naming import model_label
 from selftaught.training.model_card import CardContent, EvalRow, comparison_table, declared_base_model
 
@@ -77,12 +78,12 @@ KNOBS = (
 ROW_LABELS = {"teacher": "teacher", "student_before": "student (before)", "student_after": "student (after)"}
 
 
-def eval_rows(results: dict, dataset: str) -> list[EvalRow]:
+def eval_rows(results: DistillResults, dataset: str) -> list[EvalRow]:
     rows = []
-    for key, label in ROW_LABELS.items():
-        for metric, value in results.get(key, {}).items():
+    for key, metrics in results.evaluated().items():
+        for metric, value in metrics.items():
             if metric != "tokens":
-                rows.append(EvalRow("held-out distillation", dataset, metric, label, float(value)))
+                rows.append(EvalRow("held-out distillation", dataset, metric, ROW_LABELS[key], float(value)))
     return rows
 
 
@@ -99,6 +100,9 @@ def data_name(data: str) -> str:
 def teacher_label(config: DistillConfig) -> str:
     if config.teacher == SELF_TEACHER:
         return "self (a frozen copy of the student's starting weights)"
+    if config.teacher_url:  # never the URL: it names a machine of the user's
+        named = model_label(config.teacher) if config.teacher else "a model"
+        return f"{named} served over HTTP (its top-{config.teacher_top_k_used} log-probabilities per token)"
     return model_label(config.teacher)
 
 
@@ -112,6 +116,11 @@ def hyperparameters(config: DistillConfig) -> dict[str, object]:
         del knobs["teacher_context"]
     if not config.use_peft:
         knobs = {k: v for k, v in knobs.items() if not k.startswith("lora_")}
+    if config.teacher_url:
+        knobs["teacher_top_k"] = config.teacher_top_k_used
+        del knobs["teacher_dtype"]  # the server's own
+    if config.loss != "jsd":
+        knobs |= {"loss": config.loss, "kl_estimator": config.kl_estimator_used}
     if float(config.warmup_steps).is_integer():
         # transformers types it float (below 1, a ratio of the steps): `--warmup_steps 1` is 1 step, not 1.0.
         knobs["warmup_steps"] = int(config.warmup_steps)
@@ -126,18 +135,18 @@ def trained_on(prompts: tuple[int, int], data: str) -> str:
 
 
 def distillation_card(
-    config: DistillConfig, results: dict, prompts: tuple[int, int], n_eval: int
+    config: DistillConfig, results: DistillResults, prompts: tuple[int, int], n_eval: int
 ) -> CardContent:
     """`prompts`: (distinct training prompts the steps reached, training prompts available)."""
     student_name = Path(config.student).name
     data = data_name(config.data)
     self_taught = config.teacher == SELF_TEACHER
     how = "Self-distilled on-policy with privileged context" if self_taught else "Distilled on-policy"
-    warning = results.get("warning")
+    warning = results.warning
     return CardContent(
         model_name=f"{student_name}-opsd"
         if self_taught
-        else f"{student_name}-gkd-{Path(config.teacher).name}",
+        else f"{student_name}-gkd-{Path(config.teacher or 'served-teacher').name}",
         base_model=model_label(declared_base_model(config.student)),  # a Hub id, else a name, never a path
         summary=(
             (f"**{warning}**\n\n" if warning else "")
@@ -173,9 +182,9 @@ CLOSENESS_NOTE = (
 )
 
 
-def closeness(results: dict) -> str:
+def closeness(results: DistillResults) -> str:
     """The trained student against its start on every distance to the teacher, with 95% intervals."""
-    return comparison_table(results.get("comparisons") or [], "student_after", CLOSENESS_NOTE)
+    return comparison_table(results.comparisons or [], "student_after", CLOSENESS_NOTE)
 
 
 def student_origin(student: str) -> str:

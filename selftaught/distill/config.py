@@ -17,6 +17,9 @@ from selftaught.generation.base import require_vllm
 from selftaught.generation.policy import POLICY_ENGINES, VLLM_MODES
 
 SELF_TEACHER = "self"  # --teacher self: a frozen copy of the student's starting weights
+DEFAULT_TEACHER_TOP_K = 32  # what verl's on-policy distillation asks its teacher servers for
+LOSSES = ("jsd", "sampled_kl")
+KL_ESTIMATORS = ("k1", "k3")
 
 
 @dataclass
@@ -135,6 +138,42 @@ class DistillConfig(TrainingArguments):
         },
     )
 
+    # --- a teacher outside this process, and the loss (issue 28) ------------------------------
+    teacher_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "The teacher behind an OpenAI-compatible server that returns prompt log-probabilities "
+            "(vLLM: `vllm serve MODEL --max-logprobs K`), e.g. http://127.0.0.1:8000/v1. No teacher weights "
+            "are loaded in this process; the server must use the student's tokenizer (checked before "
+            "training). --teacher, if also given, only names it and has its tokenizer checked."
+        },
+    )
+    teacher_top_k: int | None = field(
+        default=None,
+        metadata={
+            "help": "Log-probabilities per position asked of --teacher_url (default "
+            f"{DEFAULT_TEACHER_TOP_K}; the server's --max-logprobs must be at least this). The loss then "
+            "runs on the teacher's top-K plus the actual token plus one tail bin: a lower bound of the "
+            "full-vocabulary loss that rises with K (README, 'A served teacher')."
+        },
+    )
+    loss: str = field(
+        default="jsd",
+        metadata={
+            "help": "jsd: the generalized JSD of --beta per token (full vocabulary with a teacher in this "
+            "process, top-K + tail with --teacher_url); sampled_kl: the reverse KL from the teacher's "
+            "log-probability of each token the student sampled, as a per-token policy gradient (one number "
+            "per token from the teacher; needs --lmbda 1, --temperature 1 and --top_p 1)."
+        },
+    )
+    kl_estimator: str | None = field(
+        default=None,
+        metadata={
+            "help": "The per-token estimate --loss sampled_kl reports: k1 = log q/p (default), k3 = p/q - 1 "
+            "- log p/q (never negative, lower variance). Both give the same gradient."
+        },
+    )
+
     # --- where the student's samples come from ----------------------------------------------
     engine: str = field(
         default="hf",
@@ -216,6 +255,14 @@ class DistillConfig(TrainingArguments):
     )
 
     @property
+    def teacher_top_k_used(self) -> int:
+        return self.teacher_top_k or DEFAULT_TEACHER_TOP_K
+
+    @property
+    def kl_estimator_used(self) -> str:
+        return self.kl_estimator or KL_ESTIMATORS[0]
+
+    @property
     def teacher_dtype_used(self) -> str:
         """The dtype the teacher is loaded in: `teacher_dtype` when given, else as its help says."""
         return self.teacher_dtype or ("bfloat16" if self.bf16 else self.student_dtype)
@@ -265,12 +312,44 @@ class DistillConfig(TrainingArguments):
                 "and only pulls the student back to where it began. Add --teacher_context (e.g. the "
                 "reference solution's column), or name another --teacher."
             )
+        self.check_teacher_source_and_loss()
         if self.seq_kd and self.lmbda == 1.0:
             raise ArgumentError(
                 "--seq_kd changes only the off-policy steps (teacher samples instead of the data's "
                 "completions), and --lmbda 1 leaves none. Lower --lmbda, or drop --seq_kd."
             )
         self.remove_unused_columns = False
+
+    def check_teacher_source_and_loss(self) -> None:
+        """Refuse the combinations of --teacher_url, --teacher_top_k, --loss and --kl_estimator that would
+        train on something else than what they say."""
+        if self.teacher_url and self.teacher == SELF_TEACHER:
+            raise ArgumentError(
+                "--teacher self is a copy of the student in this process; --teacher_url serves another "
+                "model. Drop one of them."
+            )
+        if self.teacher_top_k is not None and not self.teacher_url:
+            raise ArgumentError(
+                "--teacher_top_k sets how many log-probabilities a served teacher returns; a teacher in this "
+                "process gives them all. Add --teacher_url, or drop --teacher_top_k."
+            )
+        if self.teacher_top_k is not None and self.teacher_top_k < 1:
+            raise ArgumentError(f"--teacher_top_k must be >= 1, got {self.teacher_top_k}")
+        if self.loss not in LOSSES:
+            raise ArgumentError(f"--loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.kl_estimator is not None and self.loss != "sampled_kl":
+            raise ArgumentError(
+                "--kl_estimator applies to --loss sampled_kl only; add it, or drop --kl_estimator"
+            )
+        if self.kl_estimator_used not in KL_ESTIMATORS:
+            raise ArgumentError(f"--kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
+        if self.loss == "sampled_kl" and (self.lmbda < 1.0 or self.temperature != 1.0 or self.top_p < 1.0):
+            raise ArgumentError(
+                "--loss sampled_kl is an unbiased reverse-KL gradient only on tokens sampled from the "
+                f"student itself, but --lmbda {self.lmbda} --temperature {self.temperature} "
+                f"--top_p {self.top_p} trains on other tokens (off-policy steps, or a reshaped "
+                "distribution). Use --lmbda 1 --temperature 1 --top_p 1, or --loss jsd."
+            )
 
 
 def _distill_field(name: str):

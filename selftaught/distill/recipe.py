@@ -1,12 +1,18 @@
 """`selftaught distill`: on-policy distillation (GKD) from data to an evaluated, documented model.
 
-The whole run, top to bottom:
-  1. resolve the models (the embedded SmolLM2 pair by default) and check they share a tokenizer;
-  2. read the data, turn rows into chat prompts (+ completions), hold out an evaluation split;
-  3. evaluate the teacher once and the student before training, on the held-out prompts;
-  4. train with `GKDistillTrainer` (resumable from the last checkpoint);
-  5. save the student in Hugging Face format, evaluate it again, write metrics and the model card, and
-     end with a warning when training made the student's answers degenerate.
+The whole run, top to bottom (`distill_into_output_dir`, one function per step):
+  1. resolve the models and data (the embedded SmolLM2 pair and the shipped math prompts by default,
+     `resolve_defaults`), read the data, turn rows into chat prompts (+ completions) and hold out an
+     evaluation split (`load_examples`: before any model loads, as it fails fast and cheap);
+  2. load the tokenizer, checked against the teacher's, the student (LoRA adapters with --use_peft) and the
+     teacher (`load_models`);
+  3. evaluate the teacher once and the student before training, on the held-out prompts
+     (`evaluate_before_training`);
+  4. train with `GKDistillTrainer` (`build_trainer`; resumable from the last checkpoint);
+  5. save the student in Hugging Face format, evaluate it again (`evaluate_after_training`, which ends with
+     a warning when training made the student's answers degenerate or moved it away from its teacher), and
+     write the results, the model card and the report (`write_outputs`). The results are a
+     `DistillResults` (`distill.results`).
 
 `--teacher self` makes the teacher a frozen copy of the student's starting weights, which reads the
 privileged `--teacher_context` that the student never sees (self-distillation, `distill.context`).
@@ -15,20 +21,23 @@ privileged `--teacher_context` that the student never sees (self-distillation, `
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.trainer_utils import TrainOutput
 
 from selftaught.data.folder_lock import writing_to
-from selftaught.data.formats import Example, rename_columns, to_examples, tokenize_examples
+from selftaught.data.formats import Example, rename_columns, to_examples, tokenize_examples, tokenize_prompt
 from selftaught.data.loading import DataError, available_splits, load_rows
 from selftaught.data.shards import StageMismatchError
 from selftaught.distill.card import distillation_card
 from selftaught.distill.config import SELF_TEACHER, DistillConfig
 from selftaught.distill.context import add_teacher_context
+from selftaught.distill.results import DistillResults
+from selftaught.distill.teachers import InProcessTeacher, ServedTeacher, Teacher, TeacherUnavailableError
 from selftaught.distill.trainer import GKDistillTrainer
 from selftaught.evaluate.distance import HeldOutEvaluation, HeldOutSettings, drift_warning
 from selftaught.models import check_same_vocabulary, load_model, load_tokenizer, shared_vocab_size
@@ -55,11 +64,12 @@ BUILTIN_DATA = Path(__file__).resolve().parent.parent / "data" / "builtin" / "ma
 
 def resolve_defaults(config: DistillConfig) -> DistillConfig:
     """Fill unset models and data with the embedded default (built, healed and cached on first use)."""
-    if config.teacher is None or config.student is None:
+    if (config.teacher is None and not config.teacher_url) or config.student is None:
         from selftaught.distill.student import healed_student
         from selftaught.models.embedded import embedded_teacher
 
-        config.teacher = config.teacher or str(embedded_teacher())
+        if not config.teacher_url:  # a served teacher needs no weights here (--teacher only names it)
+            config.teacher = config.teacher or str(embedded_teacher())
         config.student = config.student or str(healed_student())
     config.data = config.data or str(BUILTIN_DATA)
     return config
@@ -140,14 +150,23 @@ def replace_earlier_run(out: Path) -> None:
     (out / "eval_results.json").unlink()  # present again only when this run finishes
 
 
-def load_teacher(config: DistillConfig, student) -> object:
-    """The frozen teacher: the named model, or for `--teacher self` a copy of the student's starting weights
-    (taken before any LoRA adapter is added, so it is exactly the start)."""
+def load_teacher(config: DistillConfig, student: PreTrainedModel, tokenizer, probe: Example) -> Teacher:
+    """The frozen teacher: the server at --teacher_url (checked on `probe`'s prompt before any training: its
+    prompt log-probabilities, K of them, and its tokenizer), the named model, or for `--teacher self` a copy
+    of the student's starting weights (taken before any LoRA adapter is added, so it is exactly the start)."""
+    if config.teacher_url:
+        served = ServedTeacher(config.teacher_url, config.teacher_top_k_used, tokenizer)
+        ids = tokenize_prompt(tokenizer, probe.teacher_prompt or probe.prompt)[-config.max_prompt_length :]
+        served.check(ids[:1], ids[1:])
+        return served
     dtype = config.teacher_dtype_used
     if config.teacher == SELF_TEACHER:
-        teacher = copy.deepcopy(student)
-        return teacher.to(resolved) if isinstance(resolved := resolve_dtype(dtype), torch.dtype) else teacher
-    return load_model(config.teacher, dtype, config.trust_remote_code)
+        model = copy.deepcopy(student)
+        model = model.to(resolved) if isinstance(resolved := resolve_dtype(dtype), torch.dtype) else model
+    else:
+        model = load_model(config.teacher, dtype, config.trust_remote_code)
+    vocab_size = shared_vocab_size(tokenizer, student, model)
+    return InProcessTeacher(model, tokenizer, vocab_size, config.per_device_eval_batch_size)
 
 
 def prompts_trained_on(config: DistillConfig, global_step: int, available: int) -> int:
@@ -156,45 +175,94 @@ def prompts_trained_on(config: DistillConfig, global_step: int, available: int) 
     return min(available, global_step * per_step)
 
 
-def run_distillation(config: DistillConfig) -> dict:
-    """Train, save and evaluate; returns the evaluation results written to eval_results.json. One process
-    writes an output folder at a time: a second is refused at once, before the default models build."""
+def run_distillation(config: DistillConfig) -> DistillResults:
+    """Train, save and evaluate; returns the results written to eval_results.json. One process writes an
+    output folder at a time: a second is refused at once, before the default models build."""
     teacher = None if config.teacher == SELF_TEACHER else config.teacher  # `self`: the student's own start
     check_model_flags({"--student": config.student, "--teacher": teacher})  # before the defaults build
     with writing_to(config.output_dir, "selftaught distill", "another --output_dir"):
         return distill_into_output_dir(resolve_defaults(config))
 
 
-def distill_into_output_dir(config: DistillConfig) -> dict:
-    """`run_distillation`'s work, on resolved models, while it holds the output folder's lock."""
-    out = Path(config.output_dir)
+def distill_into_output_dir(config: DistillConfig) -> DistillResults:
+    """`run_distillation`'s steps (the module docstring's), on resolved models, while it holds the output
+    folder's lock."""
     train_examples, eval_examples = load_examples(config)  # data first: it fails fast and cheap
+    check_completions(train_examples, config)
+    resume = prepare_output_dir(config)
+    tokenizer, student, teacher = load_models(config, train_examples[0])
+    trainer = build_trainer(config, tokenizer, student, teacher, train_examples, eval_examples)
+    evaluation, results = evaluate_before_training(config, trainer, teacher, eval_examples, resume)
+    train_output = train(trainer, resume)
+    save_final_model(trainer, Path(config.output_dir), config.use_peft)
+    if trainer.accelerator.is_main_process:
+        if evaluation is not None:
+            evaluate_after_training(trainer, evaluation, results)
+        results.train = {k: v for k, v in train_output.metrics.items() if isinstance(v, (int, float))}
+        trained = prompts_trained_on(config, train_output.global_step, len(train_examples))
+        write_outputs(config, results, (trained, len(train_examples)), len(eval_examples))
+    trainer.accelerator.wait_for_everyone()
+    return results
+
+
+def train(trainer: GKDistillTrainer, resume: str | bool | None) -> TrainOutput:
+    """`trainer.train`, stopped in one line, naming the newest complete checkpoint, by Ctrl-C or by a served
+    teacher that stays down after the client's retries (its checkpoints are whole: resume once it is back)."""
+    with stops_cleanly(trainer, RESUME_FLAGS):
+        try:
+            return trainer.train(resume_from_checkpoint=resume)
+        except TeacherUnavailableError as err:
+            newest = newest_complete_checkpoint(trainer.args.output_dir)
+            where = f"{newest.name} is the newest complete checkpoint" if newest else "no checkpoint yet"
+            raise TeacherUnavailableError(
+                f"{err}. Training stopped ({where}); once the server answers again, rerun with "
+                f"{' '.join(RESUME_FLAGS)}"
+            ) from None
+
+
+def prepare_output_dir(config: DistillConfig) -> str | bool | None:
+    """The checkpoint to resume from; a fresh run first clears a finished earlier run out of the folder."""
     resume = resume_checkpoint(config)
     if not resume:
         with config.main_process_first(local=False):  # the others then find nothing left to replace
-            replace_earlier_run(out)
-    check_completions(train_examples, config)
+            replace_earlier_run(Path(config.output_dir))
+    return resume
+
+
+def load_models(
+    config: DistillConfig, probe: Example
+) -> tuple[PreTrainedTokenizerBase, PreTrainedModel, Teacher]:
+    """The run's tokenizer (the student's, checked against the teacher's when --teacher names one), the
+    student (with LoRA adapters under --use_peft) and the frozen teacher (`load_teacher`)."""
     tokenizer = load_tokenizer(config.student, config.trust_remote_code)
-    if config.teacher != SELF_TEACHER:
+    if config.teacher not in (SELF_TEACHER, None):
         check_same_vocabulary(tokenizer, load_tokenizer(config.teacher, config.trust_remote_code))
-
     student = load_model(config.student, config.student_dtype, config.trust_remote_code)
-    teacher = load_teacher(config, student)
-    vocab_size = shared_vocab_size(tokenizer, student, teacher)
-    if config.use_peft:
-        student = get_peft_model(
-            student,
-            LoraConfig(
-                r=config.lora_r,
-                lora_alpha=config.lora_alpha,
-                lora_dropout=config.lora_dropout,
-                target_modules=config.lora_target_modules.split(",")
-                if "," in config.lora_target_modules
-                else config.lora_target_modules,
-                task_type="CAUSAL_LM",
-            ),
-        )
+    teacher = load_teacher(config, student, tokenizer, probe)  # before the adapters: `self` copies the start
+    return tokenizer, with_lora(config, student) if config.use_peft else student, teacher
 
+
+def with_lora(config: DistillConfig, student: PreTrainedModel) -> PreTrainedModel:
+    """The student wrapped with fresh LoRA adapters (peft) on --lora_target_modules."""
+    modules = config.lora_target_modules
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=modules.split(",") if "," in modules else modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(student, lora)
+
+
+def build_trainer(
+    config: DistillConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    student: PreTrainedModel,
+    teacher: Teacher,
+    train_examples: list[Example],
+    eval_examples: list[Example],
+) -> GKDistillTrainer:
     lengths = (config.max_prompt_length, config.max_new_tokens)
     trainer = GKDistillTrainer(
         model=student,
@@ -205,48 +273,67 @@ def distill_into_output_dir(config: DistillConfig) -> dict:
         eval_dataset=tokenize_examples(tokenizer, eval_examples, *lengths)
         if eval_examples and config.eval_strategy != "no"
         else None,
-        callbacks=[MetricsFileCallback(out / "metrics.jsonl")],
+        callbacks=[MetricsFileCallback(Path(config.output_dir) / "metrics.jsonl")],
     )
     replace_progress_bar(trainer)
     quiet_tied_weights_on_resume(trainer)
-    main = trainer.accelerator.is_main_process
+    return trainer
 
-    results: dict = {}
+
+def evaluate_before_training(
+    config: DistillConfig,
+    trainer: GKDistillTrainer,
+    teacher: Teacher,
+    eval_examples: list[Example],
+    resume: str | bool | None,
+) -> tuple[HeldOutEvaluation | None, DistillResults]:
+    """The teacher and the untrained student on the held-out prompts (main process only; None and empty
+    results without held-out examples). A resumed run reads the answers saved before it stopped."""
+    results = DistillResults()
     evaluation = None
+    folder = Path(config.output_dir) / "evaluation"
+    main = trainer.accelerator.is_main_process
     if main and not resume:  # a fresh run must not reuse answers saved by an earlier one
-        shutil.rmtree(out / "evaluation", ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
     if eval_examples and main:
-        unwrapped_teacher = trainer.accelerator.unwrap_model(trainer.teacher)
         settings = HeldOutSettings(
             config.eval_max_new_tokens,
             config.per_device_eval_batch_size,
-            vocab_size,
+            trainer.vocab_size,
             config.max_prompt_length,
         )
-        evaluation = HeldOutEvaluation(
-            unwrapped_teacher, tokenizer, eval_examples, out / "evaluation", settings
-        )
-        results["teacher"] = evaluation.metrics(evaluation.teacher, "teacher")
-        results["student_before"] = evaluation.metrics(trainer.model, "student_before")
+        if isinstance(teacher, ServedTeacher):  # said, as the card and results name the distances alike
+            print(
+                f"[distill] held-out distances to the served teacher on its top-{teacher.top_k} log-probs "
+                "plus a tail bin: forward_kl, reverse_kl and jsd are lower bounds of the full-vocabulary "
+                "ones; top1_agreement is exact"
+            )
+        evaluation = HeldOutEvaluation(teacher, trainer.processing_class, eval_examples, folder, settings)
+        results.teacher = evaluation.teacher_metrics()
+        results.student_before = evaluation.metrics(trainer.model, "student_before")
     trainer.accelerator.wait_for_everyone()
+    return evaluation, results
 
-    with stops_cleanly(trainer, RESUME_FLAGS):
-        train_output = trainer.train(resume_from_checkpoint=resume)
-    save_final_model(trainer, out, config.use_peft)
 
-    if main:
-        if evaluation is not None:
-            evaluation.path("student_after").unlink(missing_ok=True)
-            results["student_after"] = evaluation.metrics(trainer.model, "student_after")
-            results["comparisons"] = evaluation.changes("student_after", "student_before")
-            before, after = results["student_before"], results["student_after"]
-            if warnings := [w for w in (collapse_warning(before, after), drift_warning(before, after)) if w]:
-                results["warning"] = " ".join(warnings)
-        results["train"] = {k: v for k, v in train_output.metrics.items() if isinstance(v, (int, float))}
-        (out / "eval_results.json").write_text(json.dumps(results, indent=2))
-        trained = prompts_trained_on(config, train_output.global_step, len(train_examples))
-        card = distillation_card(config, results, (trained, len(train_examples)), len(eval_examples))
-        write_model_card(out, card)
-        write_report(out)
-    trainer.accelerator.wait_for_everyone()
-    return results
+def evaluate_after_training(
+    trainer: GKDistillTrainer, evaluation: HeldOutEvaluation, results: DistillResults
+) -> None:
+    """The trained student's metrics, its changes against its start, and the warning of a student whose
+    answers degenerated or that moved away from its teacher, into `results`."""
+    evaluation.path("student_after").unlink(missing_ok=True)
+    results.student_after = evaluation.metrics(trainer.model, "student_after")
+    results.comparisons = evaluation.changes("student_after", "student_before")
+    before, after = results.student_before, results.student_after
+    if warnings := [w for w in (collapse_warning(before, after), drift_warning(before, after)) if w]:
+        results.warning = " ".join(warnings)
+
+
+def write_outputs(
+    config: DistillConfig, results: DistillResults, prompts: tuple[int, int], n_eval: int
+) -> None:
+    """eval_results.json, the model card and the report. `prompts`: (training prompts the steps reached,
+    training prompts available)."""
+    out = Path(config.output_dir)
+    results.write(out / "eval_results.json")
+    write_model_card(out, distillation_card(config, results, prompts, n_eval))
+    write_report(out)

@@ -208,7 +208,7 @@ def held_out_numbers(
         )
         evaluation = HeldOutEvaluation(teacher, tokenizer, examples, answers, settings)
         numbers[name] = evaluation.metrics(model, name)
-    numbers["teacher"] = evaluation.metrics(teacher, "teacher")
+    numbers["teacher"] = evaluation.teacher_metrics()
     return numbers
 
 

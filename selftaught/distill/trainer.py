@@ -12,6 +12,9 @@ Built on `Trainer` (not TRL's GKDTrainer) for three reasons the peers' bug repor
   (seed, step, process) in a forked RNG, leaving the global one (dropout) untouched. transformers restores
   the global RNG of a run resumed mid-epoch only *after* fetching (here: sampling) its first step, so
   samples drawn from it made a resumed run differ from an uninterrupted one at every tensor.
+The teacher is a source the trainer asks (`distill.teachers`): a model in this process (full logits, the
+exact generalized JSD) or a server (its top-K log-probabilities: the JSD on top-K + a tail bin,
+`training.sparse_losses`); `--loss sampled_kl` uses the teacher's log-probability of each sampled token alone.
 When the data gives the teacher prompts of its own (privileged context, `distill.context`), the teacher
 reads [its prompt | the same completion tokens] and scores exactly the student's completion positions.
 Everything distributed (DDP, DeepSpeed, FSDP) comes from accelerate through `Trainer`; the teacher
@@ -26,7 +29,7 @@ import random
 import time
 from collections import defaultdict
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -34,12 +37,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 from trl.models.utils import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generation
 
 from selftaught.distill.config import DistillConfig
+from selftaught.distill.teachers import CompletionBatch, InProcessTeacher, Teacher, TeacherScores
 from selftaught.generation.base import SamplingParams, left_pad, right_pad
 from selftaught.generation.policy import HFPolicyEngine, PolicyEngine
 from selftaught.models.vocab import shared_vocab_size
 from selftaught.scoring.logits import completion_logits, join_prompt_completion
 from selftaught.training.checkpoints import CompleteCheckpoints
 from selftaught.training.losses import generalized_jsd
+from selftaught.training.sparse_losses import SparseTeacher, sampled_kl, sparse_generalized_jsd
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
@@ -74,11 +79,30 @@ def forked_rng(device: torch.device):
     return torch.random.fork_rng(devices=devices, device_type=device.type)
 
 
+@dataclass
+class TeacherSampler:
+    """A teacher that is not a model in this process, as a `PolicyEngine`: its weights never change."""
+
+    teacher: Teacher
+
+    @property
+    def name(self) -> str:
+        return self.teacher.name
+
+    def sync_weights(self) -> None:
+        """Nothing to push: a fixed teacher."""
+
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams, desc: str | None = None
+    ) -> list[list[int]]:
+        return self.teacher.generate(prompts, params, desc)
+
+
 class GKDistillTrainer(CompleteCheckpoints, Trainer):
     def __init__(
         self,
         model: PreTrainedModel,
-        teacher: PreTrainedModel,
+        teacher: PreTrainedModel | Teacher,
         args: DistillConfig,
         processing_class: PreTrainedTokenizerBase,
         train_dataset=None,
@@ -94,8 +118,12 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
             processing_class=processing_class,
             callbacks=callbacks,
         )
-        self.vocab_size = shared_vocab_size(processing_class, model, teacher)
-        self.teacher = self._prepare_teacher(teacher)
+        if isinstance(teacher, PreTrainedModel):  # a model in this process
+            vocab_size = shared_vocab_size(processing_class, model, teacher)
+            teacher = InProcessTeacher(teacher, processing_class, vocab_size, args.per_device_eval_batch_size)
+        in_process = isinstance(teacher, InProcessTeacher)
+        self.vocab_size = shared_vocab_size(processing_class, model, *([teacher.model] if in_process else []))
+        self.teacher = replace(teacher, model=self._prepare_teacher(teacher.model)) if in_process else teacher
         self.sampling = SamplingParams(args.max_new_tokens, args.temperature, args.top_p)
         # every sampler draws an optimizer step's completions in one batch: decoding a small model reads
         # all its weights per token whatever the batch (on 2 CPU cores 16 prompts take 1.5x the time of 4);
@@ -105,11 +133,13 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
         self.samplers = {
             "student": self._student_sampler(hf_batch),
             "teacher": HFPolicyEngine(
-                lambda: self.unwrapped_for_generation(self.teacher),
+                lambda: self.unwrapped_for_generation(self.teacher.model),
                 processing_class,
                 hf_batch,
                 "hf (teacher)",
-            ),
+            )
+            if in_process
+            else TeacherSampler(self.teacher),
         }
         self._synced_step: int | None = None  # the optimizer step whose weights the student sampler has
         self.loss_is_scaled_for_ga = True  # compute_loss divides by the step's token count itself
@@ -209,9 +239,12 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
         if source == "student" and self._synced_step != self.state.global_step:
             sampler.sync_weights()
             self._synced_step = self.state.global_step
+        seed = self.sampling_seed(evaluating)
+        # a teacher outside this process takes the seed with the request (hf reseeds with it: the same draw)
+        params = self.sampling if source == "student" else replace(self.sampling, seed=seed)
         with forked_rng(self.args.device):
-            torch.manual_seed(self.sampling_seed(evaluating))
-            completions = sampler.generate(prompts, self.sampling)
+            torch.manual_seed(seed)
+            completions = sampler.generate(prompts, params)
         self._since_log["generation_seconds"] += time.perf_counter() - started
         return completions
 
@@ -268,15 +301,17 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
     # --- the loss -------------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Sum of per-token JSD over completion tokens / completion tokens in the whole step."""
+        """Sum of the per-token loss over completion tokens / completion tokens in the whole step."""
         mask = inputs["completion_mask"].bool()
         model_inputs = {k: inputs[k] for k in MODEL_INPUTS}
         # the teacher's own prompt (privileged context), if it has one, before the same completion tokens
-        teacher_inputs = {k: inputs.get(f"teacher_{k}", inputs[k]) for k in MODEL_INPUTS}
+        teacher_batch = CompletionBatch(
+            {k: inputs.get(f"teacher_{k}", inputs[k]) for k in MODEL_INPUTS}, mask
+        )
         with torch.no_grad():
-            teacher_logits = completion_logits(self.teacher, teacher_inputs, mask, self.vocab_size)
+            teacher_scores = self.teacher.scores(teacher_batch)
         student_logits = completion_logits(model, model_inputs, mask, self.vocab_size)
-        per_token = generalized_jsd(student_logits, teacher_logits, self.args.beta)
+        per_token = self.per_token_loss(student_logits, teacher_scores, teacher_batch)
         if num_items_in_batch is None:  # evaluation: this batch alone
             loss = per_token.sum() / mask.sum().clamp(min=1)
         else:
@@ -284,9 +319,24 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
             loss = per_token.sum() / num_items_in_batch * self.accelerator.num_processes
         return (loss, {"per_token": per_token.detach()}) if return_outputs else loss
 
+    def per_token_loss(
+        self, student_logits: torch.Tensor, teacher: TeacherScores, batch: CompletionBatch
+    ) -> torch.Tensor:
+        """--loss at each completion position: the generalized JSD, exact on the teacher's logits or on its
+        top-K + a tail bin; or sampled_kl, from the teacher's log-probability of each actual token."""
+        if self.args.loss == "sampled_kl":
+            if isinstance(teacher, torch.Tensor):  # of the full distribution, only the actual tokens' count
+                teacher = SparseTeacher.from_logits(teacher, batch.token_ids(), k=1)
+            return sampled_kl(student_logits, teacher, self.args.kl_estimator_used)
+        if isinstance(teacher, SparseTeacher):
+            return sparse_generalized_jsd(student_logits, teacher, self.args.beta)
+        return generalized_jsd(student_logits, teacher, self.args.beta)
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """Held-out loss on the dataset's completions, or on the student's samples for prompt-only data."""
-        source = "data" if inputs["completion_mask"].sum() > 0 else "student"
+        """Held-out loss on the dataset's completions, or on the student's samples for prompt-only data and
+        for sampled_kl (which holds only on the student's own samples)."""
+        on_data = inputs["completion_mask"].sum() > 0 and self.args.loss != "sampled_kl"
+        source = "data" if on_data else "student"
         [batch] = self.complete([inputs], source, evaluating=True)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, batch)

@@ -15,6 +15,11 @@
 
 When the teacher sees privileged context (`Example.teacher_prompt`, see `distill.context`), it answers and
 scores under its own prompt, as in training: the student's distance is to that teacher.
+
+The teacher is any `distill.teachers.Teacher`. One with dense logits (a model in this process) gives exact
+distances; one with top-K log-probabilities only (a served teacher) gives the divergences on its top-K plus
+the actual token plus one tail bin (`training.sparse_losses`): lower bounds of the dense ones, tighter as K
+grows; top-1 agreement is exact (up to ties at the top).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -29,6 +35,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from selftaught.data.formats import Example, to_examples, tokenize_prompt
 from selftaught.data.shards import read_parquet, write_parquet
+from selftaught.distill.teachers import CompletionBatch, InProcessTeacher, Teacher
 from selftaught.evaluate.common import answer_degeneration, load_eval_rows, required, required_model
 from selftaught.evaluate.config import DistanceEvalConfig
 from selftaught.evaluate.intervals import paired_comparison, ratio
@@ -41,6 +48,7 @@ from selftaught.models.naming import model_label
 from selftaught.scoring.degeneration import is_degenerate
 from selftaught.scoring.logits import completion_logits, join_prompt_completion
 from selftaught.training.losses import generalized_jsd
+from selftaught.training.sparse_losses import SparseTeacher, sparse_generalized_jsd
 
 TASK = "distance"
 
@@ -61,7 +69,7 @@ DISTANCE_NAMES = ("forward_kl", "reverse_kl", "jsd", "top1_agreement")
 @torch.no_grad()
 def teacher_distance(
     student: PreTrainedModel,
-    teacher: PreTrainedModel,
+    teacher: Teacher,
     prompts: list[list[int]],
     completions: list[list[int]],
     vocab_size: int,
@@ -81,18 +89,31 @@ def teacher_distance(
         inputs, mask = _completion_inputs(prompts[batch], completions[batch], pad_id, device)
         teacher_inputs, _ = _completion_inputs(teacher_prompts[batch], completions[batch], pad_id, device)
         s = completion_logits(student, inputs, mask, vocab_size).float()
-        t = completion_logits(teacher, teacher_inputs, mask, vocab_size).float()
         row = mask.bool().nonzero()[:, 0]  # the prompt of each completion token, in the logits' order
-        token_values = {
-            "forward_kl": generalized_jsd(s, t, beta=0.0),
-            "reverse_kl": generalized_jsd(s, t, beta=1.0),
-            "jsd": generalized_jsd(s, t, beta=0.5),
-            "top1_agreement": (s.argmax(-1) == t.argmax(-1)).float(),
-            "tokens": torch.ones_like(row, dtype=torch.float32),
+        token_values = token_distances(s, teacher.scores(CompletionBatch(teacher_inputs, mask))) | {
+            "tokens": torch.ones_like(row, dtype=torch.float32)
         }
         for name, values in token_values.items():
             sums[name] += torch.zeros(mask.shape[0], device=device).index_add_(0, row, values).tolist()
     return sums
+
+
+def token_distances(
+    student_logits: torch.Tensor, teacher: torch.Tensor | SparseTeacher
+) -> dict[str, torch.Tensor]:
+    """Each distance at each position: exact from the teacher's logits, on its top-K (+ the actual token and
+    a tail bin) from a `SparseTeacher`."""
+    if isinstance(teacher, SparseTeacher):
+        divergence, top1 = partial(sparse_generalized_jsd, student_logits, teacher), teacher.top_ids[:, 0]
+    else:
+        logits = teacher.float()
+        divergence, top1 = partial(generalized_jsd, student_logits, logits), logits.argmax(-1)
+    return {
+        "forward_kl": divergence(0.0),
+        "reverse_kl": divergence(1.0),
+        "jsd": divergence(0.5),
+        "top1_agreement": (student_logits.argmax(-1) == top1).float(),
+    }
 
 
 def per_token(sums: dict[str, list[float]]) -> dict[str, float]:
@@ -161,19 +182,24 @@ class HeldOutEvaluation:
 
     def __init__(
         self,
-        teacher: PreTrainedModel,
+        teacher: Teacher | PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         examples: list[Example],
         folder: Path,
         settings: HeldOutSettings,
     ) -> None:
+        """`teacher`: a `Teacher`, or a model in this process (an `InProcessTeacher` is made of it)."""
+        if isinstance(teacher, PreTrainedModel):
+            teacher = InProcessTeacher(teacher, tokenizer, settings.vocab_size, settings.batch_size)
         self.teacher, self.tokenizer, self.folder, self.settings = teacher, tokenizer, Path(folder), settings
         self.answers = [e.answer for e in examples]
         self.prompts = [self._ids(e.prompt) for e in examples]
         self.teacher_prompts = [self._ids(e.teacher_prompt or e.prompt) for e in examples]
         self.questions = [e.prompt[-1]["content"] for e in examples]
         self.teacher_questions = [(e.teacher_prompt or e.prompt)[-1]["content"] for e in examples]
-        self.teacher_ids, self.teacher_rows = self.greedy_answers(teacher, "teacher")
+        self.teacher_ids, self.teacher_rows = self.greedy_answers(
+            teacher.generate, "teacher", as_teacher=True
+        )
         self.distance_sums: dict[str, dict[str, list[float]]] = {}  # per student: `teacher_distance`
         self.degenerate: dict[str, list[float]] = {}  # per student: 1.0 for each degenerate answer
 
@@ -183,17 +209,18 @@ class HeldOutEvaluation:
     def path(self, name: str) -> Path:
         return self.folder / f"{name}.parquet"
 
-    def greedy_answers(self, model: PreTrainedModel, name: str) -> tuple[list[list[int]], list[dict]]:
-        """Greedy completion ids of `model` and one audit row per prompt, read back if saved."""
+    def greedy_answers(
+        self, generate: Callable, name: str, as_teacher: bool = False
+    ) -> tuple[list[list[int]], list[dict]]:
+        """Greedy completion ids from `generate` (as `Teacher.generate`) of the student's prompts, or of the
+        teacher's own `as_teacher`, and one audit row per prompt; read back if saved."""
         if self.path(name).exists():
             rows = read_parquet(self.path(name))
             return [r["completion_ids"] for r in rows], rows
-        is_teacher = model is self.teacher
-        prompts = self.teacher_prompts if is_teacher else self.prompts
-        questions = self.teacher_questions if is_teacher else self.questions
-        params = SamplingParams(self.settings.max_new_tokens, temperature=0.0)
-        ids = generate_all(
-            model, self.tokenizer, prompts, params, self.settings.batch_size, f"{name} answers"
+        prompts = self.teacher_prompts if as_teacher else self.prompts
+        questions = self.teacher_questions if as_teacher else self.questions
+        ids = generate(
+            prompts, SamplingParams(self.settings.max_new_tokens, temperature=0.0), f"{name} answers"
         )
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         rows = []
@@ -211,14 +238,22 @@ class HeldOutEvaluation:
         write_parquet(self.path(name), rows)
         return ids, rows
 
+    def teacher_metrics(self) -> dict[str, float]:
+        """The teacher's accuracy, boxed share and degeneration measures."""
+        texts = [r["completion"] for r in self.teacher_rows]
+        return answer_metrics(self.teacher_rows) | answer_degeneration(
+            texts, self.teacher_ids, self.teacher.eos_ids
+        )
+
     def metrics(self, model: PreTrainedModel, name: str) -> dict[str, float]:
-        """Accuracy, boxed share, degeneration measures and (for a student) distance to the teacher."""
-        is_teacher = model is self.teacher
-        ids, rows = (self.teacher_ids, self.teacher_rows) if is_teacher else self.greedy_answers(model, name)
+        """A student's accuracy, boxed share, degeneration measures and distance to the teacher."""
+
+        def answers(prompts: list[list[int]], params: SamplingParams, desc: str) -> list[list[int]]:
+            return generate_all(model, self.tokenizer, prompts, params, self.settings.batch_size, desc)
+
+        ids, rows = self.greedy_answers(answers, name)
         texts = [r["completion"] for r in rows]
         results = answer_metrics(rows) | answer_degeneration(texts, ids, eos_ids_of(model, self.tokenizer))
-        if is_teacher:
-            return results
         self.degenerate[name] = [float(is_degenerate(text)) for text in texts]
         agreeing = sum(
             answers_agree(t["completion"], s["completion"])
@@ -295,6 +330,6 @@ def run_distance(config: DistanceEvalConfig) -> dict:
     )
     evaluation = HeldOutEvaluation(teacher, tokenizer, examples, folder, settings)
     metrics = evaluation.metrics(student, "student")
-    metrics["teacher"] = evaluation.metrics(teacher, "teacher")
+    metrics["teacher"] = evaluation.teacher_metrics()
     labels = {role: model_label(name) for role, name in names.items()}
     return write_result(config.output_dir, TASK, metrics, config, labels, data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from selftaught.distill.results import DistillResults
 from selftaught.report import plots
 from selftaught.report.page import Plot, Section
 from selftaught.report.readers import card_tables, curve, is_number, numeric_results, read_json, read_jsonl
@@ -12,10 +13,8 @@ from selftaught.report.sections import (
     comparison_section,
     evaluation_section,
     key_value_table,
-    ordered,
 )
 
-MODELS = ("teacher", "student_before", "student_after")
 ANSWER_COLUMNS = {"teacher": "teacher", "student_before": "student before", "student_after": "student after"}
 POLICY_LABELS = {1.0: "on-policy steps (student samples)", 0.0: "off-policy steps (fixed completions)"}
 
@@ -94,7 +93,7 @@ def settings_section(card: dict[str, dict[str, str]], train: dict | None) -> Sec
     return section
 
 
-def evaluation_section_of(results: dict | None) -> Section:
+def evaluation_section_of(results: DistillResults | None) -> Section:
     """Every held-out metric of teacher and student, said plainly when there is none and why."""
     if results is None:
         missing = "No evaluation results: eval_results.json is missing (the run has not finished yet)."
@@ -104,30 +103,33 @@ def evaluation_section_of(results: dict | None) -> Section:
             "prompts (eval_results.json holds the training statistics only)."
         )
     section = evaluation_section(
-        ordered(numeric_results(results, skip=("train",)), MODELS),
+        numeric_results(results.evaluated() if results else None),
         "Held-out evaluation: teacher, student before and after",
         "Greedy answers to the held-out prompts; distances are per token to the teacher's greedy answers. "
         "degenerate_share, distinct_2, mean_tokens and eos_share say whether each model still writes text. "
         "The answers themselves are in evaluation/*.parquet.",
         missing,
     )
-    if isinstance(results, dict) and isinstance(results.get("warning"), str):
-        section.notes.insert(0, results["warning"])
+    if results and results.warning:
+        section.notes.insert(0, results.warning)
     return section
 
 
 def distill_sections(run: Path) -> list[Section]:
     rows = read_jsonl(run / "metrics.jsonl")
-    results = read_json(run / "eval_results.json")
+    written = read_json(run / "eval_results.json")
+    results = DistillResults.from_json(written) if written is not None else None
     card = card_tables(run / "README.md")
     objective = objective_name(card.get("Training hyper-parameters", {}).get("beta"))
     folder = run / "evaluation"
-    answers = answers_section({ANSWER_COLUMNS[m]: folder / f"{m}.parquet" for m in MODELS}, "completion")
+    answers = answers_section(
+        {label: folder / f"{m}.parquet" for m, label in ANSWER_COLUMNS.items()}, "completion"
+    )
     return [
         loss_section(rows, objective),
         evaluation_section_of(results),
         comparison_section(
-            (results or {}).get("comparisons"),
+            results.comparisons if results else None,
             "Did the student get closer to its teacher?",
             "The student after training minus before, per token on the teacher's held-out answers. KL and "
             "JSD: lower is closer; top-1 agreement: higher is closer. And the share of the student's own "
@@ -136,5 +138,5 @@ def distill_sections(run: Path) -> list[Section]:
         ),
         *([answers] if answers else []),
         throughput_section(rows),
-        settings_section(card, (results or {}).get("train")),
+        settings_section(card, results.train if results else None),
     ]
