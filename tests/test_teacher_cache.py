@@ -3,6 +3,7 @@ the live teacher's top-K, it resumes after a crash, and a cache that cannot serv
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -201,3 +202,70 @@ def test_a_completion_is_found_by_its_prompt_and_tokens_and_an_uncached_one_refu
     assert reader.sample(prompt, 0) == reader.completion(3, 0).completion_ids
     with pytest.raises(TeacherCacheError, match="student's samples need --teacher or --teacher_url"):
         reader.scored(prompt, by_row.completion_ids[:-1])
+
+
+def distill_flags(student: Path, cache: Path, data: Path, output: Path, *extra: str) -> list[str]:
+    return [
+        "distill",
+        "--student",
+        str(student),
+        "--teacher_cache",
+        str(cache),
+        "--data",
+        str(data),
+        *LENGTHS,
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--eval_size",
+        "0",
+        "--output_dir",
+        str(output),
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize(
+    "completions", [["--lmbda", "0"], ["--lmbda", "0", "--seq_kd"]], ids=["data", "seq_kd"]
+)
+def test_distill_from_the_cache_loads_no_teacher(
+    cache, tiny_student, data, tmp_path, monkeypatch, completions
+):
+    import json
+
+    from selftaught.distill import recipe
+    from selftaught.models import embedded
+
+    loaded = []
+    monkeypatch.setattr(recipe, "load_model", lambda path, *a: loaded.append(path) or load_model(path, *a))
+    monkeypatch.setattr(embedded, "embedded_teacher", lambda: pytest.fail("the embedded teacher was built"))
+    out = tmp_path / "run"
+    main(distill_flags(tiny_student, cache, data, out, *completions))
+    assert loaded == [str(tiny_student)]  # the student's weights, and no teacher's
+    assert (out / "model.safetensors").is_file()
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [s["loss"] for s in steps if "loss" in s]
+    assert len(losses) == 2 and all(loss > 0 for loss in losses)
+    assert "read from a cache of its top-8 log-probabilities" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--lmbda", "0.5"], "no teacher is here to score them"),
+        (
+            ["--lmbda", "0", "--max_new_tokens", "32"],
+            r"made for another run \(max_new_tokens: 16 there, 32 now\)",
+        ),
+    ],
+    ids=["on-policy", "other-lengths"],
+)
+def test_distill_refuses_what_the_cache_cannot_serve(
+    cache, tiny_student, data, tmp_path, capsys, flags, message
+):
+    with pytest.raises(SystemExit) as exit_code:
+        main(distill_flags(tiny_student, cache, data, tmp_path / "run", *flags))
+    assert exit_code.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert re.search(message, line)

@@ -157,6 +157,16 @@ class DistillConfig(TrainingArguments):
             "full-vocabulary loss that rises with K (README, 'A served teacher')."
         },
     )
+    teacher_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "A folder made by `selftaught distill cache-teacher`: the teacher's top-K "
+            "log-probabilities of the data's completions (and of its own samples, for --seq_kd), read "
+            "instead of any teacher: no teacher weights or server in this run. Needs --lmbda 0 (nothing has "
+            "scored the student's own samples) and the data, prompt and length flags the cache was made "
+            "with (checked)."
+        },
+    )
     loss: str = field(
         default="jsd",
         metadata={
@@ -321,8 +331,10 @@ class DistillConfig(TrainingArguments):
         self.remove_unused_columns = False
 
     def check_teacher_source_and_loss(self) -> None:
-        """Refuse the combinations of --teacher_url, --teacher_top_k, --loss and --kl_estimator that would
-        train on something else than what they say."""
+        """Refuse the combinations of --teacher_url, --teacher_cache, --teacher_top_k, --loss and
+        --kl_estimator that would train on something else than what they say."""
+        if self.teacher_cache:
+            self.check_teacher_cache()
         if self.teacher_url and self.teacher == SELF_TEACHER:
             raise ArgumentError(
                 "--teacher self is a copy of the student in this process; --teacher_url serves another "
@@ -349,6 +361,24 @@ class DistillConfig(TrainingArguments):
                 f"student itself, but --lmbda {self.lmbda} --temperature {self.temperature} "
                 f"--top_p {self.top_p} trains on other tokens (off-policy steps, or a reshaped "
                 "distribution). Use --lmbda 1 --temperature 1 --top_p 1, or --loss jsd."
+            )
+
+    def check_teacher_cache(self) -> None:
+        """A cached teacher has scored the data's completions and its own samples, nothing else."""
+        if self.teacher_url or self.teacher == SELF_TEACHER:
+            given = "--teacher_url" if self.teacher_url else "--teacher self"
+            raise ArgumentError(f"--teacher_cache and {given} name two teachers: give one of them")
+        if self.lmbda > 0:
+            raise ArgumentError(
+                f"--teacher_cache with --lmbda {self.lmbda}: on-policy steps train on the student's own "
+                "samples, and no teacher is here to score them (a cache holds the data's completions and the "
+                "teacher's samples only). Use --lmbda 0 (with --seq_kd for the cached samples), or a live "
+                "teacher: --teacher MODEL or --teacher_url URL."
+            )
+        if self.eval_strategy != "no":
+            raise ArgumentError(
+                "--eval_strategy with --teacher_cache: the held-out loss needs the teacher's scores of the "
+                "held-out completions, which the cache does not hold. Use --eval_strategy no."
             )
 
 

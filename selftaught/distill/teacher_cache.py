@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -46,6 +47,8 @@ from selftaught.data.shards import (
     read_manifest,
     shard_path,
 )
+from selftaught.distill.teachers import CompletionBatch
+from selftaught.generation.base import SamplingParams
 from selftaught.training.sparse_losses import PADDING_ID, SparseTeacher
 
 DATA_SAMPLE = -1  # the `sample` of the data's own completion
@@ -62,6 +65,7 @@ RUN_KEYS = (
     "max_new_tokens",
     "teacher_context",
 )
+SPARSE_FIELDS = ("top_ids", "top_log_probs", "token_ids", "token_log_probs")  # `SparseTeacher`'s, in order
 CACHED_SHARDS = 4  # shards kept decoded in memory at once: training reads rows in shuffled order
 
 
@@ -256,3 +260,38 @@ class TeacherCache:
             token_log_probs=torch.tensor(record["token_logprobs"], dtype=torch.float32),
         )
         return CachedCompletion(record["completion_ids"], teacher)
+
+
+class CachedTeacher:
+    """The `distill.teachers.Teacher` of `selftaught distill --teacher_cache`: scores and samples read from a
+    cache, no teacher weights or server anywhere. It holds the data's completions and the teacher's own
+    samples only, so it serves supervised KD (lmbda 0) and seq_kd; a completion it has not scored (the
+    student's own sample) is refused by name."""
+
+    def __init__(self, cache: TeacherCache, eos_ids: list[int]) -> None:
+        self.cache, self.eos_ids = cache, eos_ids
+        self.name = f"{cache.params['teacher']['name']} (cached top-{cache.top_k})"
+
+    def scores(self, batch: CompletionBatch) -> SparseTeacher:
+        k = self.cache.top_k
+        empty = SparseTeacher(
+            torch.empty(0, k, dtype=torch.int64),
+            torch.empty(0, k),
+            torch.empty(0, dtype=torch.int64),
+            torch.empty(0),
+        )
+        rows = [empty] + [
+            self.cache.scored(prompt, completion).teacher
+            for prompt, completion in zip(batch.prompts(), batch.completions(), strict=True)
+            if completion
+        ]
+        device = batch.completion_mask.device
+        return SparseTeacher(
+            *(torch.cat([getattr(r, name) for r in rows]).to(device) for name in SPARSE_FIELDS)
+        )
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams, desc: str | None) -> list[list[int]]:
+        """One cached sample of each prompt: which one is drawn from `params.seed` (the trainer's per-step
+        seed), so that the epochs go through different samples and a resumed run takes the same."""
+        index = random.Random(params.seed).randrange(max(self.cache.samples, 1))
+        return [self.cache.sample(prompt, index) for prompt in prompts]
