@@ -50,7 +50,11 @@ def data(tmp_path_factory) -> Path:
     from conftest import write_jsonl
 
     rows = [
-        {"problem": f"What is {a} + {b}?", "solution": f"${a} + {b} = {a + b}$.", "answer": str(a + b)}
+        {
+            "problem": f"What is {a} + {b}?" + " Show your work." * (a % 3),
+            "solution": f"${a} + {b} = {a + b}$.",
+            "answer": str(a + b),
+        }
         for a in range(2, 7)
         for b in range(3, 5)
     ]
@@ -269,3 +273,32 @@ def test_distill_refuses_what_the_cache_cannot_serve(
     assert exit_code.value.code == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert re.search(message, line)
+
+
+def test_the_cached_teacher_scores_a_padded_batch_as_the_live_teacher_does(cache, tiny_teacher, data):
+    """The trainer's view: a batch of [left-padded prompt | right-padded completion] rows of several lengths,
+    scored position by position in the completion mask's order, as the in-process teacher's logits at K."""
+    from selftaught.distill.teacher_cache import CachedTeacher
+    from selftaught.distill.teachers import CompletionBatch, InProcessTeacher
+    from selftaught.generation.base import left_pad, right_pad
+    from selftaught.scoring.logits import join_prompt_completion
+    from selftaught.training.sparse_losses import SparseTeacher
+
+    tokenizer = load_tokenizer(str(tiny_teacher))
+    rows = tokenize_examples(tokenizer, read_split(config_for(tiny_teacher, data), "train"), 64, 16)
+    reader = TeacherCache(cache, REDO, len(tokenizer))
+    picked = [(2, DATA_SAMPLE), (7, 0), (5, DATA_SAMPLE)]  # a sample among data completions, unequal lengths
+    prompts = [rows["prompt_ids"][i] for i, _ in picked]
+    completions = [reader.completion(i, sample).completion_ids for i, sample in picked]
+    assert len({len(c) for c in completions}) > 1 and len({len(p) for p in prompts}) > 1
+    joined = join_prompt_completion(*left_pad(prompts, 0), *right_pad(completions, 0))
+    batch = CompletionBatch(joined, right_pad(completions, 0)[1])
+
+    cached = CachedTeacher(reader, [tokenizer.eos_token_id]).scores(batch)
+    model = load_model(str(tiny_teacher), "float32")  # its whole output layer, as the cache normalises over
+    live_logits = InProcessTeacher(model, tokenizer, model.config.vocab_size).scores(batch)
+    live = SparseTeacher.from_logits(live_logits, batch.token_ids(), K)
+    assert torch.equal(cached.token_ids, batch.token_ids())
+    assert torch.equal(cached.top_ids, live.top_ids.masked_fill(live.top_ids >= len(tokenizer), PADDING_ID))
+    torch.testing.assert_close(cached.top_log_probs, live.top_log_probs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(cached.token_log_probs, live.token_log_probs, rtol=0, atol=1e-5)
