@@ -124,8 +124,9 @@ def cache_teacher(config: CacheTeacherConfig, settings: EngineSettings) -> dict:
     tokenizer = load_tokenizer(config.teacher, config.trust_remote_code)
     lengths = (config.max_prompt_length, config.max_new_tokens)
     tokenized = tokenize_examples(tokenizer, examples, *lengths).to_list()
+    # the teacher reads its own prompt (with --teacher_context), else the student's
     rows = [
-        {"row": i, "teacher_prompt_ids": r.get("teacher_prompt_ids") or r["prompt_ids"], **r}
+        {**r, "row": i, "teacher_prompt_ids": r.get("teacher_prompt_ids") or r["prompt_ids"]}
         for i, r in enumerate(tokenized)
     ]
     params = run_settings(tokenizer, examples, config.data_split, *lengths, config.teacher_context) | {
