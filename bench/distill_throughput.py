@@ -9,6 +9,13 @@ do not leak between them):
     and the first steps x batch rows of the shipped math prompts, read in order by every trainer.
     Everything else is each trainer's own default (TRL's configs turn gradient checkpointing on).
 
+`selftaught-served` is selftaught with the teacher behind vLLM's OpenAI-compatible server on this machine
+(`--teacher_url`, top-32 log-probabilities, the sparse JSD; issue 28): the server (started as the tests start
+it, tests/servers.py) shares the CPU with training, and its memory is not the training process's. For both
+selftaught rows the step is split into where its time goes: the student's sampling, the teacher's scores
+(a forward in this process, or the HTTP requests to the server), and the rest (student forward, backward,
+optimizer). `--only selftaught --only selftaught-served` compares the two.
+
 A fourth subprocess times the parts of one step on their own (sampling with the KV cache, teacher
 forward, student forward + backward) on one batch: their sum is a floor no trainer's step can beat.
 
@@ -51,9 +58,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "selftaught" / "data" / "builtin" / "math_prompts" / "train.jsonl"
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "distill_throughput.json"
 
-RUNNERS = ("selftaught", "selftaught-vllm", "gkd", "distillation", "distillation-vllm")
+RUNNERS = ("selftaught", "selftaught-served", "selftaught-vllm", "gkd", "distillation", "distillation-vllm")
 VLLM_RUNNERS = {"selftaught-vllm": "selftaught", "distillation-vllm": "distillation"}  # and their hf twins
 PARTS = "parts"
+SERVED_TOP_K = 32  # the served teacher's log-probabilities per position
 LMBDA, BETA, TEMPERATURE, LEARNING_RATE, SEED = 1.0, 0.5, 0.9, 1e-5, 42
 
 LOSS_NOTES = """\
@@ -138,6 +146,8 @@ class Probe:
         self.batch_tokens: list[int] = []
         self.step_tokens: list[int] = []
         self.step_seconds: list[float] = []
+        self.parts: dict[str, list[float]] = {}  # seconds per step in `timed_part`s (selftaught's rows)
+        self._parts_since_step: dict[str, float] = {}
         self._tokens_since_step = 0
         self._last_time = time.perf_counter()
 
@@ -150,10 +160,26 @@ class Probe:
     def start(self) -> None:
         self._last_time = time.perf_counter()
 
+    def timed_part(self, part: str, fn):
+        """`fn`, adding the seconds of each call to `part` of the current step."""
+
+        def timed_fn(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent = time.perf_counter() - started
+                self._parts_since_step[part] = self._parts_since_step.get(part, 0.0) + spent
+
+        return timed_fn
+
     def end_step(self) -> tuple[float, int]:
         now = time.perf_counter()
         self.step_seconds.append(now - self._last_time)
         self.step_tokens.append(self._tokens_since_step)
+        for part in self.parts.keys() | self._parts_since_step.keys():
+            self.parts.setdefault(part, []).append(self._parts_since_step.get(part, 0.0))
+        self._parts_since_step = {}
         self._last_time, self._tokens_since_step = now, 0
         return self.step_seconds[-1], self.step_tokens[-1]
 
@@ -206,9 +232,13 @@ def step_callback(name: str, probe: Probe, total: int):
 # --- the three trainers, built as each project documents --------------------------------------------
 
 
-def build_selftaught(args: argparse.Namespace, probe: Probe, output_dir: str, engine: str = "hf"):
+def build_selftaught(
+    args: argparse.Namespace, probe: Probe, output_dir: str, engine: str = "hf", served: bool = False
+):
     """As selftaught/distill/recipe.py does: DistillConfig, tokenize_examples, GKDistillTrainer; `engine`
-    vllm samples through a colocated vLLM (on CPU: in this process), weights pushed once per step."""
+    vllm samples through a colocated vLLM (on CPU: in this process), weights pushed once per step; `served`:
+    the teacher behind a vLLM server (started here, stopped when this process exits), no teacher weights
+    loaded in this process."""
     from selftaught.data.formats import tokenize_examples
     from selftaught.distill.config import DistillConfig
     from selftaught.distill.trainer import GKDistillTrainer
@@ -218,6 +248,7 @@ def build_selftaught(args: argparse.Namespace, probe: Probe, output_dir: str, en
             return int(inputs["completion_mask"].sum())
 
     teacher_path, student_path = model_paths()
+    teacher_url = serve_teacher(teacher_path) if served else None
     config = DistillConfig(
         **common_args(args, output_dir),
         teacher=teacher_path,
@@ -228,15 +259,45 @@ def build_selftaught(args: argparse.Namespace, probe: Probe, output_dir: str, en
         temperature=TEMPERATURE,
         max_new_tokens=args.max_new_tokens,
         engine=engine,
+        teacher_url=teacher_url,
+        teacher_top_k=SERVED_TOP_K if served else None,
     )
-    tokenizer, teacher, student = load_models()
+    if served:
+        from selftaught.distill.teachers import ServedTeacher
+        from selftaught.models import load_model, load_tokenizer
+
+        tokenizer, student = load_tokenizer(student_path), load_model(student_path, "float32")
+        teacher = ServedTeacher(teacher_url, SERVED_TOP_K, tokenizer)
+    else:
+        tokenizer, teacher, student = load_models()
     examples = load_examples(prompts_needed(args))
     dataset = tokenize_examples(tokenizer, examples, config.max_prompt_length, config.max_new_tokens)
     trainer = Probed(
         model=student, teacher=teacher, args=config, processing_class=tokenizer, train_dataset=dataset
     )
     trainer.probe = probe
+    trainer.teacher.scores = probe.timed_part("teacher_scores", trainer.teacher.scores)
+    sampler = trainer.samplers["student"]
+    sampler.generate = probe.timed_part("student_sampling", sampler.generate)
     return trainer
+
+
+def serve_teacher(model: str) -> str:
+    """The base URL of a vLLM server on `model` (as the tests start it), up until this process exits."""
+    import atexit
+    from contextlib import ExitStack
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from servers import vllm_server
+
+    stack = ExitStack()
+    started = time.perf_counter()
+    server = stack.enter_context(vllm_server(Path(model), "teacher", max_logprobs=SERVED_TOP_K))
+    atexit.register(stack.close)
+    print(
+        f"  [served] vLLM server up in {time.perf_counter() - started:.0f} s at {server.base_url}", flush=True
+    )
+    return server.base_url
 
 
 def build_gkd(args: argparse.Namespace, probe: Probe, output_dir: str):
@@ -312,6 +373,7 @@ def build_distillation(args: argparse.Namespace, probe: Probe, output_dir: str, 
 
 BUILDERS = {
     "selftaught": build_selftaught,
+    "selftaught-served": functools.partial(build_selftaught, served=True),
     "selftaught-vllm": functools.partial(build_selftaught, engine="vllm"),
     "gkd": build_gkd,
     "distillation": build_distillation,
@@ -375,6 +437,8 @@ def train_and_measure(name: str, args: argparse.Namespace) -> dict:
         "step_tokens": probe.step_tokens,
         "losses": probe.losses,
         "warmup_steps_excluded": 1 if len(probe.step_seconds) > 1 else 0,
+        # where the time of a step goes (selftaught's rows): median seconds per step after the warm-up
+        "step_parts_seconds": {part: statistics.median(values[warm]) for part, values in probe.parts.items()},
         "settings": settings,
     }
 
@@ -567,6 +631,12 @@ def ratios(results: dict) -> dict:
     if PARTS in ok:
         out["seconds_per_step_vs_floor"] = ours["seconds_per_step"] / ok[PARTS]["floor_seconds"]
         out["tokens_per_second_vs_floor"] = ours["tokens_per_second"] / ok[PARTS]["floor_tokens_per_second"]
+    if "selftaught-served" in ok:
+        served = ok["selftaught-served"]
+        out["served_tokens_per_second_vs_selftaught"] = (
+            served["tokens_per_second"] / ours["tokens_per_second"]
+        )
+        out["served_peak_rss_vs_selftaught"] = served["peak_rss_gib"] / ours["peak_rss_gib"]
     if "selftaught-vllm" in ok:
         vllm = ok["selftaught-vllm"]
         for other in ("distillation", "distillation-vllm", "selftaught"):
@@ -592,7 +662,7 @@ def print_report(results: dict, summary: dict, args: argparse.Namespace) -> None
         f"max_new_tokens {args.max_new_tokens}, float32 CPU ({warmup})\n"
     )
     header = (
-        f"{'trainer':<13}{'tok/s':>8}{'s/step':>9}{'tok/step':>10}{'RSS GiB':>9}{'loss':>9}{'loss/tok':>9}"
+        f"{'trainer':<19}{'tok/s':>8}{'s/step':>9}{'tok/step':>10}{'RSS GiB':>9}{'loss':>9}{'loss/tok':>9}"
         f"{'ckpt':>6}{'kv':>5}"
     )
     print(header)
@@ -602,14 +672,15 @@ def print_report(results: dict, summary: dict, args: argparse.Namespace) -> None
             continue
         r = results[name]
         if not r.get("ok"):
-            print(f"{name:<13}FAILED: {r.get('error', '').strip().splitlines()[-1:]}")
+            print(f"{name:<19}FAILED: {r.get('error', '').strip().splitlines()[-1:]}")
             continue
         print(
-            f"{name:<13}{r['tokens_per_second']:>8.1f}{r['seconds_per_step']:>9.2f}"
+            f"{name:<19}{r['tokens_per_second']:>8.1f}{r['seconds_per_step']:>9.2f}"
             f"{r['trained_tokens_per_step']:>10.1f}{r['peak_rss_gib']:>9.2f}{r['first_loss']:>9.4f}"
             f"{r['first_loss_per_trained_token']:>9.4f}"
             f"{yes_no(r['settings']['gradient_checkpointing']):>6}{yes_no(r['settings']['generation_use_cache']):>5}"
         )
+    print_step_parts(results)
     if PARTS in results:
         p = results[PARTS]
         if p.get("ok"):
@@ -642,6 +713,20 @@ def print_report(results: dict, summary: dict, args: argparse.Namespace) -> None
         " trained tokens;\n ckpt = gradient checkpointing; kv = sampling uses the KV cache)"
     )
     print(LOSS_NOTES)
+
+
+def print_step_parts(results: dict) -> None:
+    """Where a step's time goes in selftaught's rows: median seconds per step after the warm-up."""
+    rows = {name: r for name, r in results.items() if r.get("ok") and r.get("step_parts_seconds")}
+    if not rows:
+        return
+    print("\nWhere a step's time goes (median seconds per step):")
+    print(f"  {'trainer':<19}{'step':>8}{'sampling':>10}{'teacher':>9}{'rest':>8}")
+    for name, r in rows.items():
+        parts = r["step_parts_seconds"]
+        sampling, teacher = parts.get("student_sampling", 0.0), parts.get("teacher_scores", 0.0)
+        rest = r["seconds_per_step"] - sampling - teacher
+        print(f"  {name:<19}{r['seconds_per_step']:>8.2f}{sampling:>10.2f}{teacher:>9.2f}{rest:>8.2f}")
 
 
 def parse_args() -> argparse.Namespace:

@@ -51,6 +51,35 @@ CASES = {
     "eval unknown engine": (["eval", "math", *EVAL_MATH, "--engine", "foo"], "--engine must be one of"),
     "openai without base_url": (["eval", "math", *EVAL_MATH, "--engine", "openai"], "needs --base_url"),
     "openai for on-policy samples": (["distill", *DISTILL, "--engine", "openai"], "cannot sample on-policy"),
+    "sampled_kl on off-policy steps": (
+        ["distill", *DISTILL, "--loss", "sampled_kl", "--lmbda", "0.5", "--temperature", "1"],
+        "--loss sampled_kl is an unbiased reverse-KL gradient only on tokens sampled from the student",
+    ),
+    "sampled_kl at another temperature": (
+        ["distill", *DISTILL, "--loss", "sampled_kl", "--lmbda", "1", "--temperature", "0.7"],
+        "Use --lmbda 1 --temperature 1 --top_p 1, or --loss jsd",
+    ),
+    "kl_estimator without sampled_kl": (
+        ["distill", *DISTILL, "--kl_estimator", "k3"],
+        "--kl_estimator applies to --loss sampled_kl only",
+    ),
+    "teacher_top_k without a server": (
+        ["distill", *DISTILL, "--teacher_top_k", "8"],
+        "--teacher_top_k sets how many log-probabilities a served teacher returns",
+    ),
+    "a served teacher and teacher self": (
+        [
+            "distill",
+            *DISTILL,
+            "--teacher",
+            "self",
+            "--teacher_context",
+            "solution",
+            "--teacher_url",
+            "http://x/v1",
+        ],
+        "--teacher self is a copy of the student in this process",
+    ),
     "unknown curation mode": (
         ["backtranslate", "seed", *BACKTRANSLATE, "--curation_mode", "foo"],
         "curation_mode 'foo'",

@@ -40,6 +40,7 @@ from selftaught.models import (
     load_tokenizer,
     shared_vocab_size,
 )
+from selftaught.scoring.logits import completion_logits
 
 STUDENT_ROWS, TEACHER_ROWS = 49152, 49280
 
@@ -599,6 +600,38 @@ def test_loss_is_the_plain_kl_at_the_limits(tmp_path, sharp_student, sharp_teach
         recorder = Recorder(trainer)
         trainer.train()
         assert recorder.losses == [pytest.approx(expected, rel=1e-4)], f"beta={beta}"
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k3"])
+def test_sampled_kl_trains_on_the_teachers_log_prob_of_each_sampled_token(
+    tmp_path, sharp_student, sharp_teacher, tokenizer, estimator
+):
+    """--loss sampled_kl with the in-process teacher: the loss of an on-policy step is the mean over the
+    student's sampled tokens of log q(x) - log p(x) (k1), or of p/q - 1 - log p/q (k3), from the two models'
+    log-probabilities of those tokens alone."""
+    trainer = on_policy_trainer(
+        tmp_path,
+        sharp_student,
+        sharp_teacher,
+        tokenizer,
+        loss="sampled_kl",
+        kl_estimator=estimator,
+        temperature=1.0,
+    )
+    recorder = Recorder(trainer)
+    trainer.train()
+    [batch] = recorder.batches
+    mask = batch["completion_mask"].bool()
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    tokens = batch["input_ids"][:, -mask.shape[1] :][mask]
+
+    def token_log_probs(folder: Path) -> torch.Tensor:
+        logits = completion_logits(load_model(str(folder)), inputs, mask, len(tokenizer)).double()
+        return logits.log_softmax(-1).gather(-1, tokens[:, None])[:, 0]
+
+    delta = token_log_probs(sharp_student) - token_log_probs(sharp_teacher)  # log q - log p
+    expected = delta if estimator == "k1" else torch.expm1(-delta) + delta
+    assert recorder.losses == [pytest.approx(float(expected.mean()), rel=1e-4)]
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ from selftaught.training.callbacks import (
 )
 from selftaught.training.checkpoints import (
     checkpoint_folders,
+    close_progress_bars,
     last_complete_checkpoint,
     newest_complete_checkpoint,
     stops_cleanly,
@@ -236,6 +237,7 @@ def train(trainer: GKDistillTrainer, resume: str | bool | None) -> TrainOutput:
         try:
             return trainer.train(resume_from_checkpoint=resume)
         except TeacherUnavailableError as err:
+            close_progress_bars(trainer)
             newest = newest_complete_checkpoint(trainer.args.output_dir)
             where = f"{newest.name} is the newest complete checkpoint" if newest else "no checkpoint yet"
             raise TeacherUnavailableError(

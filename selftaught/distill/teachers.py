@@ -110,6 +110,9 @@ class InProcessTeacher:
         return generate_all(self.model, self.tokenizer, prompts, params, self.batch_size, desc)
 
 
+STARTING = "; is the server running, and is --teacher_url right?"  # what to check when it never answered
+
+
 class TeacherUnavailableError(ConnectionError):
     """The teacher's server stopped answering (after the client's retries with backoff)."""
 
@@ -126,17 +129,18 @@ class ServedTeacher:
     def __init__(
         self, url: str, top_k: int, tokenizer: PreTrainedTokenizerBase, max_retries: int = 5
     ) -> None:
-        self.top_k = top_k
-        self.engine = OpenAIEngine(
-            EngineSettings(engine="openai", base_url=url, max_retries=max_retries), tokenizer
-        )
+        self.url, self.top_k, self.max_retries = url, top_k, max_retries
+        settings = EngineSettings(engine="openai", base_url=url, max_retries=max_retries)
+        self.engine = self._answered(lambda: OpenAIEngine(settings, tokenizer), STARTING)
         self.name = self.engine.name
         self.eos_ids = [tokenizer.eos_token_id]
 
     def check(self, prompt: list[int], completion: list[int]) -> None:
         """Score one completion, so that a server without prompt log-probabilities, with a --max-logprobs
         below K or another tokenizer is named before any training."""
-        self._answered(lambda: self.engine.completion_top_logprobs([prompt], [completion], self.top_k))
+        self._answered(
+            lambda: self.engine.completion_top_logprobs([prompt], [completion], self.top_k), STARTING
+        )
 
     def scores(self, batch: CompletionBatch) -> SparseTeacher:
         tops = self._answered(
@@ -156,8 +160,13 @@ class ServedTeacher:
         seeded = replace(params, seed=None if params.seed is None else params.seed % 2**63)
         return self._answered(lambda: self.engine.generate(prompts, seeded, desc or "teacher answers"))
 
-    def _answered(self, request):
+    def _answered(self, request, hint: str = ""):
+        """`request()`; a server that does not answer after the client's retries raises one error naming it
+        (the engine's own message advises the `eval` commands' --base_url)."""
         try:
             return request()
         except ConnectionError as err:
-            raise TeacherUnavailableError(f"the served teacher stopped answering: {err}") from None
+            raise TeacherUnavailableError(
+                f"the served teacher does not answer: {self.url}: no answer after {self.max_retries} retries "
+                f"({err.__cause__ or err}){hint}"
+            ) from None

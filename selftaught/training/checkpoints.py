@@ -139,6 +139,14 @@ def with_flags(command: list[str], flags: tuple[str, ...]) -> list[str]:
     return [*kept, *flags]
 
 
+def close_progress_bars(trainer: Trainer) -> None:
+    """Close the trainer's progress bars, so that a line said when training stops is the last one printed."""
+    for callback in trainer.callback_handler.callbacks:
+        for bar in (getattr(callback, "training_bar", None), getattr(callback, "prediction_bar", None)):
+            if bar is not None:
+                bar.close()
+
+
 @contextmanager
 def stops_cleanly(trainer: Trainer, resume_flags: tuple[str, ...] = ()) -> Iterator[None]:
     """Ctrl-C inside becomes `TrainingInterrupted`, naming the newest complete checkpoint in the trainer's
@@ -147,9 +155,6 @@ def stops_cleanly(trainer: Trainer, resume_flags: tuple[str, ...] = ()) -> Itera
     try:
         yield
     except KeyboardInterrupt:
-        for callback in trainer.callback_handler.callbacks:
-            for bar in (getattr(callback, "training_bar", None), getattr(callback, "prediction_bar", None)):
-                if bar is not None:
-                    bar.close()
+        close_progress_bars(trainer)
         newest = newest_complete_checkpoint(trainer.args.output_dir)
         raise TrainingInterrupted(str(newest) if newest else None, resume_flags) from None
