@@ -230,6 +230,7 @@ def distill_flags(student: Path, cache: Path, data: Path, output: Path, *extra: 
     ]
 
 
+@pytest.mark.slow  # a whole `selftaught distill` run
 @pytest.mark.parametrize(
     "completions", [["--lmbda", "0"], ["--lmbda", "0", "--seq_kd"]], ids=["data", "seq_kd"]
 )
