@@ -145,6 +145,10 @@ def describe_preset(parser: argparse.ArgumentParser, preset: Path, flags: tuple[
 
 
 def distill(argv: list[str]) -> None:
+    """`selftaught distill [flags]` trains; `selftaught distill cache-teacher [flags]` caches a teacher."""
+    if argv and argv[0] == "cache-teacher":
+        cache_teacher(argv[1:])
+        return
     from selftaught.distill.config import DistillConfig
     from selftaught.distill.recipe import run_distillation
 
@@ -154,6 +158,20 @@ def distill(argv: list[str]) -> None:
     )
     results = run_distillation(config)
     print_summary(config.output_dir, results)
+
+
+def cache_teacher(argv: list[str]) -> None:
+    """`selftaught distill cache-teacher`: the teacher's top-K log-probs for every training completion."""
+    from selftaught.distill.cache_teacher import COMMAND, cache_teacher
+    from selftaught.distill.config import CacheTeacherConfig
+    from selftaught.generation.base import EngineSettings
+
+    config, settings = parse_configs((CacheTeacherConfig, EngineSettings), argv, COMMAND)
+    summary = cache_teacher(config, settings)
+    print(
+        f"teacher cache: {summary['completions']} completions, {summary['completion_tokens']} tokens, "
+        f"{summary['bytes_per_completion_token']:.0f} bytes per completion token on disk: {config.output_dir}"
+    )
 
 
 def print_summary(output_dir: str, results: DistillResults) -> None:

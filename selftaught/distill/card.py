@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from selftaught.data.shards import read_manifest
 from selftaught.distill.config import SELF_TEACHER, DistillConfig
 from selftaught.distill.results import DistillResults
 from selftaught.models.naming import model_label
@@ -100,6 +101,12 @@ def data_name(data: str) -> str:
 def teacher_label(config: DistillConfig) -> str:
     if config.teacher == SELF_TEACHER:
         return "self (a frozen copy of the student's starting weights)"
+    if config.teacher_cache:
+        params = read_manifest(Path(config.teacher_cache))["params"]
+        return (
+            f"{params['teacher']['name']}, read from a cache of its top-{params['top_k']} log-probabilities "
+            "per token (`selftaught distill cache-teacher`)"
+        )
     if config.teacher_url:  # never the URL: it names a machine of the user's
         named = model_label(config.teacher) if config.teacher else "a model"
         return f"{named} served over HTTP (its top-{config.teacher_top_k_used} log-probabilities per token)"
@@ -118,7 +125,8 @@ def hyperparameters(config: DistillConfig) -> dict[str, object]:
         knobs = {k: v for k, v in knobs.items() if not k.startswith("lora_")}
     if config.teacher_url:
         knobs["teacher_top_k"] = config.teacher_top_k_used
-        del knobs["teacher_dtype"]  # the server's own
+    if config.teacher_url or config.teacher_cache:
+        del knobs["teacher_dtype"]  # the server's own, or the cache's
     if config.loss != "jsd":
         knobs |= {"loss": config.loss, "kl_estimator": config.kl_estimator_used}
     if float(config.warmup_steps).is_integer():
@@ -139,6 +147,7 @@ def distillation_card(
 ) -> CardContent:
     """`prompts`: (distinct training prompts the steps reached, training prompts available)."""
     student_name = Path(config.student).name
+    elsewhere = "cached-teacher" if config.teacher_cache else "served-teacher"  # named by no model
     data = data_name(config.data)
     self_taught = config.teacher == SELF_TEACHER
     how = "Self-distilled on-policy with privileged context" if self_taught else "Distilled on-policy"
@@ -147,7 +156,7 @@ def distillation_card(
     return CardContent(
         model_name=f"{student_name}-opsd"
         if self_taught
-        else f"{student_name}-gkd-{Path(config.teacher or 'served-teacher').name}",
+        else f"{student_name}-gkd-{Path(config.teacher or elsewhere).name}",
         base_model=model_label(declared_base_model(config.student)),  # a Hub id, else a name, never a path
         summary=(
             (f"**{warning}**\n\n" if warning else "")

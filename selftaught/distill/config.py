@@ -180,6 +180,16 @@ class DistillConfig(TrainingArguments):
             "full-vocabulary loss that rises with K (README, 'A served teacher')."
         },
     )
+    teacher_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "A folder made by `selftaught distill cache-teacher`: the teacher's top-K "
+            "log-probabilities of the data's completions (and of its own samples, for --seq_kd), read "
+            "instead of any teacher: no teacher weights or server in this run. Needs --lmbda 0 (nothing has "
+            "scored the student's own samples) and the data, prompt and length flags the cache was made "
+            "with (checked)."
+        },
+    )
     loss: str = field(
         default="jsd",
         metadata={
@@ -351,8 +361,10 @@ class DistillConfig(TrainingArguments):
         self.remove_unused_columns = False
 
     def check_teacher_source_and_loss(self) -> None:
-        """Refuse the combinations of --teacher_url, --teacher_top_k, --loss and --kl_estimator that would
-        train on something else than what they say."""
+        """Refuse the combinations of --teacher_url, --teacher_cache, --teacher_top_k, --loss and
+        --kl_estimator that would train on something else than what they say."""
+        if self.teacher_cache:
+            self.check_teacher_cache()
         if self.teacher_url and self.teacher == SELF_TEACHER:
             raise ArgumentError(
                 "--teacher self is a copy of the student in this process; --teacher_url serves another "
@@ -380,3 +392,95 @@ class DistillConfig(TrainingArguments):
                 f"--top_p {self.top_p} trains on other tokens (off-policy steps, or a reshaped "
                 "distribution). Use --lmbda 1 --temperature 1 --top_p 1, or --loss jsd."
             )
+
+    def check_teacher_cache(self) -> None:
+        """A cached teacher has scored the data's completions and its own samples, nothing else."""
+        if self.teacher_url or self.teacher == SELF_TEACHER:
+            given = "--teacher_url" if self.teacher_url else "--teacher self"
+            raise ArgumentError(f"--teacher_cache and {given} name two teachers: give one of them")
+        if self.lmbda > 0:
+            raise ArgumentError(
+                f"--teacher_cache with --lmbda {self.lmbda}: on-policy steps train on the student's own "
+                "samples, and no teacher is here to score them (a cache holds the data's completions and the "
+                "teacher's samples only). Use --lmbda 0 (with --seq_kd for the cached samples), or a live "
+                "teacher: --teacher MODEL or --teacher_url URL."
+            )
+        if self.eval_strategy != "no":
+            raise ArgumentError(
+                "--eval_strategy with --teacher_cache: the held-out loss needs the teacher's scores of the "
+                "held-out completions, which the cache does not hold. Use --eval_strategy no."
+            )
+
+
+def _distill_field(name: str):
+    """A field of `DistillConfig`, with its default and help, for a command that reads the same data."""
+    shared = DistillConfig.__dataclass_fields__[name]
+    return field(default=shared.default, metadata=shared.metadata)
+
+
+@dataclass
+class CacheTeacherConfig:
+    """`selftaught distill cache-teacher`: the teacher's top-K log-probabilities for every training row's
+    completion, written once, for `selftaught distill --teacher_cache` (see `distill.teacher_cache`). The
+    data and prompt flags mean what they mean for `selftaught distill`, and must be given the same there."""
+
+    teacher: str | None = _distill_field("teacher")
+    teacher_context: str | None = _distill_field("teacher_context")
+    teacher_dtype: str = field(
+        default="float32", metadata={"help": "Dtype the teacher is loaded in (engine hf)."}
+    )
+    trust_remote_code: bool = _distill_field("trust_remote_code")
+    data: str | None = _distill_field("data")
+    data_config: str | None = _distill_field("data_config")
+    data_split: str = _distill_field("data_split")
+    prompt_column: str | None = _distill_field("prompt_column")
+    completion_column: str | None = _distill_field("completion_column")
+    answer_column: str | None = _distill_field("answer_column")
+    max_prompt_length: int = _distill_field("max_prompt_length")
+    max_new_tokens: int = _distill_field("max_new_tokens")
+    top_k: int = field(
+        default=32,
+        metadata={
+            "help": "Top log-probabilities stored per completion token (about 8 bytes each on disk); the "
+            "sparse loss's bias falls as K grows (README, 'Sparse losses')."
+        },
+    )
+    samples: int = field(
+        default=0,
+        metadata={
+            "help": "Teacher samples per prompt to cache besides the data's completion, for "
+            "`distill --teacher_cache --seq_kd` (0: the data's completions only)."
+        },
+    )
+    temperature: float = _distill_field("temperature")
+    top_p: float = _distill_field("top_p")
+    seed: int = field(default=42, metadata={"help": "Seeds the teacher's samples (per shard: reruns agree)."})
+    batch_size: int = field(default=8, metadata={"help": "Sequences the teacher scores or samples at once."})
+    shard_size: int = field(
+        default=64,
+        metadata={"help": "Training rows per shard: the work a kill can lose, and a rerun redoes."},
+    )
+    output_dir: str | None = field(
+        default=None, metadata={"help": "The cache folder (required); a rerun resumes it."}
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "Discard a cache made with other settings in --output_dir."}
+    )
+
+    def __post_init__(self) -> None:
+        if not self.output_dir:
+            raise ArgumentError("--output_dir is required: the folder the teacher cache is written to")
+        check_at_least(
+            self,
+            {
+                "top_k": 1,
+                "samples": 0,
+                "batch_size": 1,
+                "shard_size": 1,
+                "max_prompt_length": 1,
+                "max_new_tokens": 1,
+            },
+        )
+        if self.temperature <= 0:
+            raise ArgumentError(f"--temperature must be > 0 for sampling, got {self.temperature}")
+        check_output_folder(self.output_dir, "--output_dir")

@@ -45,6 +45,7 @@ from selftaught.distill.cross_teacher import (
     with_teacher_prompts,
 )
 from selftaught.distill.results import DistillResults
+from selftaught.distill.teacher_cache import CachedTeacher, TeacherCache, TeacherCacheError, run_settings
 from selftaught.distill.teachers import InProcessTeacher, ServedTeacher, Teacher, TeacherUnavailableError
 from selftaught.distill.trainer import GKDistillTrainer
 from selftaught.evaluate.cross_tokenizer import CrossTokenizerEvaluation
@@ -69,16 +70,18 @@ from selftaught.training.checkpoints import (
 from selftaught.training.model_card import write_model_card
 from selftaught.training.sft import save_final_model
 
+CACHE_COMMAND = "`selftaught distill cache-teacher` (a rerun with the flags that made the cache resumes it)"
 BUILTIN_DATA = Path(__file__).resolve().parent.parent / "data" / "builtin" / "math_prompts"
 
 
 def resolve_defaults(config: DistillConfig) -> DistillConfig:
     """Fill unset models and data with the embedded default (built, healed and cached on first use)."""
-    if (config.teacher is None and not config.teacher_url) or config.student is None:
+    elsewhere = config.teacher_url or config.teacher_cache  # a served or cached teacher: no weights here
+    if (config.teacher is None and not elsewhere) or config.student is None:
         from selftaught.distill.student import healed_student
         from selftaught.models.embedded import embedded_teacher
 
-        if not config.teacher_url:  # a served teacher needs no weights here (--teacher only names it)
+        if not elsewhere:  # (--teacher with one of them only names it)
             config.teacher = config.teacher or str(embedded_teacher())
         config.student = config.student or str(healed_student())
     config.data = config.data or str(BUILTIN_DATA)
@@ -202,6 +205,21 @@ def teacher_source(
     return InProcessTeacher(model, tokenizer, vocab_size, config.per_device_eval_batch_size)
 
 
+def cached_teacher(config: DistillConfig, tokenizer: PreTrainedTokenizerBase) -> CachedTeacher:
+    """The teacher read from --teacher_cache, once the cache is checked against this run: made with this
+    tokenizer and chat template, on this data split, with these lengths and this --teacher_context."""
+    cache = TeacherCache(config.teacher_cache, CACHE_COMMAND, vocab_size=len(tokenizer))
+    split = read_split(config, config.data_split)  # the whole split: the cache covers held-out rows too
+    lengths = (config.max_prompt_length, config.max_new_tokens)
+    cache.check(run_settings(tokenizer, split, config.data_split, *lengths, config.teacher_context))
+    if config.seq_kd and not cache.samples:
+        raise TeacherCacheError(
+            f"--seq_kd trains on the teacher's samples, and --teacher_cache {config.teacher_cache} holds "
+            f"none: make it with --samples 1 or more ({CACHE_COMMAND})"
+        )
+    return CachedTeacher(cache, [tokenizer.eos_token_id])
+
+
 def prompts_trained_on(config: DistillConfig, global_step: int, available: int) -> int:
     """How many distinct training prompts the optimizer steps reached (each step takes a whole batch)."""
     per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps * config.world_size
@@ -221,6 +239,12 @@ def distill_into_output_dir(config: DistillConfig) -> DistillResults:
     """`run_distillation`'s steps (the module docstring's), on resolved models, while it holds the output
     folder's lock."""
     train_examples, eval_examples = load_examples(config)  # data first: it fails fast and cheap
+    if config.teacher_cache and eval_examples:
+        print(
+            "[distill] no held-out evaluation with --teacher_cache: it compares the student's answers with "
+            "the teacher's, and this run has no teacher (`selftaught eval distance` compares the saved model)"
+        )
+        eval_examples = []
     check_completions(train_examples, config)
     resume = prepare_output_dir(config)
     tokenizer, student, teacher = load_models(config, train_examples[0])
@@ -273,9 +297,10 @@ def load_models(
     tokenizer = load_tokenizer(config.student, config.trust_remote_code)
     alignment = teacher_alignment(config, tokenizer)
     print(f"[distill] alignment: {alignment.reason}")
+    cached = cached_teacher(config, tokenizer) if config.teacher_cache else None  # checked before any weights
     student = load_model(config.student, config.student_dtype, config.trust_remote_code)
     # before the adapters: `self` copies the start
-    teacher = teacher_source(config, student, tokenizer, probe, alignment)
+    teacher = cached or teacher_source(config, student, tokenizer, probe, alignment)
     return tokenizer, with_lora(config, student) if config.use_peft else student, teacher
 
 
