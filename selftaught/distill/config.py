@@ -64,7 +64,7 @@ class DistillConfig(TrainingArguments):
         default="sampled_kl",
         metadata={
             "help": "For a teacher with another tokenizer, the loss at completion tokens that start inside a "
-            "teacher token (about 3% of the shipped math answers' tokens), where the teacher has no "
+            "teacher token (about 3 percent of the shipped math answers' tokens), where the teacher has no "
             "next-token distribution for the same text: sampled_kl, the sampled-token reverse KL on the "
             "teacher's log-probability of the token's span of text; or uld, the distance between the sorted "
             "probabilities (ULD), which sees only the distributions' shapes. With --loss jsd, tokens that "
