@@ -19,9 +19,9 @@ data.) Each model's NLL per token of the new domain's gold answers and of the he
 Every difference gets a paired 95% bootstrap interval over the held-out examples, per seed and for the
 mean over seeds (the same resample of examples for every seed), and the spread of the per-seed values.
 
-Each piece (setup stages, each arm x seed) runs as one chunk, under `--lock` when given (one lock per
-chunk, so a shared machine is never held for long); a rerun skips what the result JSON already holds and
-says so, and resumes the setup where the run folder stopped.
+Each piece (three setup chunks, the reference models, each arm x seed) runs under `--lock` when given,
+held for at most `--lock_minutes` at a time (`Lease`); a rerun skips what the result JSON already holds
+and says so, and resumes the setup where the run folder stopped.
 
 Usage:
     HF_HUB_OFFLINE=1 .venv/bin/python bench/backtranslation_fidelity.py --lock /tmp/selftaught-heavy.lock
@@ -76,13 +76,14 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seeds", type=int, default=3, help="Training seeds per arm.")
-    parser.add_argument("--segments", type=int, default=160, help="Corpus segments augmented (max_segments).")
-    parser.add_argument("--steps", type=int, default=16, help="Optimizer steps each arm adds to M0.")
+    parser.add_argument("--segments", type=int, default=128, help="Corpus segments augmented (max_segments).")
+    parser.add_argument("--steps", type=int, default=12, help="Optimizer steps each arm adds to M0.")
     parser.add_argument("--documents", type=int, default=40, help="Corpus documents held out (new domain).")
     parser.add_argument("--heldout", type=int, default=64, help="Held-out oasst gold pairs scored.")
     parser.add_argument("--run_dir", type=Path, default=ROOT / "runs" / "bench" / "backtranslation_fidelity")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    parser.add_argument("--lock", type=Path, help="Hold this file's lock (flock) for each chunk.")
+    parser.add_argument("--lock", type=Path, help="Run every piece under this file's lock (flock).")
+    parser.add_argument("--lock_minutes", type=float, default=8, help="Longest hold of the lock at a time.")
     parser.add_argument("--quick", action="store_true", help="1 seed, 40 segments, 4 steps, 8 documents.")
     args = parser.parse_args()
     if args.quick:
@@ -92,17 +93,37 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-@contextmanager
-def chunk(lock: Path | None, name: str):
-    """One piece of the bench, under `lock` when given; says how long it waited and ran."""
-    asked = time.perf_counter()
-    with open(lock, "a") if lock else open("/dev/null") as handle:
-        if lock:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+class Lease:
+    """Runs the bench's pieces under `lock` (flock) when given, holding it for at most `minutes` at a time:
+    a piece starts under the held lock only if the last piece's duration still fits, else the lock is given
+    back first and asked for again, so a shared machine is never held for long and each wait for the lock
+    serves several short pieces."""
+
+    def __init__(self, lock: Path | None, minutes: float) -> None:
+        self.lock, self.budget = lock, minutes * 60
+        self.handle, self.held_since, self.last = None, 0.0, 0.0
+
+    @contextmanager
+    def piece(self, name: str):
+        now = time.perf_counter()
+        if self.handle is not None and now - self.held_since + self.last > self.budget:
+            self.release()
+        if self.lock and self.handle is None:
+            self.handle = open(self.lock, "a")  # noqa: SIM115  (held across pieces, closed by release)
+            fcntl.flock(self.handle, fcntl.LOCK_EX)
+            self.held_since = time.perf_counter()
+            print(f"[lock] held after waiting {self.held_since - now:.0f} s", flush=True)
         started = time.perf_counter()
-        print(f"[{name}] started (waited {started - asked:.0f} s for the lock)", flush=True)
+        print(f"[{name}] started", flush=True)
         yield
-        print(f"[{name}] done in {time.perf_counter() - started:.0f} s", flush=True)
+        self.last = time.perf_counter() - started
+        print(f"[{name}] done in {self.last:.0f} s", flush=True)
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.handle.close()  # closing the file gives the lock back
+            self.handle = None
+            print(f"[lock] given back after {time.perf_counter() - self.held_since:.0f} s", flush=True)
 
 
 def configs(args: argparse.Namespace) -> tuple[BacktranslateConfig, SFTSettings]:
@@ -113,7 +134,7 @@ def configs(args: argparse.Namespace) -> tuple[BacktranslateConfig, SFTSettings]
     return parse_configs((BacktranslateConfig, SFTSettings), flags, "bench/backtranslation_fidelity.py")
 
 
-def setup(args, config: BacktranslateConfig, settings: SFTSettings) -> dict:
+def setup(lease: Lease, config: BacktranslateConfig, settings: SFTSettings) -> dict:
     """Seed pairs, M0, Myx, segments, augmented pairs and M0's curation, through the recipe's stages: three
     chunks, each well under ten minutes at the defaults, skipped when the run folder holds their stages."""
     pieces = {
@@ -132,7 +153,7 @@ def setup(args, config: BacktranslateConfig, settings: SFTSettings) -> dict:
         if set(stages) <= set(run.read_summary()):
             print(f"[{name}] already in {portable(run.root)}: skipped")
             continue
-        with chunk(args.lock, name):
+        with lease.piece(name):
             for stage in functions:
                 stage(config, settings)
     summary = run.read_summary()
@@ -256,7 +277,8 @@ def main() -> None:
         )
     result.setdefault("runs", {})
     run = RunFolder(config.run_dir)
-    result["setup"] = setup(args, config, settings)
+    lease = Lease(args.lock, args.lock_minutes)
+    result["setup"] = setup(lease, config, settings)
     base, m0 = config.base(), str(run.model("M0"))
     held_out = held_out_seed_pairs(config, settings)[: args.heldout]
     gold = {"heldout_nll": held_out, "new_domain_nll": new_domain_gold(config, settings, base)}
@@ -278,7 +300,7 @@ def main() -> None:
         if label in reference:
             print(f"[evaluate {label}] already in {portable(args.output)}: skipped")
             continue
-        with chunk(args.lock, f"evaluate {label}"):
+        with lease.piece(f"evaluate {label}"):
             reference[label] = score(run.root / "bench" / label, label, model, config, gold)
         save()
     for seed in seeds:
@@ -287,7 +309,7 @@ def main() -> None:
             if key in result["runs"]:
                 print(f"[{key}] already in {portable(args.output)}: skipped")
                 continue
-            with chunk(args.lock, key):
+            with lease.piece(key):
                 folder = run.root / "bench" / f"{arm}-seed{seed}"
                 examples = arm_examples(arm, seed, run)
                 started = time.perf_counter()
@@ -297,6 +319,7 @@ def main() -> None:
                 shutil.rmtree(model)  # its per-example scores are kept; 500 MB per arm are not
                 result["runs"][key] = {"examples": len(examples), "train_seconds": seconds, **scores}
             save()
+    lease.release()
     print_tables(summarise(result, seeds), len(seeds))
     print(f"results: {portable(args.output)}")
 
