@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -56,11 +57,10 @@ def test_eval_results_hold_every_model_with_intervals_and_comparisons(evaluated_
 def test_held_out_corpus_documents_are_scored_for_every_model_and_shown_on_the_cards(evaluated_run):
     results = json.loads((evaluated_run / "eval_results.json").read_text())
     pairs = Dataset.from_parquet(str(evaluated_run / "evaluation" / "new_domain_pairs.parquet"))
-    segmented = {
-        s["text"] for s in Dataset.from_parquet(str(evaluated_run / "segments" / "segments.parquet"))
-    }
-    assert len(pairs) >= 1  # asked about, and never segmented for augmentation:
-    assert not any(answer[:100] in text for answer in pairs["response"] for text in segmented)
+    segments = Dataset.from_parquet(str(evaluated_run / "segments" / "segments.parquet"))["text"]
+    notes = [set(re.findall(r"variation number \d+\.", text)) for text in (*segments, *pairs["response"])]
+    segmented, held_out = set().union(*notes[: len(segments)]), set().union(*notes[len(segments) :])
+    assert held_out and not segmented & held_out  # asked about, and never segmented for augmentation
     assert all(r.startswith(("Tell me about", "Describe", "Write about")) for r in pairs["instruction"])
     for label in ("base", "M0", "M1", "M2"):
         value = results[label]["new_domain_nll.per_token"]
