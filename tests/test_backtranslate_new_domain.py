@@ -38,8 +38,9 @@ def segment(run_dir: Path, corpus: Path, *extra: str) -> set[str]:
     return {s["source"] for s in read_parquet(run_dir / "segments" / "segments.parquet")}
 
 
-def test_held_out_documents_never_enter_augmentation(tmp_path, corpus):
+def test_held_out_documents_never_enter_augmentation(tmp_path, corpus, capsys):
     segmented = segment(tmp_path / "bt", corpus, "--eval_new_domain_documents", "3", "--seed", "7")
+    assert "[segment] 3 documents held out" in capsys.readouterr().out  # never silently
     config = BacktranslateConfig(
         corpus=str(corpus), min_chars=200, max_chars=700, eval_new_domain_documents=3
     )

@@ -66,11 +66,19 @@ def holding_out(
 
 
 def without_held_out(documents: Iterable[dict], config: BacktranslateConfig, seed: int) -> Iterator[dict]:
-    """The documents `segment` may cut: all but the held-out ones."""
-    marked = holding_out(
-        documents, config.eval_new_domain_documents, seed, config.min_chars, config.max_chars
-    )
-    return (doc for held, doc in marked if not held)
+    """The documents `segment` may cut: all but the held-out ones, whose count it says once it stops."""
+    count, held = config.eval_new_domain_documents, 0
+    try:
+        for is_held, doc in holding_out(documents, count, seed, config.min_chars, config.max_chars):
+            held += is_held
+            if not is_held:
+                yield doc
+    finally:
+        if held:
+            print(
+                f"[segment] {held} documents held out for the evaluation's new-domain NLL, never segmented "
+                "(--eval_new_domain_documents)"
+            )
 
 
 def held_out_documents(documents: Iterable[dict], config: BacktranslateConfig, seed: int) -> list[dict]:
