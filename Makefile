@@ -61,6 +61,7 @@ bench: $(VENV)/.installed-test
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/injection.py --undefended
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/method_fidelity.py --output bench/results/method_fidelity_all.json
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/task_fidelity.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/backtranslation_fidelity.py
 
 # Every benchmark at a smoke size, into runs/bench-smoke/ (not bench/results/): checks that each runs and
 # writes its JSON; its numbers mean nothing. About 10 minutes on 2 cores (method_fidelity builds the healed
@@ -75,6 +76,7 @@ bench-smoke: $(VENV)/.installed-test
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/injection.py --output $(SMOKE)/injection.json
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/method_fidelity.py --quick --output $(SMOKE)/method_fidelity.json
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/task_fidelity.py --quick --output $(SMOKE)/task_fidelity.json
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/backtranslation_fidelity.py --quick
 
 # Re-resolve pyproject.toml's ranges in a scratch venv and rewrite lock/test.txt and lock/demo.txt.
 lock:

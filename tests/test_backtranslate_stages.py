@@ -157,7 +157,7 @@ def test_the_evaluation_records_its_files_by_content(tmp_path):
     for folder, prompt in (("a", "Say yes."), ("b", "Say no.")):
         prompts = write_jsonl(tmp_path / folder / "prompts.jsonl", [{"prompt": prompt}])
         config = BacktranslateConfig(run_dir=str(run.root), eval_prompts=str(prompts))
-        settings.append(evaluation_settings(config, run, [], "base"))
+        settings.append(evaluation_settings(config, run, [], "base", 0))
     assert changed_settings(*settings).startswith("eval_prompts_content: ")
     assert "eval_prompts:" not in changed_settings(*settings)
 

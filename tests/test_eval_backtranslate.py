@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,28 @@ def test_eval_results_hold_every_model_with_intervals_and_comparisons(evaluated_
     for c in results["comparisons"]:
         assert c["difference"] == pytest.approx(c["value"] - c["against_value"])
         assert c["ci95"][0] <= c["difference"] <= c["ci95"][1]
+
+
+def test_held_out_corpus_documents_are_scored_for_every_model_and_shown_on_the_cards(evaluated_run):
+    results = json.loads((evaluated_run / "eval_results.json").read_text())
+    pairs = Dataset.from_parquet(str(evaluated_run / "evaluation" / "new_domain_pairs.parquet"))
+    segments = Dataset.from_parquet(str(evaluated_run / "segments" / "segments.parquet"))["text"]
+    notes = [set(re.findall(r"variation number \d+\.", text)) for text in (*segments, *pairs["response"])]
+    segmented, held_out = set().union(*notes[: len(segments)]), set().union(*notes[len(segments) :])
+    assert held_out and not segmented & held_out  # asked about, and never segmented for augmentation
+    assert all(r.startswith(("Tell me about", "Describe", "Write about")) for r in pairs["instruction"])
+    for label in ("base", "M0", "M1", "M2"):
+        value = results[label]["new_domain_nll.per_token"]
+        low, high = results["intervals"][label]["new_domain_nll.per_token"]
+        assert value > 0 and low <= value <= high
+    compared = {
+        (c["model"], c["against"])
+        for c in results["comparisons"]
+        if c["metric"] == "new_domain_nll.per_token"
+    }
+    assert ("M1", "M0") in compared and ("M2", "M1") in compared
+    card = ModelCard.load(evaluated_run / "models" / "M1" / "README.md")
+    assert "| new_domain_nll.per_token | M0 |" in card.text and "held out of augmentation" in card.text
 
 
 def test_no_result_names_a_path_of_this_machine(evaluated_run):

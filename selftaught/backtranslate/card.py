@@ -64,16 +64,21 @@ WHY = {
 }
 
 EVALUATION = (
-    "Measured at the end of `selftaught backtranslate run` (details in the run's `evaluation/` folder), on "
-    "data no model of the run was trained on (seed pairs the seed sample left out, or `--eval_prompts` / "
-    "`--eval_curation_data`). `heldout_nll.per_token`: negative log-likelihood per token of the gold "
-    "answers (lower is better). `relevance.pmi`: the PMI of the model's greedy answer given its prompt, "
-    "scored by the base model (higher: the answer responds to its prompt). `answers.*`: the greedy answers' "
-    "degenerate share (empty or looping), distinct bigrams, length and EOS share. `judge.*`: the base model "
-    "compares this model's and its own greedy answers in both orders; a win when both orders prefer this "
-    "model, a tie (half) when they disagree; its tie rate is beside its win rate. `curation.*`: ROC AUC of "
-    "this model's curation score on labelled pairs. Every interval is a 95% percentile bootstrap over the "
-    "evaluated items (prompts or pairs), paired when two models are compared."
+    "Measured at the end of `selftaught backtranslate run` (details in the run's `evaluation/` folder), "
+    "on data no model of the run was trained on (seed pairs the seed sample left out, or `--eval_prompts`"
+    " / `--eval_curation_data`). `heldout_nll.per_token`: negative log-likelihood per token of the gold "
+    "answers (lower is better). `new_domain_nll.per_token`: the same on corpus documents held out of "
+    "augmentation (`--eval_new_domain_documents`, chosen by the seed), each paired with a user's question"
+    " about it from a fixed template (for a package description: 'What is the Python package <name> for?'"
+    " and the like), the gold answer being the document's own text: lower means the model learned the "
+    "corpus's domain, which backtranslation should teach. `relevance.pmi`: the PMI of the model's greedy "
+    "answer given its prompt, scored by the base model (higher: the answer responds to its prompt). "
+    "`answers.*`: the greedy answers' degenerate share (empty or looping), distinct bigrams, length and "
+    "EOS share. `judge.*`: the base model compares this model's and its own greedy answers in both "
+    "orders; a win when both orders prefer this model, a tie (half) when they disagree; its tie rate is "
+    "beside its win rate. `curation.*`: ROC AUC of this model's curation score on labelled pairs. Every "
+    "interval is a 95% percentile bootstrap over the evaluated items (prompts or pairs), paired when two "
+    "models are compared."
 )
 
 ROLES = {
@@ -129,7 +134,8 @@ def stage_commands(iteration: int) -> str:
 
 
 COMPARISON_NOTE = (
-    "Lower is better for heldout_nll and degenerate_share; higher for relevance.pmi and judge.win_rate."
+    "Lower is better for heldout_nll, new_domain_nll and degenerate_share; higher for relevance.pmi and "
+    "judge.win_rate."
 )
 
 

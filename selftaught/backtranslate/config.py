@@ -185,6 +185,17 @@ class BacktranslateConfig(EngineSettings):
     eval_max_new_tokens: int = field(
         default=64, metadata={"help": "Longest greedy answer each model writes for the judge."}
     )
+    eval_new_domain_documents: int = field(
+        default=24,
+        metadata={
+            "help": "Corpus documents held out of `segment` (chosen by --seed) and asked about in the "
+            "evaluation: each model's NLL of their text, the new domain the run should teach (0: none)."
+        },
+    )
+    eval_new_domain_tokens: int = field(
+        default=128,
+        metadata={"help": "Tokens of each held-out document's text scored as its gold answer."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -214,6 +225,8 @@ class BacktranslateConfig(EngineSettings):
                 "eval_curation_pairs": 0,
                 "eval_heldout_pairs": 0,
                 "eval_max_new_tokens": 1,
+                "eval_new_domain_documents": 0,
+                "eval_new_domain_tokens": 1,
             },
         )
         check_fraction(self, "top_p")

@@ -1,7 +1,9 @@
 """The evaluation a backtranslation run ends with: base, M0, M1, M2 on held-out data, with intervals.
 
-Held out means never trained on: the seed pairs the seed sample left out (or the user's files). Each
-model's held-out gold-answer NLL, the relevance (PMI under the base model) and degeneration of its greedy
+Held out means never trained on: the seed pairs the seed sample left out (or the user's files), and
+the corpus documents `segment` held out (new_domain.py), each asked about by a user's question. Each
+model's held-out gold-answer NLL on both (the seed's domain, and the new domain the run should teach),
+the relevance (PMI under the base model) and degeneration of its greedy
 answers, the base model's judge verdicts, and the raters' curation AUC; every comparison (M(k) against
 M(k-1) and against the base) with a paired 95% bootstrap interval (`evaluate.suite`).
 """
@@ -17,16 +19,18 @@ from pathlib import Path
 from selftaught.backtranslate.card import backtranslation_card, train_sizes
 from selftaught.backtranslate.config import BacktranslateConfig
 from selftaught.backtranslate.examples import SEED_TAG
+from selftaught.backtranslate.new_domain import corpus_documents, held_out_documents, new_domain_pairs
 from selftaught.backtranslate.runfolder import RunFolder, changed_settings, holds_run_folder, say_skipped
 from selftaught.backtranslate.stages import EVALUATE, SEED, SELECT
 from selftaught.data.loading import content_fingerprint
 from selftaught.data.seed_pairs import BUILTIN_OASST_SEED, load_seed_pairs
-from selftaught.data.shards import read_parquet, write_json
+from selftaught.data.shards import read_parquet, write_json, write_parquet
 from selftaught.evaluate.config import CurationEvalConfig, JudgeEvalConfig
 from selftaught.evaluate.curation import mismatched_labels, read_labelled
 from selftaught.evaluate.judge import read_requests
 from selftaught.evaluate.results import eval_rows
 from selftaught.evaluate.suite import ModelSuite, summary_intervals, summary_numbers
+from selftaught.models import load_tokenizer
 from selftaught.models.naming import model_label
 from selftaught.training.model_card import write_model_card
 from selftaught.training.sft import COMPLETE_MARKER, SFTSettings
@@ -42,6 +46,24 @@ def held_out_seed_pairs(config: BacktranslateConfig, settings: SFTSettings) -> l
     )
     used = {p["id"] for p in read_parquet(run.input(SEED.name()))}
     return [p for p in every if p["id"] not in used]
+
+
+def new_domain_gold(config: BacktranslateConfig, settings: SFTSettings, base: str) -> list[dict]:
+    """The held-out corpus documents as gold pairs (new_domain.py), less any that this run's segments
+    came from after all (a run segmented before documents were held out): those are dropped, saying so."""
+    run = RunFolder(config.run_dir)
+    documents = held_out_documents(corpus_documents(config), config, settings.seed)
+    segmented = {s["source"] for s in read_parquet(run.require(run.segments, "segment"))}
+    unseen = [d for d in documents if d["source"] not in segmented]
+    if len(unseen) < len(documents):
+        print(
+            f"[evaluate] {len(documents) - len(unseen)} of the {len(documents)} held-out corpus documents "
+            "were segmented for augmentation (the segment stage ran before they were held out): not "
+            "evaluated on. Rerun `selftaught backtranslate segment` with --overwrite to hold them out."
+        )
+    if not unseen:
+        return []
+    return new_domain_pairs(unseen, config, settings.seed, load_tokenizer(base, config.trust_remote_code))
 
 
 def evaluation_configs(
@@ -93,10 +115,13 @@ def evaluation_inputs(
     return requests[: config.eval_prompt_count], gold, labelled[: config.eval_curation_pairs]
 
 
-def evaluation_settings(config: BacktranslateConfig, run: RunFolder, names: list[str], base: str) -> dict:
+def evaluation_settings(
+    config: BacktranslateConfig, run: RunFolder, names: list[str], base: str, seed: int
+) -> dict:
     """What the kept evaluation pieces depend on: the models (a retrained one has a new identity), the
     evaluation's settings, and the files it reads, by name (never a path of this machine) and by content,
-    the seed data's too (its rows that the seed sample left out are the held-out pairs)."""
+    the seed data's too (its rows that the seed sample left out are the held-out pairs), and the corpus's
+    (with the seed, it decides the held-out documents)."""
     files = {"eval_prompts": config.eval_prompts, "eval_curation_data": config.eval_curation_data}
     return {
         "base_model": model_label(base),
@@ -108,6 +133,9 @@ def evaluation_settings(config: BacktranslateConfig, run: RunFolder, names: list
             k: getattr(config, k)
             for k in ("eval_prompt_count", "eval_curation_pairs", "eval_heldout_pairs", "eval_max_new_tokens")
         },
+        **{k: getattr(config, k) for k in ("eval_new_domain_documents", "eval_new_domain_tokens")},
+        "corpus_content": content_fingerprint(config.corpus),
+        "seed": seed,
         "curation_mode": config.curation_mode,
         "max_scored_tokens": config.max_scored_tokens,
         "max_reasoning_tokens": config.max_reasoning_tokens,
@@ -142,13 +170,21 @@ def stage_evaluate(config: BacktranslateConfig, settings: SFTSettings, run: RunF
     """
     names = [f"M{k}" for k in range(config.iterations + 1) if (run.model(f"M{k}") / COMPLETE_MARKER).exists()]
     models = {"base": config.base()} | {name: str(run.model(name)) for name in names}
-    if not evaluation_is_current(run, evaluation_settings(config, run, names, models["base"])):
+    if not evaluation_is_current(run, evaluation_settings(config, run, names, models["base"], settings.seed)):
         return json.loads(run.eval_results.read_text())
     judge, curation = evaluation_configs(config, run.evaluation, models["base"])
     requests, gold, labelled = evaluation_inputs(config, settings, judge, curation[0] if curation else judge)
-    print(f"{SAYS} {len(requests)} prompts, {len(gold)} held-out gold pairs, {len(labelled)} labelled pairs")
+    new_domain = new_domain_gold(config, settings, models["base"])
+    write_parquet(run.evaluation / "new_domain_pairs.parquet", new_domain)  # the questions, to read
+    print(
+        f"{SAYS} {len(requests)} prompts, {len(gold)} held-out gold pairs, {len(new_domain)} held-out "
+        f"corpus documents, {len(labelled)} labelled pairs"
+    )
     started = time.perf_counter()
-    suite = ModelSuite(run.evaluation, models, "base", requests, gold, labelled, (judge, curation), run.root)
+    configs = (judge, curation)
+    suite = ModelSuite(
+        run.evaluation, models, "base", requests, gold, labelled, configs, run.root, new_domain
+    )
     results = suite.run([f"M{k}" for k in range(config.iterations) if f"M{k}" in models])
     comparisons = suite.comparisons(list(models))
     numbers = summary_numbers(results)

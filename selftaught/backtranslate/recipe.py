@@ -31,9 +31,9 @@ from datasets import Dataset
 
 from selftaught.backtranslate.card import backtranslation_card, train_sizes
 from selftaught.backtranslate.config import BacktranslateConfig
-from selftaught.backtranslate.corpus import installed_package_descriptions, read_corpus
 from selftaught.backtranslate.evaluation import stage_evaluate
 from selftaught.backtranslate.examples import backward_example, seed_example, web_example
+from selftaught.backtranslate.new_domain import corpus_documents, without_held_out
 from selftaught.backtranslate.runfolder import (
     Done,
     RunFolder,
@@ -126,6 +126,7 @@ def segment_knobs(config: BacktranslateConfig, settings: SFTSettings, run: RunFo
         "corpus": model_label(config.corpus) if config.corpus else "installed packages",
         "corpus_content": content_fingerprint(config.corpus),
         **asdict_subset(config, SEGMENT_KNOBS),
+        "seed": settings.seed,  # which documents are held out for the evaluation
     }
 
 
@@ -133,15 +134,7 @@ def segment_knobs(config: BacktranslateConfig, settings: SFTSettings, run: RunFo
 def stage_segment(
     config: BacktranslateConfig, settings: SFTSettings, run: RunFolder, k: int, knobs: dict
 ) -> Done:
-    if config.corpus is None:
-        documents = installed_package_descriptions()
-    else:
-        documents = read_corpus(
-            config.corpus,
-            text_column=config.text_column,
-            split=config.corpus_split,
-            config=config.corpus_config,
-        )
+    documents = without_held_out(corpus_documents(config), config, settings.seed)  # new_domain.py
     map_documents = partial(ray_map, address=config.ray_address) if config.ray else map
     segments, stats = segment_corpus(
         documents, config.min_chars, config.max_chars, config.max_segments, map_documents
@@ -281,7 +274,15 @@ def run_all(config: BacktranslateConfig, settings: SFTSettings) -> dict:
 
 # --- helpers -------------------------------------------------------------------------------------
 
-SEGMENT_KNOBS = ("corpus_split", "corpus_config", "text_column", "min_chars", "max_chars", "max_segments")
+SEGMENT_KNOBS = (
+    "corpus_split",
+    "corpus_config",
+    "text_column",
+    "min_chars",
+    "max_chars",
+    "max_segments",
+    "eval_new_domain_documents",
+)
 AUGMENT_KNOBS = ("temperature", "top_p", "max_instruction_tokens", "shard_size", "engine", "served_model")
 # Settings that do not change what a model learns (logging, checkpoint keeping): not compared on rerun.
 UNRECORDED_SFT = ("logging_steps", "save_steps", "save_total_limit", "keep_checkpoints", "report_to")

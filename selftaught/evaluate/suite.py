@@ -5,6 +5,8 @@ gold (instruction, response) pairs and labelled pairs. Per model:
 - `answers`: its greedy answers to the prompts, with the degeneration measures (degenerate share,
   distinct-2, length, EOS share; `scoring.degeneration`, shared with distillation's evaluation);
 - `heldout_nll`: the negative log-likelihood per token of the gold answers, given their prompts;
+- `new_domain_nll`: the same on a second gold set, when given: another domain's held-out data (in
+  backtranslation, corpus documents no model saw, each asked about by a user's question);
 - `relevance`: the PMI of its greedy answer given the prompt, scored by the judge model (the base);
 - `judge`: the judge's verdicts against the baseline's answers, both orders (win rate and tie rate);
 - `curation (<mode>)`: the curation AUC of the raters.
@@ -35,10 +37,17 @@ from selftaught.models.naming import model_label
 from selftaught.scoring.degeneration import degeneration_metrics, is_degenerate
 from selftaught.scoring.likelihood import pmi_scores
 
+# The gold sets whose answers' NLL is scored: task -> (file name prefix of the per-pair rows, dataset).
+GOLD_SETS = {
+    "heldout_nll": ("nll", "held-out gold answers"),
+    "new_domain_nll": ("nll_new_domain", "held-out corpus documents"),
+}
+
 
 class ModelSuite:
-    """Evaluate `models` ({label: path}) on `requests` (judge prompts), `heldout` gold pairs and `labelled`
-    pairs; the judge (`judge_config.judge`) compares each with `baseline` and scores relevance."""
+    """Evaluate `models` ({label: path}) on `requests` (judge prompts), `heldout` (and `new_domain`) gold
+    pairs and `labelled` pairs; the judge (`judge_config.judge`) compares each with `baseline` and scores
+    relevance."""
 
     def __init__(
         self,
@@ -50,9 +59,11 @@ class ModelSuite:
         labelled: list[dict],
         configs: tuple[JudgeEvalConfig, list[CurationEvalConfig]],
         run_dir: Path | None = None,
+        new_domain: list[dict] | None = None,
     ) -> None:
         self.folder, self.models, self.baseline = Path(folder), models, baseline
-        self.requests, self.heldout, self.labelled = requests, heldout, labelled
+        self.requests, self.labelled = requests, labelled
+        self.gold = {"heldout_nll": heldout, "new_domain_nll": new_domain or []}
         self.judge_config, self.curation_configs = configs
         self.names = {label: model_label(path, run_dir) for label, path in models.items()}
         self.judge_name = model_label(self.judge_config.judge, run_dir)
@@ -95,22 +106,23 @@ class ModelSuite:
 
         return self.cached(f"answers_{label}", make)
 
-    def nll(self, label: str) -> list[dict]:
-        """Per held-out gold pair: the summed NLL of its answer tokens (through EOS) and their count."""
+    def nll(self, label: str, task: str = "heldout_nll") -> list[dict]:
+        """Per gold pair of `task`'s set: the summed NLL of its answer tokens (through EOS), their count."""
+        gold = self.gold[task]
 
         def make() -> list[dict]:
             engine = self.engine(label)
             tokenizer = engine.tokenizer
-            conversations = chats([p["instruction"] for p in self.heldout], self.judge_config.system_prompt)
+            conversations = chats([p["instruction"] for p in gold], self.judge_config.system_prompt)
             prompts = [tokenize_prompt(tokenizer, c) for c in conversations]
             answers = [
                 tokenize_completion(tokenizer, c, p["response"], ids)
-                for c, p, ids in zip(conversations, self.heldout, prompts, strict=True)
+                for c, p, ids in zip(conversations, gold, prompts, strict=True)
             ]
-            logprobs = engine.completion_logprobs(prompts, answers, "held-out NLL")
+            logprobs = engine.completion_logprobs(prompts, answers, GOLD_SETS[task][1])
             return [{"nll": -sum(lp), "tokens": len(lp)} for lp in logprobs]
 
-        return self.cached(f"nll_{label}", make)
+        return self.cached(f"{GOLD_SETS[task][0]}_{label}", make)
 
     def relevance(self, label: str) -> list[dict]:
         """Per request: the PMI of the model's answer given it, under the judge model."""
@@ -145,9 +157,9 @@ class ModelSuite:
             f"answers_{label}", "answers", make, self.judge_config.prompts, self.judge_config, models
         )
 
-    def nll_result(self, label: str) -> dict:
+    def nll_result(self, label: str, task: str = "heldout_nll") -> dict:
         def make() -> dict:
-            rows = self.nll(label)
+            rows = self.nll(label, task)
             nll, tokens = [r["nll"] for r in rows], [r["tokens"] for r in rows]
             return {
                 "per_token": sum(nll) / max(sum(tokens), 1),
@@ -157,9 +169,7 @@ class ModelSuite:
             }
 
         models = {"model": self.names[label]}
-        return self.result(
-            f"heldout_nll_{label}", "heldout_nll", make, "held-out gold answers", self.judge_config, models
-        )
+        return self.result(f"{task}_{label}", task, make, GOLD_SETS[task][1], self.judge_config, models)
 
     def relevance_result(self, label: str) -> dict:
         def make() -> dict:
@@ -211,8 +221,7 @@ class ModelSuite:
         for label in self.models:
             if self.requests:
                 self.answers(label)
-            if self.heldout:
-                results[label].append(self.nll_result(label))
+            results[label] += [self.nll_result(label, task) for task, gold in self.gold.items() if gold]
             if self.labelled and label in raters:
                 results[label] += [self.curated(label, c) for c in self.curation_configs]
         for label in self.models:
@@ -227,10 +236,10 @@ class ModelSuite:
     def item_statistics(self, label: str) -> dict:
         """Per metric: (value of a resample of the items, number of items), for paired comparisons."""
         stats = {}
-        if self.heldout:
-            rows = self.nll(label)
+        for task in (task for task, gold in self.gold.items() if gold):
+            rows = self.nll(label, task)
             nll, tokens = [r["nll"] for r in rows], [r["tokens"] for r in rows]
-            stats["heldout_nll.per_token"] = (lambda idx, a=nll, b=tokens: ratio(a, b, idx), len(rows))
+            stats[f"{task}.per_token"] = (lambda idx, a=nll, b=tokens: ratio(a, b, idx), len(rows))
         if self.requests:
             pmi = [r["pmi"] or 0.0 for r in self.relevance(label)]
             stats["relevance.pmi"] = (lambda idx, v=pmi: sum(v[i] for i in idx) / len(idx), len(pmi))
@@ -270,6 +279,7 @@ class ModelSuite:
 HEADLINE = {
     "answers": ("degenerate_share", "distinct_2", "mean_tokens", "eos_share"),
     "heldout_nll": ("per_token",),
+    "new_domain_nll": ("per_token",),
     "relevance": ("pmi",),
     "judge": ("win_rate", "tie_rate"),
     "curation": ("auc",),

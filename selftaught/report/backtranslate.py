@@ -71,9 +71,10 @@ def scores_section(summary: dict) -> Section:
 
 
 COMPARISON_INTRO = (
-    "Each model minus the model before it and minus the base, on the same held-out items. Held-out NLL: "
-    "lower is better; relevance (PMI under the base) and win rate: higher is better; degenerate share: "
-    "lower is better."
+    "Each model minus the model before it and minus the base, on the same held-out items. Held-out NLL "
+    "(heldout_nll: the seed's domain, held-out oasst answers; new_domain_nll: the corpus's domain, corpus "
+    "documents held out of augmentation, each asked about by a user's question): lower is better; "
+    "relevance (PMI under the base) and win rate: higher is better; degenerate share: lower is better."
 )
 
 
