@@ -21,7 +21,7 @@ from selftaught.backtranslate.config import BacktranslateConfig
 from selftaught.backtranslate.examples import SEED_TAG
 from selftaught.backtranslate.new_domain import corpus_documents, held_out_documents, new_domain_pairs
 from selftaught.backtranslate.runfolder import RunFolder, changed_settings, holds_run_folder, say_skipped
-from selftaught.backtranslate.stages import EVALUATE, SEED, SELECT
+from selftaught.backtranslate.stages import EVALUATE, SEED, SEGMENT, SELECT
 from selftaught.data.loading import content_fingerprint
 from selftaught.data.seed_pairs import BUILTIN_OASST_SEED, load_seed_pairs
 from selftaught.data.shards import read_parquet, write_json, write_parquet
@@ -53,13 +53,13 @@ def new_domain_gold(config: BacktranslateConfig, settings: SFTSettings, base: st
     came from after all (a run segmented before documents were held out): those are dropped, saying so."""
     run = RunFolder(config.run_dir)
     documents = held_out_documents(corpus_documents(config), config, settings.seed)
-    segmented = {s["source"] for s in read_parquet(run.require(run.segments, "segment"))}
+    segmented = {s["source"] for s in read_parquet(run.input(SEGMENT.name()))}
     unseen = [d for d in documents if d["source"] not in segmented]
     if len(unseen) < len(documents):
         print(
-            f"[evaluate] {len(documents) - len(unseen)} of the {len(documents)} held-out corpus documents "
+            f"{SAYS} {len(documents) - len(unseen)} of the {len(documents)} held-out corpus documents "
             "were segmented for augmentation (the segment stage ran before they were held out): not "
-            "evaluated on. Rerun `selftaught backtranslate segment` with --overwrite to hold them out."
+            "evaluated on. Rerun `selftaught backtranslate segment --overwrite` to hold them out."
         )
     if not unseen:
         return []
