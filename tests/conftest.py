@@ -240,3 +240,28 @@ def lock_held_elsewhere(folder: Path) -> Iterator[subprocess.Popen]:
     finally:
         holder.stdin.close()
         holder.wait(timeout=60)
+
+
+def sharpened(source: Path, folder: Path, factor: float = 20.0) -> Path:
+    """A copy of a tiny model with its (tied) embeddings, hence its logits, scaled up by `factor`.
+
+    The random models' next-token distributions are nearly uniform, and for nearly uniform distributions
+    forward KL, reverse KL and any JSD_beta vs JSD_(1-beta) agree to 1e-4. Peaked ones tell them apart.
+    """
+    from selftaught.models import load_model
+
+    model = load_model(str(source))
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(factor)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sharp_student(tmp_path_factory, tiny_student) -> Path:
+    return sharpened(tiny_student, tmp_path_factory.mktemp("sharp_student"))
+
+
+@pytest.fixture(scope="module")
+def sharp_teacher(tmp_path_factory, tiny_teacher) -> Path:
+    return sharpened(tiny_teacher, tmp_path_factory.mktemp("sharp_teacher"))

@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
 from test_distill_trainer import make_trainer as distill_trainer
-from test_distill_trainer import sharpened
 
 from selftaught.arguments import ArgumentError
 from selftaught.data.formats import Example, tokenize_examples, tokenize_prompt
@@ -33,16 +31,6 @@ QA = [
     ("Add four and one, please.", "Four plus one equals five, so the answer is 5."),
     ("Write in French.", "Un café, s'il vous plaît."),
 ]
-
-
-@pytest.fixture(scope="module")
-def sharp_student(tmp_path_factory, tiny_student) -> Path:
-    return sharpened(tiny_student, tmp_path_factory.mktemp("sharp_student"))
-
-
-@pytest.fixture(scope="module")
-def sharp_teacher(tmp_path_factory, tiny_teacher) -> Path:
-    return sharpened(tiny_teacher, tmp_path_factory.mktemp("sharp_teacher"))
 
 
 def examples(context: str | None = None) -> list[Example]:
