@@ -116,7 +116,14 @@ def provenance() -> dict:
 
 
 def write_result(path: Path, payload: dict) -> None:
-    """`payload` after its provenance (read first), as indented JSON at `path` (folders made as needed)."""
+    """`payload` after its provenance (read first), as indented JSON at `path` (folders made as needed).
+
+    A resumed bench hands back the result it read, provenance included: that one joins `earlier_runs`
+    and this run's takes its place, so a result pieced together over several runs names every commit and
+    command behind it (it used to keep the first run's alone)."""
+    payload = dict(payload)
+    if "provenance" in payload:
+        payload["earlier_runs"] = [*payload.get("earlier_runs", []), payload.pop("provenance")]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"provenance": provenance(), **payload}, indent=2) + "\n")
 

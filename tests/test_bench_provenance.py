@@ -43,6 +43,20 @@ def test_a_result_records_how_to_reproduce_it_and_no_path_of_this_machine(tmp_pa
     assert str(ROOT) not in text and str(tmp_path) not in text and sys.executable not in text
 
 
+def test_a_resumed_result_names_this_run_and_keeps_the_runs_before_it(tmp_path, monkeypatch):
+    output = tmp_path / "result.json"
+    first = {"command": "python bench/x.py --seeds 1", "commit": "a" * 40}
+    resumed = {"provenance": first, "runs": {"seed0": 1.0, "seed1": 2.0}}
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "bench" / "x.py"), "--seeds", "2"])
+    common.write_result(output, resumed)
+
+    result = json.loads(output.read_text())
+    assert result["provenance"]["command"].endswith("bench/x.py --seeds 2")
+    assert result["earlier_runs"] == [first] and result["runs"] == {"seed0": 1.0, "seed1": 2.0}
+    common.write_result(output, result)  # resumed once more: both earlier runs, oldest first
+    assert json.loads(output.read_text())["earlier_runs"] == [first, result["provenance"]]
+
+
 def test_compared_runs_alternate_round_after_round_with_the_reference_timed_around_each_round():
     events = []
 
