@@ -7,9 +7,13 @@ from a second core) followed by the teacher's forward and the student's forward 
 arithmetic leaves idle. The sampler is a thread with a copy of the student, not a process:
 - torch releases the GIL inside its ops, so a thread decodes while the trainer computes;
 - `torch.set_num_threads` is per thread (OpenMP), so each side is pinned on its own: the sampler gets one
-  thread (on this 2-core CPU a decode of 4 x 96 tokens took 8.7 s on 1 thread and 8.3 s on 2) and the
-  trainer the other cores (`trainer_threads`): more threads than cores made both sides slower (measured in
-  bench/distill_throughput.py, README "Sampling beside training");
+  thread and the trainer the other cores (`trainer_threads`). On the 2-core CPU (embedded 10-layer
+  student): a decode of 4 x 96 tokens took 5.3 s on 1 thread, 4.9 s on 2; the arithmetic (teacher forward
+  + student forward and backward, 3 x 4 x 180 tokens) 17.9 s on 1, 9.9 s on 2. Side by side with 2 trainer
+  threads (3 threads on 2 cores) the decode slowed 1.5x and the arithmetic 1.6x: no overlap left. With 1
+  each, the decode kept its pace (5.5 s) and the arithmetic slowed 1.2x (21.7 s): the overlap pays where
+  the decode is the larger part of a step, as in on-policy distillation (README, "Sampling beside
+  training");
 - the weights reach it as a state-dict copy in memory, and its errors come back through a `Future`;
   Ctrl-C always lands in the main thread, which then stops the sampler.
 
