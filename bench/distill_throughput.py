@@ -76,7 +76,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "selftaught" / "data" / "builtin" / "math_prompts" / "train.jsonl"
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "distill_throughput.json"
 
-RUNNERS = ("selftaught", "selftaught-served", "selftaught-vllm", "gkd", "distillation", "distillation-vllm")
+RUNNERS = (
+    "selftaught", "selftaught-async1", "selftaught-served", "selftaught-vllm",
+    "gkd", "distillation", "distillation-vllm",
+)  # fmt: skip
 VLLM_RUNNERS = {"selftaught-vllm": "selftaught", "distillation-vllm": "distillation"}  # and their hf twins
 PARTS = "parts"
 SERVED_TOP_K = 32  # the served teacher's log-probabilities per position
@@ -251,12 +254,18 @@ def step_callback(name: str, probe: Probe, total: int):
 
 
 def build_selftaught(
-    args: argparse.Namespace, probe: Probe, output_dir: str, engine: str = "hf", served: bool = False
+    args: argparse.Namespace,
+    probe: Probe,
+    output_dir: str,
+    engine: str = "hf",
+    served: bool = False,
+    max_staleness: int = 0,
 ):
     """As selftaught/distill/recipe.py does: DistillConfig, tokenize_examples, GKDistillTrainer; `engine`
     vllm samples through a colocated vLLM (on CPU: in this process), weights pushed once per step; `served`:
     the teacher behind a vLLM server (started here, stopped when this process exits), no teacher weights
-    loaded in this process."""
+    loaded in this process; `max_staleness` 1: the next step sampled in a thread beside training (its
+    "student_sampling" part is then the trainer's wait for the samples)."""
     from selftaught.data.formats import tokenize_examples
     from selftaught.distill.config import DistillConfig
     from selftaught.distill.trainer import GKDistillTrainer
@@ -279,6 +288,7 @@ def build_selftaught(
         engine=engine,
         teacher_url=teacher_url,
         teacher_top_k=SERVED_TOP_K if served else None,
+        max_staleness=max_staleness,
     )
     if served:
         from selftaught.distill.teachers import ServedTeacher
@@ -295,8 +305,11 @@ def build_selftaught(
     )
     trainer.probe = probe
     trainer.teacher.scores = probe.timed_part("teacher_scores", trainer.teacher.scores)
-    sampler = trainer.samplers["student"]
-    sampler.generate = probe.timed_part("student_sampling", sampler.generate)
+    if max_staleness:
+        trainer.step_sampled_ahead = probe.timed_part("student_sampling", trainer.step_sampled_ahead)
+    else:
+        sampler = trainer.samplers["student"]
+        sampler.generate = probe.timed_part("student_sampling", sampler.generate)
     return trainer
 
 
@@ -391,6 +404,7 @@ def build_distillation(args: argparse.Namespace, probe: Probe, output_dir: str, 
 
 BUILDERS = {
     "selftaught": build_selftaught,
+    "selftaught-async1": functools.partial(build_selftaught, max_staleness=1),
     "selftaught-served": functools.partial(build_selftaught, served=True),
     "selftaught-vllm": functools.partial(build_selftaught, engine="vllm"),
     "gkd": build_gkd,
@@ -656,6 +670,12 @@ def ratios(results: dict) -> dict:
     if PARTS in ok:
         out["seconds_per_step_vs_floor"] = ours["seconds_per_step"] / ok[PARTS]["floor_seconds"]
         out["tokens_per_second_vs_floor"] = ours["tokens_per_second"] / ok[PARTS]["floor_tokens_per_second"]
+    if "selftaught-async1" in ok:
+        async1 = ok["selftaught-async1"]
+        out["async1_tokens_per_second_vs_selftaught"] = (
+            async1["tokens_per_second"] / ours["tokens_per_second"]
+        )
+        out["async1_peak_rss_vs_selftaught"] = async1["peak_rss_gib"] / ours["peak_rss_gib"]
     if "selftaught-served" in ok:
         served = ok["selftaught-served"]
         out["served_tokens_per_second_vs_selftaught"] = (

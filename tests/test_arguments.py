@@ -50,6 +50,14 @@ CASES = {
     "distill unknown engine": (["distill", *DISTILL, "--engine", "foo"], "--engine must be one of"),
     "eval unknown engine": (["eval", "math", *EVAL_MATH, "--engine", "foo"], "--engine must be one of"),
     "openai without base_url": (["eval", "math", *EVAL_MATH, "--engine", "openai"], "needs --base_url"),
+    "negative max_staleness": (
+        ["distill", *DISTILL, "--max_staleness", "-1"],
+        "--max_staleness must be >= 0",
+    ),
+    "max_staleness with vllm": (
+        ["distill", *DISTILL, "--max_staleness", "1", "--engine", "vllm"],
+        "--max_staleness 1 samples beside training with the hf engine only",
+    ),
     "openai for on-policy samples": (["distill", *DISTILL, "--engine", "openai"], "cannot sample on-policy"),
     "sampled_kl on off-policy steps": (
         ["distill", *DISTILL, "--loss", "sampled_kl", "--lmbda", "0.5", "--temperature", "1"],

@@ -190,6 +190,22 @@ def test_a_resumed_distillation_samples_and_trains_exactly_as_an_uninterrupted_o
 
 
 @pytest.mark.slow
+def test_max_staleness_0_is_the_synchronous_run_bit_for_bit(
+    models_and_data, uninterrupted, tmp_path, monkeypatch
+):
+    """--max_staleness 0 keeps the path without a sampler thread: each step samples from its own weights,
+    the same completions, losses and tensors as the run that does not give the flag."""
+    reference, reference_samples = uninterrupted
+    out = tmp_path / "out"
+    drawn = record_samples(monkeypatch)
+    main([*distill_argv(models_and_data, out), "--max_staleness", "0"])
+    assert drawn == reference_samples
+    assert training_logs(out) == training_logs(reference)
+    assert "staleness" not in training_logs(out)[1]
+    assert differing_tensors(out, reference) == []
+
+
+@pytest.mark.slow
 def test_a_checkpoint_cut_short_while_written_is_skipped(models_and_data, uninterrupted, tmp_path, capsys):
     """A crash inside the Trainer's save of checkpoint-2 (weights and optimizer written, RNG and trainer
     state not): `last` took that folder and failed on it; it now resumes from checkpoint-1, says what it
@@ -272,9 +288,12 @@ def interrupt_after_first_checkpoint(command: list[str], checkpoint_dir: Path) -
 
 
 @pytest.mark.slow
-def test_ctrl_c_in_distill_says_where_to_resume_and_the_command_resumes(models_and_data, tmp_path):
+@pytest.mark.parametrize("staleness", [0, 1], ids=["synchronous", "sampler thread"])
+def test_ctrl_c_in_distill_says_where_to_resume_and_the_command_resumes(models_and_data, tmp_path, staleness):
+    """With --max_staleness 1 the sampler thread stops too (the process exits), and the resumed run
+    restarts sampling from the checkpoint's step."""
     out = tmp_path / "out"
-    argv = distill_argv(models_and_data, out, 40)
+    argv = [*distill_argv(models_and_data, out, 40), "--max_staleness", str(staleness)]
     stopped = interrupt_after_first_checkpoint(cli(*argv), out)
     assert stopped.returncode == 130
     assert "Traceback" not in stopped.stderr and "KeyboardInterrupt" not in stopped.stderr

@@ -56,6 +56,7 @@ KNOBS = (
     "seq_kd",
     "teacher_context",
     "engine",
+    "max_staleness",
     "learning_rate",
     "lr_scheduler_type",
     "warmup_steps",

@@ -225,6 +225,17 @@ class DistillConfig(TrainingArguments):
             "once per token for the step; lower it if sampling a large step runs out of memory."
         },
     )
+    max_staleness: int = field(
+        default=0,
+        metadata={
+            "help": "0: every step samples from the student's current weights, then trains. K >= 1: a copy "
+            "of the student in a thread samples the next K steps while the trainer trains this one (engine "
+            "hf), from weights at most K optimizer steps old (the staleness, logged per step); the "
+            "sampling's decode overlaps the training's arithmetic (README, 'Sampling beside training'). "
+            "Costs a second "
+            "copy of the student's weights.",
+        },
+    )
     vllm_mode: str = field(
         default="colocate",
         metadata={
@@ -336,6 +347,7 @@ class DistillConfig(TrainingArguments):
             raise ArgumentError(f"--engine must be one of {POLICY_ENGINES}, got {self.engine!r}")
         if self.vllm_mode not in VLLM_MODES:
             raise ArgumentError(f"--vllm_mode must be one of {VLLM_MODES}, got {self.vllm_mode!r}")
+        self.check_max_staleness()
         if self.engine == "vllm":
             require_vllm()
         if self.cross_tokenizer_fallback not in FALLBACKS:
@@ -359,6 +371,27 @@ class DistillConfig(TrainingArguments):
                 "completions), and --lmbda 1 leaves none. Lower --lmbda, or drop --seq_kd."
             )
         self.remove_unused_columns = False
+
+    def check_max_staleness(self) -> None:
+        """Sampling beside training needs a student whose whole weights this process holds and copies."""
+        if self.max_staleness < 0:
+            raise ArgumentError(
+                "--max_staleness must be >= 0 (0: always sample from the current weights), "
+                f"got {self.max_staleness}"
+            )
+        if not self.max_staleness:
+            return
+        if self.engine != "hf":
+            raise ArgumentError(
+                f"--max_staleness {self.max_staleness} samples beside training with the hf engine only; "
+                f"--engine {self.engine} samples in turn with training. Use --engine hf, or "
+                "--max_staleness 0."
+            )
+        if self.deepspeed or self.fsdp:
+            raise ArgumentError(
+                "--max_staleness > 0 copies the student's whole weights into a sampler thread; DeepSpeed and "
+                "FSDP shard them across processes. Use --max_staleness 0 with them."
+            )
 
     def check_teacher_source_and_loss(self) -> None:
         """Refuse the combinations of --teacher_url, --teacher_cache, --teacher_top_k, --loss and

@@ -22,12 +22,16 @@ its own prompt and gives per-token targets back; the share of completion tokens 
 Everything distributed (DDP, DeepSpeed, FSDP) comes from accelerate through `Trainer`; the teacher
 is wrapped with TRL's helpers for DeepSpeed and FSDP. Samples come from a policy engine
 (`selftaught.generation.policy`): the live student (`hf`) or vLLM through TRL's backend (`vllm`), which
-gets the student's weights once per optimizer step.
+gets the student's weights once per optimizer step. With `--max_staleness K` > 0 a copy of the student
+samples the next K steps in a thread beside training (`distill.async_sampling`); at K = 0 nothing of that
+exists and every step samples first, then trains.
 """
 
 from __future__ import annotations
 
+import functools
 import random
+import threading
 import time
 from collections import defaultdict
 from contextlib import nullcontext
@@ -38,6 +42,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 from trl.models.utils import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generation
 
+from selftaught.distill.async_sampling import AsyncStudentSampler, SampledStep
 from selftaught.distill.config import DistillConfig
 from selftaught.distill.cross_teacher import PATHS, CrossTokenizerTeacher, ScoredBatch
 from selftaught.distill.teachers import CompletionBatch, InProcessTeacher, Teacher, TeacherScores
@@ -74,6 +79,26 @@ class PromptCompletionCollator:
             ids, mask = left_pad([f["teacher_prompt_ids"] for f in features], self.pad_token_id)
             batch |= {"teacher_prompt_ids": ids, "teacher_prompt_mask": mask}
         return batch
+
+
+def next_batches(epoch_iterator, count: int) -> list[dict]:
+    """Up to `count` micro-batches from the epoch (fewer at its end)."""
+    raw = []
+    for _ in range(count):
+        try:
+            raw.append(next(epoch_iterator))
+        except StopIteration:
+            break
+    return raw
+
+
+def prompts_of(batches: list[dict[str, torch.Tensor]], prefix: str) -> list[list[int]]:
+    """The unpadded `{prefix}_ids` of every row of the micro-batches, in order."""
+    return [
+        ids[mask.bool()].tolist()
+        for b in batches
+        for ids, mask in zip(b[f"{prefix}_ids"], b[f"{prefix}_mask"], strict=True)
+    ]
 
 
 def forked_rng(device: torch.device):
@@ -148,6 +173,12 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
             else TeacherSampler(self.teacher),
         }
         self._synced_step: int | None = None  # the optimizer step whose weights the student sampler has
+        # one user of the global RNG at a time: the sampler thread (max_staleness > 0) seeds and draws it too
+        self.rng_lock = threading.Lock()
+        self.async_sampler: AsyncStudentSampler | None = None  # max_staleness > 0, while training
+        self._read_ahead: dict[int, list[dict]] = {}  # step -> its micro-batches, read from the epoch ahead
+        self._reading = None  # the epoch iterator they come from
+        self._next_read = 0  # the first step not read yet
         self.loss_is_scaled_for_ga = True  # compute_loss divides by the step's token count itself
         self._since_log: dict[str, float] = defaultdict(float)
         self._last_log_time: float | None = None
@@ -199,7 +230,11 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
         return random.Random(self.args.seed * 1_000_003 + step).random() < self.args.lmbda
 
     def complete(
-        self, batches: list[dict[str, torch.Tensor]], source: str, evaluating: bool = False
+        self,
+        batches: list[dict[str, torch.Tensor]],
+        source: str,
+        evaluating: bool = False,
+        sampled: list[list[int]] | None = None,
     ) -> list[dict[str, torch.Tensor]]:
         """Attach completions from `source` ("student", "teacher" or "data") and build model inputs.
 
@@ -207,6 +242,7 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
         samples from its own prompts. When the teacher has its own prompts, it gets its own inputs
         (`teacher_*`): its prompt block, then the very same completion block as the student's.
         `evaluating`: held-out batches, sampled from a seed of their own (not the next step's).
+        `sampled`: the step's completions, already drawn beside training (max_staleness > 0).
         """
         device = self.args.device
         batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
@@ -215,14 +251,11 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
             completions = [(b["completion_ids"], b["completion_mask"]) for b in batches]
         else:
             prefix = "teacher_prompt" if source == "teacher" and own_prompts else "prompt"
-            prompts = [
-                ids[mask.bool()].tolist()
-                for b in batches
-                for ids, mask in zip(b[f"{prefix}_ids"], b[f"{prefix}_mask"], strict=True)
-            ]
-            sampled = iter(self.sample(source, prompts, evaluating))
+            drawn = iter(
+                self.sample(source, prompts_of(batches, prefix), evaluating) if sampled is None else sampled
+            )
             pad_id = self.processing_class.pad_token_id
-            padded = [right_pad([next(sampled) for _ in b["prompt_ids"]], pad_id) for b in batches]
+            padded = [right_pad([next(drawn) for _ in b["prompt_ids"]], pad_id) for b in batches]
             completions = [(ids.to(device), mask.to(device)) for ids, mask in padded]
         inputs = []
         for batch, (completion_ids, completion_mask) in zip(batches, completions, strict=True):
@@ -248,19 +281,21 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
         seed = self.sampling_seed(evaluating)
         # a teacher outside this process takes the seed with the request (hf reseeds with it: the same draw)
         params = self.sampling if source == "student" else replace(self.sampling, seed=seed)
-        with forked_rng(self.args.device):
+        with self.rng_lock, forked_rng(self.args.device):
             torch.manual_seed(seed)
             completions = sampler.generate(prompts, params)
         self._since_log["generation_seconds"] += time.perf_counter() - started
         return completions
 
-    def sampling_seed(self, evaluating: bool) -> int:
+    def sampling_seed(self, evaluating: bool, step: int | None = None) -> int:
         """The seed of one sampling call, from (seed, step, process, training or held-out) alone: a resumed
         run draws what an uninterrupted one drew, with no RNG state to save. The processes of one colocated
-        vLLM (tensor parallel) sample as one, so they share a seed, as TRL seeds them."""
+        vLLM (tensor parallel) sample as one, so they share a seed, as TRL seeds them. `step`: the step
+        sampled for, when it is not the current one (sampled ahead, max_staleness > 0)."""
         sharing = self.args.tensor_parallel_size if self.args.engine == "vllm" else 1
         process = self.args.process_index // sharing
-        entropy = (self.args.seed, self.state.global_step, process, int(evaluating))
+        step = self.state.global_step if step is None else step
+        entropy = (self.args.seed, step, process, int(evaluating))
         return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
 
     def unwrapped_for_generation(self, model):
@@ -280,17 +315,19 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
         """All micro-batches of one optimizer step, completed, and their total completion-token count."""
         if self._last_log_time is None:
             self._last_log_time = time.perf_counter()
-        raw = []
-        for _ in range(num_batches):
-            try:
-                raw.append(next(epoch_iterator))
-            except StopIteration:
-                break
+        ahead = None
+        if self.args.max_staleness:
+            raw, ahead = self.step_sampled_ahead(epoch_iterator)
+        else:
+            raw = next_batches(epoch_iterator, num_batches)
         if not raw:
             return [], None
         on_policy = self.is_on_policy(self.state.global_step)
         source = "student" if on_policy else ("teacher" if self.args.seq_kd else "data")
-        batches = self.complete(raw, source)
+        batches = self.complete(raw, source, sampled=ahead.completions if ahead else None)
+        if ahead:
+            staleness = self.state.global_step - ahead.version
+            self._since_log["staleness"] = max(self._since_log["staleness"], staleness)
         tokens = sum(b["completion_mask"].sum() for b in batches).to(device)
         if self.args.world_size > 1:
             tokens = self.accelerator.gather(tokens).sum()
@@ -303,6 +340,64 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
         self._since_log["on_policy_steps"] += on_policy
         self._since_log["completion_tokens"] += tokens.item()
         return batches, tokens
+
+    # --- sampling beside training (max_staleness > 0) ------------------------------------------------
+
+    def step_sampled_ahead(self, epoch_iterator) -> tuple[list[dict], SampledStep | None]:
+        """This step's micro-batches and, for an on-policy step, its completions drawn beside training.
+
+        First hands the sampler the steps up to global_step + K with a snapshot of the current weights,
+        reading their micro-batches from the epoch now (gradient_accumulation_steps each, as the trainer
+        would: every batch of the epoch is read once, in order). It never reads past the epoch's end or
+        max_steps, so the first step of each epoch (and of a resumed run) is sampled from current weights."""
+        step, args = self.state.global_step, self.args
+        if self.async_sampler is None:
+            self.async_sampler = AsyncStudentSampler(
+                self.accelerator.unwrap_model(self.model),
+                self.processing_class,
+                args.generation_batch_size or self.prompts_per_step,
+                self.sampling,
+                self.rng_lock,
+                functools.partial(forked_rng, args.device),
+            )
+        if epoch_iterator is not self._reading:  # a new epoch: nothing of it read yet
+            self.async_sampler.cancel_pending()
+            self._reading, self._read_ahead, self._next_read = epoch_iterator, {}, step
+        weights = None
+        while self._next_read <= min(step + args.max_staleness, self.state.max_steps - 1):
+            batches = next_batches(epoch_iterator, args.gradient_accumulation_steps)
+            if not batches:
+                break
+            ahead, self._next_read = self._next_read, self._next_read + 1
+            self._read_ahead[ahead] = batches
+            if self.is_on_policy(ahead):
+                if weights is None:  # one snapshot per optimizer step, shared by the steps handed over now
+                    model = self.accelerator.unwrap_model(self.model)
+                    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                prompts = prompts_of(batches, "prompt")
+                self.async_sampler.submit(ahead, prompts, self.sampling_seed(False, ahead), weights, step)
+        raw = self._read_ahead.pop(step, [])
+        if not raw or not self.is_on_policy(step):
+            return raw, None
+        started = time.perf_counter()
+        sampled = self.async_sampler.result(step)
+        self._since_log["generation_seconds"] += time.perf_counter() - started  # the wait, at K > 0
+        return raw, sampled
+
+    def train(self, *args, **kwargs):
+        """`Trainer.train`; however it ends (done, an error on either side, Ctrl-C), the sampler thread of
+        max_staleness > 0 ends with it."""
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if self.async_sampler is not None:
+                self.async_sampler.close()
+                self.async_sampler, self._reading = None, None
+
+    def _load_rng_state(self, checkpoint) -> None:
+        """A resumed run's global RNG, restored while no sampler thread draws from it."""
+        with self.rng_lock:
+            super()._load_rng_state(checkpoint)
 
     # --- the loss -------------------------------------------------------------------------------
 
@@ -367,6 +462,8 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
             logs["completion_tokens"] = int(self._since_log["completion_tokens"])
             logs["tokens_per_second"] = self._since_log["completion_tokens"] / max(elapsed, 1e-9)
             logs["generation_seconds"] = self._since_log["generation_seconds"]
+            if self.args.max_staleness:  # the most optimizer steps an on-policy sample lagged the weights
+                logs["staleness"] = int(self._since_log["staleness"])
             if isinstance(self.teacher, CrossTokenizerTeacher):  # the share of the tokens on each loss path
                 counted = sum(self._since_log[f"{name}_tokens"] for name in PATHS)
                 for name in PATHS:
