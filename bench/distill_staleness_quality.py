@@ -2,7 +2,8 @@
 
 Two runs of the distill demo's defaults (the healed embedded student, the embedded teacher, the shipped math
 prompts, on-policy: lmbda 1, beta 0.9, seed 0), identical but for --max_staleness and shortened to --steps
-optimizer steps, each in its own subprocess (--only k0 / --only k1 / --only evaluate: chunks that fit a shared host's lock).
+optimizer steps, each in its own subprocess (--only k0 / --only k1 / --only evaluate: chunks that fit a
+shared host's lock).
 Then one held-out evaluation, the recipe's (`HeldOutEvaluation`), on the same --eval-size prompts of the
 math test split with the same teacher answers: the student before training and both trained students get
 the demo's distances to the teacher (forward KL, reverse KL, JSD, top-1 agreement per token) and degenerate
