@@ -257,7 +257,7 @@ def distill_into_output_dir(config: DistillConfig) -> DistillResults:
             evaluate_after_training(trainer, evaluation, results)
         results.train = {k: v for k, v in train_output.metrics.items() if isinstance(v, (int, float))}
         if isinstance(trainer.teacher, CrossTokenizerTeacher):
-            results.cross_tokenizer = cross_tokenizer_summary(config, trainer.teacher, trainer.path_tokens)
+            results.cross_tokenizer = cross_tokenizer_summary(config, trainer)
         trained = prompts_trained_on(config, train_output.global_step, len(train_examples))
         write_outputs(config, results, (trained, len(train_examples)), len(eval_examples))
     trainer.accelerator.wait_for_everyone()
@@ -315,15 +315,19 @@ def teacher_alignment(config: DistillConfig, tokenizer: PreTrainedTokenizerBase)
     return choose_alignment(tokenizer, teacher_tokenizer, config.teacher_chat_template, config.seq_kd)
 
 
-def cross_tokenizer_summary(config: DistillConfig, teacher: CrossTokenizerTeacher, path_tokens: dict) -> dict:
+def cross_tokenizer_summary(config: DistillConfig, trainer: GKDistillTrainer) -> dict:
     """What eval_results.json and the card say of a cross-tokenizer run: the alignment and why, the
-    fallback loss, and the share of the completion tokens trained on that took each loss path."""
+    fallback loss, the share of the completion tokens trained on that took each loss path, and how many
+    completions were not the student tokenizer's own tokenisation of their text (the teacher read that)."""
+    path_tokens = trainer.path_tokens
     total = sum(path_tokens.values())
     return {
-        "alignment": teacher.alignment,
+        "alignment": trainer.teacher.alignment,
         "fallback": config.cross_tokenizer_fallback,
         "completion_tokens": total,
         **{f"{name}_share": path_tokens[name] / max(total, 1) for name in PATHS},
+        "completions": trainer.completion_counts["completions"],
+        "non_canonical_completions": trainer.completion_counts["non_canonical"],
     }
 
 
