@@ -47,7 +47,8 @@ PROMPTS_PER_STEP = (
 
 def run_argv(name: str, steps: int, eval_size: int) -> list[str]:
     argv = ["--config", str(PRESET), "--output_dir", str(RUNS / name), "--max_steps", str(steps)]
-    argv += ["--save_steps", "2", "--report_to", "none"]
+    # a checkpoint of the student with its optimizer state is 1.3 GB: keep the newest two
+    argv += ["--save_steps", "2", "--save_total_limit", "2", "--report_to", "none"]
     if name == "cross":
         gemma = ["--teacher", str(packaged_gemma_gguf()), "--teacher_chat_template", "gemma3"]
         return argv + gemma + ["--eval_size", str(eval_size)]
@@ -66,7 +67,8 @@ def train(name: str, steps: int, eval_size: int, budget: float) -> bool:
         argv += ["--resume_from_checkpoint", "last"]
     command = [sys.executable, "-m", "selftaught.cli", "distill", *argv]
     print(" ".join(command), flush=True)
-    process = subprocess.Popen(command)
+    # SIGINT as the default handler: a shell's background job (nohup ... &) starts with it ignored
+    process = subprocess.Popen(command, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         process.wait(timeout=budget)
     except subprocess.TimeoutExpired:
