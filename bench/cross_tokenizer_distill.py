@@ -9,7 +9,8 @@ step, 96 new tokens, learning rate 2e-5, 32 held-out prompts):
   interval, and the degeneration measures.
 - `same`: the demo's own same-tokenizer teacher (SmolLM2-135M-Instruct) for --timing-steps steps without
   evaluation, for the step time alone.
-Measured: the cross run's held-out results, the share of its completion tokens on each loss path, three
+Measured: the cross run's held-out results, the share of its completion tokens on each loss path and its
+non-canonical completions (sampled ids that are not the student tokenizer's own tokenisation), three
 held-out answers side by side (Gemma, the student before, after), and the seconds per optimizer step of
 both runs (from metrics.jsonl: completion tokens / tokens per second per logged step; median over steps,
 with the sampling share).
@@ -39,11 +40,15 @@ ROOT = Path(__file__).resolve().parent.parent
 PRESET = ROOT / "selftaught" / "distill" / "default.yaml"
 RESULTS = ROOT / "bench" / "results" / "cross_tokenizer_distill.json"
 RUNS = ROOT / "runs" / "bench-cross-tokenizer"
+PROMPTS_PER_STEP = (
+    4  # the preset's per_device_train_batch_size x gradient_accumulation_steps, logged each step
+)
 
 
 def run_argv(name: str, steps: int, eval_size: int) -> list[str]:
     argv = ["--config", str(PRESET), "--output_dir", str(RUNS / name), "--max_steps", str(steps)]
-    argv += ["--save_steps", "2", "--report_to", "none"]
+    # a checkpoint of the student with its optimizer state is 1.3 GB: keep the newest two
+    argv += ["--save_steps", "2", "--save_total_limit", "2", "--report_to", "none"]
     if name == "cross":
         gemma = ["--teacher", str(packaged_gemma_gguf()), "--teacher_chat_template", "gemma3"]
         return argv + gemma + ["--eval_size", str(eval_size)]
@@ -62,7 +67,8 @@ def train(name: str, steps: int, eval_size: int, budget: float) -> bool:
         argv += ["--resume_from_checkpoint", "last"]
     command = [sys.executable, "-m", "selftaught.cli", "distill", *argv]
     print(" ".join(command), flush=True)
-    process = subprocess.Popen(command)
+    # SIGINT as the default handler: a shell's background job (nohup ... &) starts with it ignored
+    process = subprocess.Popen(command, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         process.wait(timeout=budget)
     except subprocess.TimeoutExpired:
@@ -81,6 +87,26 @@ def step_seconds(name: str) -> dict:
         "seconds_per_step": statistics.median(seconds),
         "generation_seconds_per_step": statistics.median(r["generation_seconds"] for r in steps),
         "completion_tokens_per_step": statistics.median(r["completion_tokens"] for r in steps),
+    }
+
+
+def loss_paths(results: dict, prompts_per_step: int) -> dict:
+    """The cross run's loss paths over all its steps, from metrics.jsonl (one line per step). The counts in
+    eval_results.json start again at each resume, so a run made in several calls needs these."""
+    rows = [json.loads(line) for line in (RUNS / "cross" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r and "shared_support_share" in r]
+    tokens = sum(r["completion_tokens"] for r in steps)
+    paths = {
+        f"{name}_share": sum(r[f"{name}_share"] * r["completion_tokens"] for r in steps) / tokens
+        for name in ("shared_support", "fallback", "unaligned")
+    }
+    return {
+        "alignment": results["cross_tokenizer"]["alignment"],
+        "fallback": results["cross_tokenizer"]["fallback"],
+        "completion_tokens": tokens,
+        **paths,
+        "completions": len(steps) * prompts_per_step,
+        "non_canonical_completions": round(sum(r["non_canonical_share"] for r in steps) * prompts_per_step),
     }
 
 
@@ -124,7 +150,7 @@ def main() -> None:
             },
             "held_out": {k: results[k] for k in ("teacher", "student_before", "student_after")},
             "comparisons": results["comparisons"],
-            "loss_paths": results["cross_tokenizer"],
+            "loss_paths": loss_paths(results, PROMPTS_PER_STEP),
             "step_time": {"cross": step_seconds("cross"), "same": step_seconds("same")},
             "answers": side_by_side(3),
         },

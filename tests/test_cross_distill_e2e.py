@@ -49,6 +49,24 @@ def test_a_teacher_with_another_tokenizer_and_no_chat_template_is_refused_naming
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
+def test_a_served_teacher_named_with_another_tokenizer_is_refused_before_any_weights_load(
+    tmp_path, tiny_student, tiny_gemma, math_data, capsys
+):
+    """`--teacher_url` (and `--teacher_top_k`) with a `--teacher` whose tokenizer differs: the server would be
+    sent the student's ids, so the run stops in one line saying to drop --teacher_url (no server is asked:
+    nothing listens at this address)."""
+    out = tmp_path / "out"
+    served = ["--teacher_url", "http://127.0.0.1:9/v1", "--teacher_top_k", "8"]
+    with pytest.raises(SystemExit) as stopped:
+        main(["distill", *distill_argv(tiny_student, tiny_gemma, math_data, out, *served)])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    assert "tokenizer (262144 tokens) differs from the student's (49152)" in error
+    assert "drop --teacher_url to load the teacher in this process" in error
+    assert not (out / "metrics.jsonl").exists()
+
+
 def test_a_teacher_with_another_tokenizer_trains_evaluates_per_byte_and_reports_its_loss_paths(
     tmp_path, tiny_student, bare_gemma, math_data
 ):
@@ -72,8 +90,12 @@ def test_a_teacher_with_another_tokenizer_trains_evaluates_per_byte_and_reports_
     summary = results["cross_tokenizer"]
     assert summary["alignment"].startswith("byte offsets") and summary["fallback"] == "sampled_kl"
     assert sum(summary[f"{name}_share"] for name in PATHS) == pytest.approx(1.0)
+    assert summary["completions"] == 4  # 2 steps of 2
+    non_canonical = sum(log["non_canonical_share"] * 2 for log in logs)
+    assert summary["non_canonical_completions"] == pytest.approx(non_canonical)
     card = (out / "README.md").read_text()
     assert "## Teacher with another tokenizer" in card and "Alignment: byte offsets" in card
+    assert f"{summary['non_canonical_completions']} of the 4 completions were not" in card
     assert "nll_per_byte" in card
 
 

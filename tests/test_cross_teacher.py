@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 
 import pytest
 import torch
+from datasets import Dataset
 from test_distill_trainer import make_trainer as distill_trainer
 
 from selftaught.arguments import ArgumentError
@@ -107,6 +109,96 @@ def test_with_one_tokenizer_the_cross_tokenizer_path_gives_todays_loss_and_gradi
         "fallback": 0,
         "unaligned": 0,
     }
+
+
+def own_tokens(tokenizer, ids: list[int], stops: Collection[int]) -> bool:
+    """Whether `ids` (less a final stop token) are what the tokenizer makes of their decoded text."""
+    body = ids[:-1] if ids and ids[-1] in stops else ids
+    return tokenizer(tokenizer.decode(body), add_special_tokens=False)["input_ids"] == body
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.9])
+def test_with_one_tokenizer_on_the_students_own_canonical_samples_the_loss_and_gradient_are_todays(
+    tmp_path, sharp_student, sharp_teacher, tokenizer, beta
+):
+    """On-policy: 16 completions sampled from the tiny student, of which those
+    that are their tokenizer's own tokenisation (about 60%; the others, such as a sampled 'ĊĊ' where the
+    tokenizer writes 'Ċ' 'Ċ', are the next test's case) go through both paths as one batch, in float32.
+    Today's path scores the same ids, the teacher reading the student's prompt."""
+    same = CrossTokenizer.between(tokenizer, tokenizer)
+    data = dataset(tokenizer, same).select([0, 1, 2, 3] * 4)
+    cross = make_trainer(tmp_path, sharp_student, sharp_teacher, tokenizer, data, same, beta=beta)
+    today = make_trainer(tmp_path, sharp_student, sharp_teacher, tokenizer, data, beta=beta)
+    [sampled] = cross.complete([cross.data_collator(list(data))], "student")
+    mask = sampled["completion_mask"].bool()
+    completions = [
+        row[keep].tolist() for row, keep in zip(sampled["input_ids"][:, -mask.shape[1] :], mask, strict=True)
+    ]
+    canonical = [k for k, ids in enumerate(completions) if own_tokens(tokenizer, ids, same.stop_ids)]
+    assert 4 <= len(canonical) < len(completions)
+    inputs = {name: values[canonical] for name, values in sampled.items()}
+    losses, gradients = [], []
+    for trainer, given in (
+        (today, {k: inputs[k] for k in [*MODEL_INPUTS, "completion_mask"]}),
+        (cross, inputs),
+    ):
+        loss = trainer.compute_loss(trainer.model, given, num_items_in_batch=given["completion_mask"].sum())
+        loss.backward()
+        losses.append(loss.detach())
+        gradients.append({n: p.grad for n, p in trainer.model.named_parameters() if p.grad is not None})
+    assert losses[0] > 0.1
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=0)
+    assert gradients[0].keys() == gradients[1].keys()
+    for name, gradient in gradients[0].items():
+        torch.testing.assert_close(gradients[1][name], gradient, atol=1e-5, rtol=0, msg=name)
+    scored = cross.teacher.scores(
+        CompletionBatch({k: inputs[f"teacher_{k}"] for k in MODEL_INPUTS}, inputs["completion_mask"].bool())
+    )
+    assert scored.counts()["fallback"] == 0 and scored.non_canonical == 0
+
+
+def test_a_sample_that_is_not_its_tokenizers_own_tokenisation_keeps_the_sequence_sum_and_is_counted(
+    tmp_path, sharp_student, sharp_teacher, tokenizer
+):
+    """'Hello' 'Ġw' 'orld' where the tokenizer writes 'Hello' 'Ġworld': the teacher (the same tokenizer)
+    reads the text, so it scores 'Ġworld'. The values over the completion sum to its log-probability of
+    that canonical tokenisation, 'Ġworld''s shared by bytes (2 of its 6 to 'Ġw'); 'Ġw' (on a teacher
+    boundary) takes the shared-support loss, 'orld' (inside 'Ġworld') the fallback; the batch, the step's
+    log and the run count the completion."""
+    same = CrossTokenizer.between(tokenizer, tokenizer)
+    hello, w, orld, world = tokenizer.convert_tokens_to_ids(["Hello", "Ġw", "orld", "Ġworld"])
+    assert tokenizer("Hello world", add_special_tokens=False)["input_ids"] == [hello, world]
+    end = same.student.end_of_turn
+    rows = dataset(tokenizer, same).to_list()
+    rows[1]["completion_ids"] = [hello, w, orld, end]
+    data = Dataset.from_list(rows)
+    trainer = make_trainer(tmp_path, sharp_student, sharp_teacher, tokenizer, data, same)
+    inputs, teacher_batch = batch(trainer, data)
+    scored = trainer.teacher.scores(teacher_batch)
+    assert (scored.completions, scored.non_canonical) == (len(QA), 1)
+    in_row = inputs["completion_mask"].bool().nonzero()[:, 0] == 1
+    values = scored.token_log_probs[in_row].double()
+    assert [PATHS[k] for k in scored.path[in_row]] == [
+        "shared_support",
+        "shared_support",
+        "fallback",
+        "shared_support",
+    ]
+    # the teacher's log-probabilities of the canonical tokens, over the tokenizer's tokens (its padded rows
+    # dropped, as in training)
+    canonical = [hello, world, end]
+    with torch.no_grad():
+        logits = trainer.teacher.model(torch.tensor([rows[1]["teacher_prompt_ids"] + canonical])).logits
+    log_probs = logits[0, -len(canonical) - 1 : -1, : len(tokenizer)].double().log_softmax(-1)
+    teacher_lp = log_probs.gather(-1, torch.tensor(canonical)[:, None])[:, 0].tolist()
+    # to float32's rounding (the run's teacher log-softmax is in float32; this one in float64)
+    assert values.sum().item() == pytest.approx(sum(teacher_lp), rel=1e-6)
+    assert values[1:3].tolist() == pytest.approx([teacher_lp[1] * 2 / 6, teacher_lp[1] * 4 / 6], rel=1e-6)
+
+    trainer.train()
+    [log] = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert log["non_canonical_share"] == pytest.approx(1 / len(QA))
+    assert trainer.completion_counts == {"completions": len(QA), "non_canonical": 1}
 
 
 def test_across_tokenizers_the_sampled_token_values_sum_to_the_sequence_log_ratio(

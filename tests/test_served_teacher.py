@@ -186,14 +186,20 @@ def test_distill_trains_nothing_against_a_server_unfit_for_the_run(
     teacher_server, tiny_student, math_data, tmp_path, capsys
 ):
     """A K above the server's --max-logprobs, and a student whose tokenizer maps ids to other tokens than the
-    server's: each stops `selftaught distill` with exit 2 and one line, before any step is trained."""
+    server's: each stops `selftaught distill` with exit 2 and one line, before any step is trained (the
+    second saying where a teacher with another tokenizer can run)."""
     student = tmp_path / "swapped"
     shutil.copytree(tiny_student, student)
     swapped_tokenizer(student, "Ġhelpful", "Ġcats")  # " helpful" is in SmolLM2's system prompt
     too_many = MAX_LOGPROBS + 1
     for model, top_k, expected in (
         (tiny_student, too_many, rf"refuses {too_many} log-probs .*--max-logprobs {too_many}"),
-        (student, MAX_LOGPROBS, r"decodes token \d+ as ' cats' where this run's tokenizer .* has ' helpful'"),
+        (
+            student,
+            MAX_LOGPROBS,
+            r"decodes token \d+ as ' cats' where this run's tokenizer .* has ' helpful'.* load it in this "
+            r"process: --teacher MODEL without --teacher_url\.$",
+        ),
     ):
         out = tmp_path / f"out-{top_k}"
         argv = ["--teacher_url", teacher_server.base_url, "--teacher_top_k", str(top_k), "--max_steps", "1"]

@@ -230,6 +230,13 @@ def alignment_section(cross: dict) -> str:
         f"{cross['completion_tokens']} completion tokens trained on: {shares} (shared support: the "
         "generalized JSD over the shared strings; fallback; unaligned: past the last whole UTF-8 character, "
         "no loss)."
+        + (
+            f" {cross['non_canonical_completions']} of the {cross['completions']} completions were not the "
+            "student tokenizer's own tokenisation of their text; the teacher scored the text as its "
+            "tokenizer cuts it."
+            if "completions" in cross  # results written before the count have none
+            else ""
+        )
     )
 
 

@@ -25,7 +25,9 @@ With `loss` sampled_kl every aligned token takes the sampled-token signal (`spar
 With one tokenizer on both sides and completions the tokenizer itself would produce, every token is on a
 boundary, the shared strings are the whole vocabulary with no tail, and the loss and its gradient are
 today's dense generalized JSD (tests/test_cross_teacher.py). A sampled completion need not be the
-tokenizer's own tokenisation of its text ('ĊĊ' against 'Ċ' 'Ċ'): the teacher then reads the canonical one.
+tokenizer's own tokenisation of its text ('Ċ' 'Ċ' against 'ĊĊ'): the teacher then reads the canonical one,
+the values still sum to its log-probability of the text, and the tokens inside one of its tokens take the
+fallback (`models.cross_tokenizer`); each batch counts such completions (`ScoredBatch.non_canonical`).
 """
 
 from __future__ import annotations
@@ -159,8 +161,11 @@ class ScoredBatch:
     path: torch.Tensor  # [N] the index in PATHS of each token's loss path
     support: torch.Tensor  # [shared_support tokens, strings (+1)] the teacher's distribution there
     sorted_probs: torch.Tensor | None  # [fallback tokens, teacher vocabulary] with fallback uld
+    completions: int
+    non_canonical: int  # completions whose tokens are not the student tokenizer's own tokenisation of them
 
     def counts(self) -> dict[str, int]:
+        """Completion tokens per loss path."""
         return {name: int((self.path == k).sum()) for k, name in enumerate(PATHS)}
 
 
@@ -241,6 +246,8 @@ class CrossTokenizerTeacher:
             sorted_probs=teacher_sorted_probs(logits[rows[elsewhere]], self.vocab_size)
             if self.fallback == "uld" and self.loss == "jsd"
             else None,
+            completions=len(alignments),
+            non_canonical=sum(not a.canonical for a in alignments),
         )
 
     def _teacher_logits(

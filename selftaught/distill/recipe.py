@@ -30,6 +30,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.trainer_utils import TrainOutput
 
+from selftaught.arguments import ArgumentError
 from selftaught.data.folder_lock import writing_to
 from selftaught.data.formats import Example, rename_columns, to_examples, tokenize_examples, tokenize_prompt
 from selftaught.data.loading import DataError, available_splits, load_rows
@@ -50,7 +51,13 @@ from selftaught.distill.teachers import InProcessTeacher, ServedTeacher, Teacher
 from selftaught.distill.trainer import GKDistillTrainer
 from selftaught.evaluate.cross_tokenizer import CrossTokenizerEvaluation
 from selftaught.evaluate.distance import HeldOutEvaluation, HeldOutSettings, drift_warning
-from selftaught.models import check_same_vocabulary, load_model, load_tokenizer, shared_vocab_size
+from selftaught.models import (
+    TokenizerMismatchError,
+    check_same_vocabulary,
+    load_model,
+    load_tokenizer,
+    shared_vocab_size,
+)
 from selftaught.models.check import check_model_flags
 from selftaught.models.loading import resolve_dtype
 from selftaught.report import write_report
@@ -257,7 +264,7 @@ def distill_into_output_dir(config: DistillConfig) -> DistillResults:
             evaluate_after_training(trainer, evaluation, results)
         results.train = {k: v for k, v in train_output.metrics.items() if isinstance(v, (int, float))}
         if isinstance(trainer.teacher, CrossTokenizerTeacher):
-            results.cross_tokenizer = cross_tokenizer_summary(config, trainer.teacher, trainer.path_tokens)
+            results.cross_tokenizer = cross_tokenizer_summary(config, trainer)
         trained = prompts_trained_on(config, train_output.global_step, len(train_examples))
         write_outputs(config, results, (trained, len(train_examples)), len(eval_examples))
     trainer.accelerator.wait_for_everyone()
@@ -306,24 +313,39 @@ def load_models(
 
 def teacher_alignment(config: DistillConfig, tokenizer: PreTrainedTokenizerBase) -> Alignment:
     """How the teacher's targets reach the student's tokens (`distill.cross_teacher.choose_alignment`). A
-    served teacher must share the student's tokenizer (its server scores the student's token ids)."""
+    served teacher must share the student's tokenizer: its server is sent the student's token ids and
+    returns its top-K over its own vocabulary, which byte alignment cannot map (it needs the teacher's
+    full distribution and its scoring of re-tokenised text), so one named by --teacher with another
+    tokenizer is refused here, before any weights load."""
     if config.teacher in (SELF_TEACHER, None):
         return Alignment(None, "token ids: the teacher shares the student's tokenizer")
     teacher_tokenizer = load_tokenizer(config.teacher, config.trust_remote_code)
     if config.teacher_url:
-        check_same_vocabulary(tokenizer, teacher_tokenizer)
+        try:
+            check_same_vocabulary(tokenizer, teacher_tokenizer)
+        except TokenizerMismatchError:
+            raise ArgumentError(
+                f"--teacher_url: the --teacher's tokenizer ({len(teacher_tokenizer)} tokens) differs from "
+                f"the student's ({len(tokenizer)}), and a served teacher must share it (the server is sent "
+                "the student's token ids and answers over its own vocabulary); drop --teacher_url to load "
+                "the teacher in this process, where a teacher with another tokenizer is aligned by bytes"
+            ) from None
     return choose_alignment(tokenizer, teacher_tokenizer, config.teacher_chat_template, config.seq_kd)
 
 
-def cross_tokenizer_summary(config: DistillConfig, teacher: CrossTokenizerTeacher, path_tokens: dict) -> dict:
+def cross_tokenizer_summary(config: DistillConfig, trainer: GKDistillTrainer) -> dict:
     """What eval_results.json and the card say of a cross-tokenizer run: the alignment and why, the
-    fallback loss, and the share of the completion tokens trained on that took each loss path."""
+    fallback loss, the share of the completion tokens trained on that took each loss path, and how many
+    completions were not the student tokenizer's own tokenisation of their text (the teacher read that)."""
+    path_tokens = trainer.path_tokens
     total = sum(path_tokens.values())
     return {
-        "alignment": teacher.alignment,
+        "alignment": trainer.teacher.alignment,
         "fallback": config.cross_tokenizer_fallback,
         "completion_tokens": total,
         **{f"{name}_share": path_tokens[name] / max(total, 1) for name in PATHS},
+        "completions": trainer.completion_counts["completions"],
+        "non_canonical_completions": trainer.completion_counts["non_canonical"],
     }
 
 

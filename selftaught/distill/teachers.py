@@ -31,7 +31,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from selftaught.generation.base import EngineSettings, SamplingParams
 from selftaught.generation.hf import eos_ids_of, generate_all
-from selftaught.generation.openai_engine import OpenAIEngine
+from selftaught.generation.openai_engine import OpenAIEngine, TokenizerMismatchError
 from selftaught.scoring.logits import completion_logits
 from selftaught.training.sparse_losses import SparseTeacher
 
@@ -138,9 +138,15 @@ class ServedTeacher:
     def check(self, prompt: list[int], completion: list[int]) -> None:
         """Score one completion, so that a server without prompt log-probabilities, with a --max-logprobs
         below K or another tokenizer is named before any training."""
-        self._answered(
-            lambda: self.engine.completion_top_logprobs([prompt], [completion], self.top_k), STARTING
-        )
+        try:
+            self._answered(
+                lambda: self.engine.completion_top_logprobs([prompt], [completion], self.top_k), STARTING
+            )
+        except TokenizerMismatchError as err:  # byte alignment needs the teacher's full distribution
+            raise TokenizerMismatchError(
+                f"{err} To distil from a teacher with another tokenizer, load it in this process: "
+                "--teacher MODEL without --teacher_url."
+            ) from None
 
     def scores(self, batch: CompletionBatch) -> SparseTeacher:
         tops = self._answered(

@@ -155,6 +155,8 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
             teacher = replace(teacher, model=self._prepare_teacher(teacher.model))
         self.teacher = teacher
         self.path_tokens: dict[str, int] = dict.fromkeys(PATHS, 0)  # across tokenizers: the run's, per path
+        # across tokenizers: the run's completions trained on, and those not their tokenizer's own tokens
+        self.completion_counts: dict[str, int] = {"completions": 0, "non_canonical": 0}
         self.sampling = SamplingParams(args.max_new_tokens, args.temperature, args.top_p)
         # every sampler draws an optimizer step's completions in one batch: decoding a small model reads
         # all its weights per token whatever the batch (on 2 CPU cores 16 prompts take 1.5x the time of 4);
@@ -415,6 +417,10 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
             for name, count in teacher_scores.counts().items():
                 self._since_log[f"{name}_tokens"] += count
                 self.path_tokens[name] += count
+            self._since_log["completions"] += teacher_scores.completions
+            self._since_log["non_canonical"] += teacher_scores.non_canonical
+            self.completion_counts["completions"] += teacher_scores.completions
+            self.completion_counts["non_canonical"] += teacher_scores.non_canonical
         student_logits = completion_logits(model, model_inputs, mask, self.vocab_size)
         per_token = self.per_token_loss(student_logits, teacher_scores, teacher_batch)
         if num_items_in_batch is None:  # evaluation: this batch alone
@@ -468,6 +474,10 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
                 counted = sum(self._since_log[f"{name}_tokens"] for name in PATHS)
                 for name in PATHS:
                     logs[f"{name}_share"] = self._since_log[f"{name}_tokens"] / max(counted, 1)
+                # of the completions: not the student tokenizer's own tokenisation of their text
+                logs["non_canonical_share"] = self._since_log["non_canonical"] / max(
+                    self._since_log["completions"], 1
+                )
             self._since_log.clear()
             self._last_log_time = now
         super().log(logs, start_time)

@@ -30,6 +30,15 @@ increase over its span. So:
   gets 0 (a teacher "certain" of it) just because a teacher token ends after it; shares are by bytes, not
   characters, because the two sides' boundaries may fall inside one character.
 
+Samples that are not their tokenizer's own tokenisation (`CompletionAlignment.canonical` False): a sampled
+completion may cut its text otherwise than its tokenizer would ('Ċ' 'Ċ' where the tokenizer writes 'ĊĊ').
+The teacher reads the text, so it scores the tokenisation its tokenizer makes of it, even when that is the
+student's own tokenizer: the sequence-level identity holds (the values sum to the teacher's log-probability
+of the text, i.e. of its canonical tokenisation), the token-level one does not (the two student tokens
+share the teacher's 'ĊĊ' by bytes, and the teacher predicts what follows from the canonical tokens). With
+one tokenizer on both sides, runs align by token ids instead (`distill.cross_teacher.choose_alignment`),
+which scores the exact ids; a cross-tokenizer run counts its non-canonical completions.
+
 Special tokens: a student token that ends the completion (its EOS, its end of turn) has no text; it is
 paired with the token the teacher's chat template ends an assistant turn with, scored after the whole
 text. Any other student special token is text like any other (its content), as the teacher reads it.
@@ -231,6 +240,8 @@ class CompletionAlignment:
     teacher_row: list[int]
     aligned: list[bool]
     forced_boundary: bool
+    # the student's aligned tokens are its tokenizer's own tokenisation of their text (module docstring)
+    canonical: bool
 
     def spread(self, teacher_logprobs: torch.Tensor) -> torch.Tensor:
         """Per student token, its share of the teacher's log-probabilities of `teacher_completion_ids` (0
@@ -321,6 +332,7 @@ class CrossTokenizer:
         kept = valid_prefix(s_ends, data)
         text = data[: s_ends[kept - 1] if kept else 0].decode()
         teacher = self.teacher.tokenize_after(teacher_prompt_text, text)
+        canonical = self.student.tokenizer(text, add_special_tokens=False)["input_ids"] == body[:kept]
         shares = overlap_shares((s_starts[:kept], s_ends[:kept]), (teacher.starts, teacher.ends))
         completion = list(teacher.text_ids)
         teacher_starts = set(teacher.starts)
@@ -343,6 +355,7 @@ class CrossTokenizer:
             teacher_row=rows + [-1] * unaligned,
             aligned=[True] * len(rows) + [False] * unaligned,
             forced_boundary=teacher.forced_boundary,
+            canonical=canonical,
         )
 
 
@@ -391,7 +404,8 @@ def path_shares(
     """What a run reports of its completion tokens: the share on each loss path (`shared_support`: the
     token starts on a teacher boundary; `fallback`: ULD or the sampled-token signal; `unaligned`: past
     the valid UTF-8 text), the share whose own string the teacher's vocabulary holds (`shared_string`),
-    and the share of completions tokenised apart from their prompt (`forced_boundary`)."""
+    and the shares of completions tokenised apart from their prompt (`forced_boundary`) and not their
+    tokenizer's own tokenisation of their text (`non_canonical`)."""
     tokens = sum(len(a.aligned) for a in alignments)
     on_boundary = sum(sum(a.on_boundary) for a in alignments)
     aligned = sum(sum(a.aligned) for a in alignments)
@@ -403,4 +417,5 @@ def path_shares(
         "unaligned": (tokens - aligned) / max(tokens, 1),
         "shared_string": held / max(tokens, 1),
         "forced_boundary": sum(a.forced_boundary for a in alignments) / max(len(alignments), 1),
+        "non_canonical": sum(not a.canonical for a in alignments) / max(len(alignments), 1),
     }
