@@ -99,6 +99,21 @@ def test_a_teacher_with_another_tokenizer_trains_evaluates_per_byte_and_reports_
     assert "nll_per_byte" in card
 
 
+def test_a_resumed_cross_tokenizer_run_reports_the_loss_paths_of_the_whole_run(
+    tmp_path, tiny_student, bare_gemma, math_data
+):
+    out = tmp_path / "out"
+    argv = distill_argv(tiny_student, bare_gemma, math_data, out, "--teacher_chat_template", "gemma3")
+    run(*argv)
+    whole = json.loads((out / "eval_results.json").read_text())["cross_tokenizer"]
+
+    run(*argv, "--resume_from_checkpoint", str(out / "checkpoint-1"))  # step 2 again, from step 1's state
+
+    resumed = json.loads((out / "eval_results.json").read_text())["cross_tokenizer"]
+    assert resumed["completions"] == whole["completions"] == 4
+    assert resumed == whole  # the same samples (seeded per step), so the same counts and shares
+
+
 def test_gemma_3_270m_gguf_teaches_a_smollm2_student_through_the_cli(tmp_path, tiny_student, math_data):
     """The issue's end-to-end run on the real teacher: the packaged base model's GGUF, given Gemma 3's chat
     template, two on-policy steps into a student on SmolLM2's tokenizer, which is written out."""

@@ -30,16 +30,19 @@ exists and every step samples first, then trains.
 from __future__ import annotations
 
 import functools
+import json
 import random
 import threading
 import time
 from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl.models.utils import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generation
 
 from selftaught.distill.async_sampling import AsyncStudentSampler, SampledStep
@@ -55,6 +58,9 @@ from selftaught.training.losses import generalized_jsd
 from selftaught.training.sparse_losses import SparseTeacher, sampled_kl, sparse_generalized_jsd
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
+RUN_TOTALS = (
+    "run_totals.json"  # in each checkpoint: the counts the run's summary reports (see _save_checkpoint)
+)
 
 
 @dataclass
@@ -386,15 +392,30 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
         self._since_log["generation_seconds"] += time.perf_counter() - started  # the wait, at K > 0
         return raw, sampled
 
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """`Trainer.train`; however it ends (done, an error on either side, Ctrl-C), the sampler thread of
-        max_staleness > 0 ends with it."""
+        max_staleness > 0 ends with it. A resumed run starts from its checkpoint's run totals."""
+        if isinstance(resume_from_checkpoint, str) and (Path(resume_from_checkpoint) / RUN_TOTALS).is_file():
+            totals = json.loads((Path(resume_from_checkpoint) / RUN_TOTALS).read_text())
+            self.path_tokens, self.completion_counts = totals["path_tokens"], totals["completion_counts"]
         try:
-            return super().train(*args, **kwargs)
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         finally:
             if self.async_sampler is not None:
                 self.async_sampler.close()
                 self.async_sampler, self._reading = None, None
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The checkpoint, with the run totals the summary reports (loss paths, completions), so that a
+        resumed run's eval_results.json and card count the whole run, not the part since the resume."""
+        if self.args.should_save:
+            folder = (
+                Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            folder.mkdir(parents=True, exist_ok=True)
+            totals = {"path_tokens": self.path_tokens, "completion_counts": self.completion_counts}
+            (folder / RUN_TOTALS).write_text(json.dumps(totals) + "\n")
+        super()._save_checkpoint(model, trial)
 
     def _load_rng_state(self, checkpoint) -> None:
         """A resumed run's global RNG, restored while no sampler thread draws from it."""
