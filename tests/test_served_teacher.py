@@ -30,7 +30,13 @@ from servers import vllm_server
 from selftaught.cli import main
 from selftaught.distill import recipe
 from selftaught.distill.teachers import CompletionBatch, InProcessTeacher, ServedTeacher
-from selftaught.generation.base import EngineSettings, TooFewLogprobsError, left_pad, right_pad
+from selftaught.generation.base import (
+    EngineSettings,
+    SamplingParams,
+    TooFewLogprobsError,
+    left_pad,
+    right_pad,
+)
 from selftaught.generation.engines import make_engine
 from selftaught.generation.openai_engine import TokenizerMismatchError
 from selftaught.models import load_model, load_tokenizer
@@ -162,6 +168,19 @@ def test_the_served_teachers_scores_of_a_batch_are_the_in_process_teachers(teach
         torch.testing.assert_close(
             sparse_generalized_jsd(student_logits, served, beta), ours, atol=1e-3, rtol=0
         )
+
+
+def test_a_training_steps_requests_show_no_progress_bar(teacher_server, hf, capsys):
+    """What the trainer asks each step (scores, and samples with no `desc`) draws no bar; the held-out
+    evaluation's answers, asked with a `desc`, do."""
+    prompts, completions = scored_pairs(hf.tokenizer)
+    teacher = ServedTeacher(teacher_server.base_url, 8, hf.tokenizer)
+    capsys.readouterr()
+    teacher.scores(completion_batch(prompts, completions, hf.tokenizer.pad_token_id))
+    teacher.generate(prompts[:2], SamplingParams(4, temperature=1.0, seed=3), None)
+    assert capsys.readouterr().err == ""
+    teacher.generate(prompts[:2], SamplingParams(4, temperature=0.0), "teacher answers")
+    assert "teacher answers" in capsys.readouterr().err
 
 
 def distill_argv(student: Path, data: Path, out: Path, *extra: str) -> list[str]:
