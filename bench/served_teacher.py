@@ -22,12 +22,13 @@ import argparse
 import gzip
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from common import write_result  # bench/common.py
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,10 +130,8 @@ def main() -> None:
         row = {"teacher": "in-process (hf)", "k": k} | timed(hf, prompts, completions, k, args.repeats)
         print(row)
         rows.append(row)
-    command = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in settings.items())
     result = {
-        "command": f"bench/served_teacher.py {command}",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}",
+        "settings": settings,
         "batch": {
             "completions": len(completions),
             "completion_tokens": tokens,
@@ -141,7 +140,7 @@ def main() -> None:
         "server_start_seconds": round(start_seconds, 1),
         "rows": rows,
     }
-    OUTPUT.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(OUTPUT, result)
     print(f"wrote {OUTPUT.relative_to(ROOT)}")
 
 

@@ -96,6 +96,8 @@ def main() -> None:
                     str(k),
                     "--output_dir",
                     str(cache),
+                    "--eval_size",
+                    "0",
                 ]
                 + lengths
             )
@@ -120,6 +122,8 @@ def main() -> None:
                     "32",
                     "--output_dir",
                     str(cache),
+                    "--eval_size",
+                    "0",
                 ]
                 + lengths
             )

@@ -114,7 +114,7 @@ def test_a_change_in_distance_carries_a_paired_interval(tmp_path, tiny_student, 
     assert close["forward_kl"] == pytest.approx(0, abs=1e-5) and far["forward_kl"] > 0
 
     changes = {c["metric"]: c for c in evaluation.changes("close", "far")}
-    assert set(changes) == {"forward_kl", "reverse_kl", "jsd", "top1_agreement", "degenerate_share"}
+    assert set(changes) == {"forward_kl", "reverse_kl", "jsd", "top1_agreement", "nll", "degenerate_share"}
     assert changes["degenerate_share"]["value"] == close["degenerate_share"]
     kl = changes["forward_kl"]
     assert kl["value"] == pytest.approx(close["forward_kl"]) and kl["against_value"] == pytest.approx(

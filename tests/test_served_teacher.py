@@ -30,7 +30,13 @@ from servers import vllm_server
 from selftaught.cli import main
 from selftaught.distill import recipe
 from selftaught.distill.teachers import CompletionBatch, InProcessTeacher, ServedTeacher
-from selftaught.generation.base import EngineSettings, TooFewLogprobsError, left_pad, right_pad
+from selftaught.generation.base import (
+    EngineSettings,
+    SamplingParams,
+    TooFewLogprobsError,
+    left_pad,
+    right_pad,
+)
 from selftaught.generation.engines import make_engine
 from selftaught.generation.openai_engine import TokenizerMismatchError
 from selftaught.models import load_model, load_tokenizer
@@ -164,6 +170,19 @@ def test_the_served_teachers_scores_of_a_batch_are_the_in_process_teachers(teach
         )
 
 
+def test_a_training_steps_requests_show_no_progress_bar(teacher_server, hf, capsys):
+    """What the trainer asks each step (scores, and samples with no `desc`) draws no bar; the held-out
+    evaluation's answers, asked with a `desc`, do."""
+    prompts, completions = scored_pairs(hf.tokenizer)
+    teacher = ServedTeacher(teacher_server.base_url, 8, hf.tokenizer)
+    capsys.readouterr()
+    teacher.scores(completion_batch(prompts, completions, hf.tokenizer.pad_token_id))
+    teacher.generate(prompts[:2], SamplingParams(4, temperature=1.0, seed=3), None)
+    assert capsys.readouterr().err == ""
+    teacher.generate(prompts[:2], SamplingParams(4, temperature=0.0), "teacher answers")
+    assert "teacher answers" in capsys.readouterr().err
+
+
 def distill_argv(student: Path, data: Path, out: Path, *extra: str) -> list[str]:
     return [
         "distill",
@@ -232,8 +251,9 @@ def test_distill_trains_on_policy_against_a_served_teacher_without_loading_it(
     assert [r["step"] for r in steps] == [1, 2] and all(r["on_policy"] == 1.0 for r in steps)
     assert all(0 < r["loss"] < float("inf") for r in steps)
     results = json.loads((out / "eval_results.json").read_text())
-    for model in ("student_before", "student_after"):
-        assert results[model]["forward_kl"] > 0 and 0 <= results[model]["top1_agreement"] <= 1
+    for model in ("student_before", "student_after"):  # top-K divergences: named as the bounds they are
+        assert "forward_kl" not in results[model] and results[model]["forward_kl_sparse"] > 0
+        assert results[model]["nll"] > 0 and 0 <= results[model]["top1_agreement"] <= 1
     assert results["teacher"]["mean_tokens"] > 0  # the server's own greedy answers
     card = (out / "README.md").read_text()
     assert "served over HTTP (its top-32 log-probabilities per token)" in card

@@ -16,13 +16,20 @@ from selftaught.data.formats import tokenize_examples
 from selftaught.distill import cache_teacher
 from selftaught.distill.config import CacheTeacherConfig
 from selftaught.distill.recipe import read_split
-from selftaught.distill.teacher_cache import DATA_SAMPLE, TeacherCache, TeacherCacheError, run_settings
+from selftaught.distill.teacher_cache import (
+    DATA_SAMPLE,
+    HELD_OUT,
+    TeacherCache,
+    TeacherCacheError,
+    run_settings,
+)
 from selftaught.generation.engines import HFEngine
 from selftaught.models import load_model, load_tokenizer
 from selftaught.training.sparse_losses import PADDING_ID
 
 K = 8
 LENGTHS = ["--max_new_tokens", "16", "--max_prompt_length", "64"]
+HELD_OUT_FLAGS = ["--eval_size", "2", "--eval_max_new_tokens", "8"]  # the data's last 2 rows
 REDO = "`selftaught distill cache-teacher`"
 
 
@@ -39,6 +46,7 @@ def cache_flags(teacher: Path, data: Path, output: Path, *extra: str) -> list[st
         "--shard_size",
         "4",
         *LENGTHS,
+        *HELD_OUT_FLAGS,
         "--output_dir",
         str(output),
         *extra,
@@ -65,7 +73,8 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, tiny_teacher, data) -> Path:
-    """A cache of the tiny teacher: the data's 10 completions and one teacher sample per prompt."""
+    """A cache of the tiny teacher: the data's 10 completions and one teacher sample per prompt, and its
+    greedy answers to the 2 held-out prompts."""
     folder = tmp_path_factory.mktemp("cache") / "cache"
     main(cache_flags(tiny_teacher, data, folder, "--samples", "1"))
     return folder
@@ -263,8 +272,17 @@ def test_distill_from_the_cache_loads_no_teacher(
             ["--lmbda", "0", "--max_new_tokens", "32"],
             r"made for another run \(max_new_tokens: 16 there, 32 now\)",
         ),
+        (
+            ["--lmbda", "0", *HELD_OUT_FLAGS, "--eval_max_new_tokens", "16"],
+            r"held-out answers of at most 8 tokens, and this run evaluates answers of 16 "
+            r"\(--eval_max_new_tokens\)\. Rerun `selftaught distill cache-teacher`",
+        ),
+        (
+            ["--lmbda", "0", *HELD_OUT_FLAGS, "--eval_size", "3"],
+            r"no teacher answer to 1 of this run's 3 held-out prompts .*--eval_size 0",
+        ),
     ],
-    ids=["on-policy", "other-lengths"],
+    ids=["on-policy", "other-lengths", "other-answer-lengths", "other-held-out-rows"],
 )
 def test_distill_refuses_what_the_cache_cannot_serve(
     cache, tiny_student, data, tmp_path, capsys, flags, message
@@ -303,3 +321,63 @@ def test_the_cached_teacher_scores_a_padded_batch_as_the_live_teacher_does(cache
     assert torch.equal(cached.top_ids, live.top_ids.masked_fill(live.top_ids >= len(tokenizer), PADDING_ID))
     torch.testing.assert_close(cached.top_log_probs, live.top_log_probs, rtol=0, atol=1e-5)
     torch.testing.assert_close(cached.token_log_probs, live.token_log_probs, rtol=0, atol=1e-5)
+
+
+def test_a_cache_without_held_out_answers_is_refused_and_a_rerun_adds_them(
+    cache, tiny_teacher, tiny_student, data, tmp_path, capsys, monkeypatch
+):
+    """A cache made before caches held the held-out answers (or with --eval_size 0): a run that evaluates is
+    refused naming the fix, and the fix, a rerun of cache-teacher, computes only the held-out part."""
+    folder = tmp_path / "cache"
+    shutil.copytree(cache, folder)
+    shutil.rmtree(folder / HELD_OUT)
+    with pytest.raises(SystemExit) as exit_code:
+        main(distill_flags(tiny_student, folder, data, tmp_path / "run", "--lmbda", "0", *HELD_OUT_FLAGS))
+    assert exit_code.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert (
+        "holds no teacher answers to the held-out prompts. Rerun `selftaught distill cache-teacher`" in line
+    )
+
+    monkeypatch.setattr(cache_teacher, "teacher_records", lambda *a: pytest.fail("training rows redone"))
+    main(cache_flags(tiny_teacher, data, folder, "--samples", "1"))
+    assert pq.read_table(folder / HELD_OUT / "shard-00000.parquet").equals(
+        pq.read_table(cache / HELD_OUT / "shard-00000.parquet")
+    )
+
+
+@pytest.mark.slow  # a whole `selftaught distill` run, and an in-process evaluation to compare with
+def test_distill_from_the_cache_evaluates_held_out_exactly_where_it_can(
+    cache, tiny_student, tiny_teacher, data, tmp_path
+):
+    import json
+
+    from selftaught.evaluate.distance import SPARSE_DIVERGENCES, HeldOutEvaluation, HeldOutSettings
+    from selftaught.models import shared_vocab_size
+
+    out = tmp_path / "run"
+    main(distill_flags(tiny_student, cache, data, out, "--lmbda", "0", *HELD_OUT_FLAGS))
+    results = json.loads((out / "eval_results.json").read_text())
+    assert {"teacher", "student_before", "student_after", "comparisons"} <= results.keys()
+    before = results["student_before"]
+    # the divergences on the cached top-K are named apart from the full-vocabulary ones
+    assert (
+        set(SPARSE_DIVERGENCES) <= before.keys() and not {"forward_kl", "reverse_kl", "jsd"} & before.keys()
+    )
+
+    # the same student evaluated against the live teacher (full logits) on the same held-out rows
+    tokenizer = load_tokenizer(str(tiny_student))
+    student, teacher = load_model(str(tiny_student), "float32"), load_model(str(tiny_teacher), "float32")
+    held_out = read_split(config_for(tiny_teacher, data), "train")[-2:]
+    settings = HeldOutSettings(8, 8, shared_vocab_size(tokenizer, student, teacher), 64)
+    live = HeldOutEvaluation(teacher, tokenizer, held_out, tmp_path / "live", settings)
+    cached_answers = pq.read_table(out / "evaluation" / "teacher.parquet").column("completion_ids")
+    assert [r["completion_ids"] for r in live.teacher_rows] == cached_answers.to_pylist()
+    dense = live.metrics(student, "student")
+    assert before["tokens"] == dense["tokens"]
+    # exact from the cache: the student's NLL of the teacher's answers, and top-1 agreement
+    assert before["nll"] == pytest.approx(dense["nll"], abs=1e-5)
+    assert before["top1_agreement"] == dense["top1_agreement"]
+    # the rest are lower bounds of the full-vocabulary divergences
+    for name in ("forward_kl", "reverse_kl", "jsd"):
+        assert 0 < before[f"{name}_sparse"] <= dense[name] + 1e-6

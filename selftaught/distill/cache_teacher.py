@@ -21,8 +21,9 @@ from selftaught.data.folder_lock import writing_to
 from selftaught.data.formats import tokenize_examples
 from selftaught.data.shards import check_folder, committed_shards, run_sharded, shard_seconds, write_json
 from selftaught.distill.config import CacheTeacherConfig
-from selftaught.distill.recipe import BUILTIN_DATA, read_split
-from selftaught.distill.teacher_cache import DATA_SAMPLE, SUMMARY, content_key, run_settings
+from selftaught.distill.recipe import BUILTIN_DATA, load_examples, read_split
+from selftaught.distill.teacher_cache import DATA_SAMPLE, HELD_OUT, SUMMARY, content_key, run_settings
+from selftaught.evaluate.distance import held_out_prompt_ids
 from selftaught.generation.base import EngineSettings, GenerationEngine, SamplingParams
 from selftaught.generation.engines import make_engine
 from selftaught.models import load_tokenizer
@@ -69,9 +70,25 @@ def teacher_records(
         drawn = engine.generate(prompts, params, f"teacher samples {sample + 1}/{config.samples}")
         jobs += [(r["row"], sample, p, c) for r, p, c in zip(rows, prompts, drawn, strict=True)]
     jobs.sort(key=lambda job: job[:2])
-    scored = engine.completion_top_logprobs(
-        [j[2] for j in jobs], [j[3] for j in jobs], config.top_k, "teacher"
+    return scored_records(engine, jobs, config.top_k)
+
+
+def held_out_records(
+    engine: GenerationEngine, config: CacheTeacherConfig, rows: list[dict], shard: int
+) -> list[dict]:
+    """The held-out part's records of one shard of held-out prompts: the teacher's greedy answer to each
+    (as the held-out evaluation asks for it), scored by the teacher after the prompt, as sample 0."""
+    prompts = [r["teacher_prompt_ids"] for r in rows]
+    params = SamplingParams(config.eval_max_new_tokens, temperature=0.0)
+    answers = engine.generate(prompts, params, "teacher held-out answers")
+    return scored_records(
+        engine, [(r["row"], 0, p, a) for r, p, a in zip(rows, prompts, answers, strict=True)], config.top_k
     )
+
+
+def scored_records(engine: GenerationEngine, jobs: list[tuple], top_k: int) -> list[dict]:
+    """A cache record per (row, sample, teacher prompt ids, completion ids) job, with the teacher's top-K."""
+    scored = engine.completion_top_logprobs([j[2] for j in jobs], [j[3] for j in jobs], top_k, "teacher")
     return [
         {
             "row": row,
@@ -121,6 +138,7 @@ def cache_teacher(config: CacheTeacherConfig, settings: EngineSettings) -> dict:
         config.teacher = str(embedded_teacher())
     config.data = config.data or str(BUILTIN_DATA)
     examples = read_split(config, config.data_split)
+    held_out = load_examples(config)[1]  # the held-out rows `selftaught distill` evaluates on these flags
     tokenizer = load_tokenizer(config.teacher, config.trust_remote_code)
     lengths = (config.max_prompt_length, config.max_new_tokens)
     tokenized = tokenize_examples(tokenizer, examples, *lengths).to_list()
@@ -136,10 +154,26 @@ def cache_teacher(config: CacheTeacherConfig, settings: EngineSettings) -> dict:
     }
     if config.samples:
         params |= {"temperature": config.temperature, "top_p": config.top_p, "seed": config.seed}
+    # the held-out evaluation's prompts of the teacher
+    held_out_rows = [
+        {
+            "row": i,
+            "teacher_prompt_ids": held_out_prompt_ids(tokenizer, e.teacher_prompt or e.prompt, lengths[0]),
+        }
+        for i, e in enumerate(held_out)
+    ]
+    held_out_params = run_settings(
+        tokenizer,
+        held_out,
+        "held-out",
+        config.max_prompt_length,
+        config.eval_max_new_tokens,
+        config.teacher_context,
+    ) | {"teacher": params["teacher"], "top_k": config.top_k, "samples": 1, "temperature": 0.0}
     folder = Path(config.output_dir)
     built: list[GenerationEngine] = []
 
-    def process(chunk: list[dict], shard: int) -> list[dict]:
+    def engine() -> GenerationEngine:
         if not built:  # the teacher loads only once a shard is missing
             name = params["teacher"]["name"]
             built.append(
@@ -154,13 +188,28 @@ def cache_teacher(config: CacheTeacherConfig, settings: EngineSettings) -> dict:
                     max_logprobs=config.top_k,
                 )
             )
-        return teacher_records(built[0], config, chunk, shard)
+        return built[0]
 
+    parts = [(folder, rows, params, teacher_records, "cache-teacher")]
+    if held_out_rows:
+        parts.append(
+            (folder / HELD_OUT, held_out_rows, held_out_params, held_out_records, "held-out answers")
+        )
     with writing_to(folder, COMMAND, "another --output_dir"):
         if not config.overwrite:
-            check_folder(rows, folder, config.shard_size, params)
-            drop_damaged_shards(folder)
-        run_sharded(rows, folder, config.shard_size, process, params, "cache-teacher", config.overwrite)
-        summary = summarise(folder)
+            for part, part_rows, part_params, *_ in parts:
+                check_folder(part_rows, part, config.shard_size, part_params)
+                drop_damaged_shards(part)
+        for part, part_rows, part_params, records, desc in parts:
+            run_sharded(
+                part_rows,
+                part,
+                config.shard_size,
+                lambda chunk, shard, records=records: records(engine(), config, chunk, shard),
+                part_params,
+                desc,
+                config.overwrite,
+            )
+        summary = summarise(folder) | {"held_out_answers": len(held_out_rows)}
         write_json(folder / SUMMARY, summary)
     return summary

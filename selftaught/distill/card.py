@@ -189,7 +189,9 @@ def distillation_card(
 
 CLOSENESS_NOTE = (
     "The student after training minus before, per token on the teacher's greedy answers to the held-out "
-    "prompts: lower is closer for forward_kl, reverse_kl and jsd; higher for top1_agreement. "
+    "prompts: lower is closer for forward_kl, reverse_kl, jsd and nll (the student's negative log-likelihood "
+    "of those answers); higher for top1_agreement. A `_sparse` divergence is measured on a served or cached "
+    "teacher's top-K log-probabilities plus a tail bin: a lower bound of the full-vocabulary one. "
     "degenerate_share is the share of the student's own answers that loop or are empty: lower is better."
 )
 

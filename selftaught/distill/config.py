@@ -466,6 +466,10 @@ class CacheTeacherConfig:
     data: str | None = _distill_field("data")
     data_config: str | None = _distill_field("data_config")
     data_split: str = _distill_field("data_split")
+    # the held-out prompts `selftaught distill` evaluates on: the cache holds the teacher's greedy answers
+    eval_split: str | None = _distill_field("eval_split")
+    eval_size: int = _distill_field("eval_size")
+    eval_max_new_tokens: int = _distill_field("eval_max_new_tokens")
     prompt_column: str | None = _distill_field("prompt_column")
     completion_column: str | None = _distill_field("completion_column")
     answer_column: str | None = _distill_field("answer_column")
@@ -512,6 +516,8 @@ class CacheTeacherConfig:
                 "shard_size": 1,
                 "max_prompt_length": 1,
                 "max_new_tokens": 1,
+                "eval_size": 0,
+                "eval_max_new_tokens": 1,
             },
         )
         if self.temperature <= 0:

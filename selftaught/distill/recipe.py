@@ -46,11 +46,23 @@ from selftaught.distill.cross_teacher import (
     with_teacher_prompts,
 )
 from selftaught.distill.results import DistillResults
-from selftaught.distill.teacher_cache import CachedTeacher, TeacherCache, TeacherCacheError, run_settings
+from selftaught.distill.teacher_cache import (
+    CachedTeacher,
+    TeacherCache,
+    TeacherCacheError,
+    held_out_teacher,
+    run_settings,
+)
 from selftaught.distill.teachers import InProcessTeacher, ServedTeacher, Teacher, TeacherUnavailableError
 from selftaught.distill.trainer import GKDistillTrainer
 from selftaught.evaluate.cross_tokenizer import CrossTokenizerEvaluation
-from selftaught.evaluate.distance import HeldOutEvaluation, HeldOutSettings, drift_warning
+from selftaught.evaluate.distance import (
+    SPARSE_DIVERGENCES,
+    HeldOutEvaluation,
+    HeldOutSettings,
+    drift_warning,
+    held_out_prompt_ids,
+)
 from selftaught.models import (
     TokenizerMismatchError,
     check_same_vocabulary,
@@ -212,9 +224,12 @@ def teacher_source(
     return InProcessTeacher(model, tokenizer, vocab_size, config.per_device_eval_batch_size)
 
 
-def cached_teacher(config: DistillConfig, tokenizer: PreTrainedTokenizerBase) -> CachedTeacher:
+def cached_teacher(
+    config: DistillConfig, tokenizer: PreTrainedTokenizerBase, eval_examples: list[Example]
+) -> CachedTeacher:
     """The teacher read from --teacher_cache, once the cache is checked against this run: made with this
-    tokenizer and chat template, on this data split, with these lengths and this --teacher_context."""
+    tokenizer and chat template, on this data split, with these lengths and this --teacher_context, and
+    holding the teacher's answers to this run's held-out prompts (its `held_out`)."""
     cache = TeacherCache(config.teacher_cache, CACHE_COMMAND, vocab_size=len(tokenizer))
     split = read_split(config, config.data_split)  # the whole split: the cache covers held-out rows too
     lengths = (config.max_prompt_length, config.max_new_tokens)
@@ -224,7 +239,17 @@ def cached_teacher(config: DistillConfig, tokenizer: PreTrainedTokenizerBase) ->
             f"--seq_kd trains on the teacher's samples, and --teacher_cache {config.teacher_cache} holds "
             f"none: make it with --samples 1 or more ({CACHE_COMMAND})"
         )
-    return CachedTeacher(cache, [tokenizer.eos_token_id])
+    eos_ids = [tokenizer.eos_token_id]
+    held_out = None
+    if eval_examples:
+        prompts = [
+            held_out_prompt_ids(tokenizer, e.teacher_prompt or e.prompt, config.max_prompt_length)
+            for e in eval_examples
+        ]
+        held_out = held_out_teacher(
+            config.teacher_cache, CACHE_COMMAND, len(tokenizer), eos_ids, prompts, config.eval_max_new_tokens
+        )
+    return CachedTeacher(cache, eos_ids, held_out)
 
 
 def prompts_trained_on(config: DistillConfig, global_step: int, available: int) -> int:
@@ -246,15 +271,9 @@ def distill_into_output_dir(config: DistillConfig) -> DistillResults:
     """`run_distillation`'s steps (the module docstring's), on resolved models, while it holds the output
     folder's lock."""
     train_examples, eval_examples = load_examples(config)  # data first: it fails fast and cheap
-    if config.teacher_cache and eval_examples:
-        print(
-            "[distill] no held-out evaluation with --teacher_cache: it compares the student's answers with "
-            "the teacher's, and this run has no teacher (`selftaught eval distance` compares the saved model)"
-        )
-        eval_examples = []
     check_completions(train_examples, config)
     resume = prepare_output_dir(config)
-    tokenizer, student, teacher = load_models(config, train_examples[0])
+    tokenizer, student, teacher = load_models(config, train_examples[0], eval_examples)
     trainer = build_trainer(config, tokenizer, student, teacher, train_examples, eval_examples)
     evaluation, results = evaluate_before_training(config, trainer, teacher, eval_examples, resume)
     train_output = train(trainer, resume)
@@ -297,14 +316,16 @@ def prepare_output_dir(config: DistillConfig) -> str | bool | None:
 
 
 def load_models(
-    config: DistillConfig, probe: Example
+    config: DistillConfig, probe: Example, eval_examples: list[Example]
 ) -> tuple[PreTrainedTokenizerBase, PreTrainedModel, Teacher]:
     """The run's tokenizer (the student's), the student (with LoRA adapters under --use_peft) and the frozen
-    teacher (`teacher_source`), aligned as `teacher_alignment` chose and said."""
+    teacher (`teacher_source`, or `cached_teacher` for the held-out `eval_examples` too), aligned as
+    `teacher_alignment` chose and said."""
     tokenizer = load_tokenizer(config.student, config.trust_remote_code)
     alignment = teacher_alignment(config, tokenizer)
     print(f"[distill] alignment: {alignment.reason}")
-    cached = cached_teacher(config, tokenizer) if config.teacher_cache else None  # checked before any weights
+    # checked before any weights load
+    cached = cached_teacher(config, tokenizer, eval_examples) if config.teacher_cache else None
     student = load_model(config.student, config.student_dtype, config.trust_remote_code)
     # before the adapters: `self` copies the start
     teacher = cached or teacher_source(config, student, tokenizer, probe, alignment)
@@ -414,11 +435,14 @@ def evaluate_before_training(
             trainer.vocab_size,
             config.max_prompt_length,
         )
-        if isinstance(teacher, ServedTeacher):  # said, as the card and results name the distances alike
+        if isinstance(teacher, CachedTeacher):  # its answers to the held-out prompts, read from the cache
+            teacher = teacher.held_out
+        if isinstance(teacher, (ServedTeacher, CachedTeacher)):
+            where = "served" if isinstance(teacher, ServedTeacher) else "cached"
             print(
-                f"[distill] held-out distances to the served teacher on its top-{teacher.top_k} log-probs "
-                "plus a tail bin: forward_kl, reverse_kl and jsd are lower bounds of the full-vocabulary "
-                "ones; top1_agreement is exact"
+                f"[distill] held-out distances to the {where} teacher on its top-{teacher.top_k} log-probs "
+                f"plus a tail bin: {', '.join(SPARSE_DIVERGENCES)} are lower bounds of the full-vocabulary "
+                "forward_kl, reverse_kl and jsd; nll and top1_agreement are exact"
             )
         if isinstance(teacher, CrossTokenizerTeacher):
             evaluation = CrossTokenizerEvaluation(

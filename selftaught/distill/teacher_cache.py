@@ -20,6 +20,11 @@ per (training row, sample), `sample` -1 for the data's own completion and 0..N-1
 That is 8K + 8 bytes per completion token before Parquet's compression (`summary.json` records the bytes
 on disk). The teacher's log-probs are those of `completion_top_logprobs` (float32 log_softmax of its raw
 logits), exactly what a served teacher returns.
+
+The held-out evaluation's part is a cache of the same format in the subfolder `held_out/` (`HELD_OUT`): one
+record per held-out prompt, `sample` 0 the teacher's greedy answer (temperature 0, `eval_max_new_tokens`
+long) and its top-K, so that a `--teacher_cache` run evaluates with no teacher. Read as a cache of one
+sample per prompt (`held_out_teacher`), it answers a prompt with that greedy answer and scores it.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from selftaught.training.sparse_losses import PADDING_ID, SparseTeacher
 
 DATA_SAMPLE = -1  # the `sample` of the data's own completion
 SUMMARY = "summary.json"
+HELD_OUT = "held_out"  # the subfolder of the held-out prompts' greedy answers
 # The settings a training run must share with the cache it reads: they decide which tokens the cache
 # scored and in which context. The cache's other settings (teacher, K, sampling) are its own choice.
 HASHED_KEYS = ("tokenizer", "chat_template", "data")  # their values are hashes: said to differ, not shown
@@ -227,6 +233,9 @@ class TeacherCache:
             )
         return self._read(*where)
 
+    def has_samples(self, prompt: Sequence[int]) -> bool:
+        return content_key(prompt) in self._samples
+
     def sample(self, prompt: Sequence[int], index: int) -> list[int]:
         """Teacher sample `index` (modulo the samples cached) of the teacher's `prompt`."""
         samples = self._samples.get(content_key(prompt))
@@ -268,8 +277,11 @@ class CachedTeacher:
     samples only, so it serves supervised KD (lmbda 0) and seq_kd; a completion it has not scored (the
     student's own sample) is refused by name."""
 
-    def __init__(self, cache: TeacherCache, eos_ids: list[int]) -> None:
-        self.cache, self.eos_ids = cache, eos_ids
+    def __init__(
+        self, cache: TeacherCache, eos_ids: list[int], held_out: CachedTeacher | None = None
+    ) -> None:
+        """`held_out`: the teacher of the held-out evaluation (`held_out_teacher`), when the run has one."""
+        self.cache, self.eos_ids, self.top_k, self.held_out = cache, eos_ids, cache.top_k, held_out
         self.name = f"{cache.params['teacher']['name']} (cached top-{cache.top_k})"
 
     def scores(self, batch: CompletionBatch) -> SparseTeacher:
@@ -295,3 +307,36 @@ class CachedTeacher:
         seed), so that the epochs go through different samples and a resumed run takes the same."""
         index = random.Random(params.seed).randrange(max(self.cache.samples, 1))
         return [self.cache.sample(prompt, index) for prompt in prompts]
+
+
+def held_out_teacher(
+    folder: str | Path,
+    redo: str,
+    vocab_size: int,
+    eos_ids: list[int],
+    prompts: list[list[int]],
+    max_new_tokens: int,
+) -> CachedTeacher:
+    """The held-out evaluation's teacher, read from `<folder>/held_out`: its greedy answer to each of the
+    run's held-out `prompts` (the teacher's own, as `HeldOutEvaluation` tokenizes them) and its top-K on
+    them. Refused, naming the fix, when the cache has no held-out part (made before it held one, or with
+    --eval_size 0) or one made for other held-out prompts or another --eval_max_new_tokens."""
+    where = f"--teacher_cache {folder}"
+    fixes = (
+        f"Rerun {redo} with this run's --eval_size, --eval_split and --eval_max_new_tokens (it computes only "
+        "the held-out answers), or add --eval_size 0 to train without a held-out evaluation"
+    )
+    if read_manifest(Path(folder) / HELD_OUT) is None:
+        raise TeacherCacheError(f"{where} holds no teacher answers to the held-out prompts. {fixes}")
+    cache = TeacherCache(Path(folder) / HELD_OUT, redo, vocab_size)
+    if cache.params["max_new_tokens"] != max_new_tokens:
+        raise TeacherCacheError(
+            f"{where} holds held-out answers of at most {cache.params['max_new_tokens']} tokens, and this "
+            f"run evaluates answers of {max_new_tokens} (--eval_max_new_tokens). {fixes}"
+        )
+    if missing := sum(not cache.has_samples(prompt) for prompt in prompts):
+        raise TeacherCacheError(
+            f"{where} holds no teacher answer to {missing} of this run's {len(prompts)} held-out prompts "
+            f"(it was made with other held-out rows). {fixes}"
+        )
+    return CachedTeacher(cache, eos_ids)

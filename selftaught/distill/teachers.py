@@ -140,7 +140,8 @@ class ServedTeacher:
         below K or another tokenizer is named before any training."""
         try:
             self._answered(
-                lambda: self.engine.completion_top_logprobs([prompt], [completion], self.top_k), STARTING
+                lambda: self.engine.completion_top_logprobs([prompt], [completion], self.top_k, None),
+                STARTING,
             )
         except TokenizerMismatchError as err:  # byte alignment needs the teacher's full distribution
             raise TokenizerMismatchError(
@@ -149,8 +150,10 @@ class ServedTeacher:
             ) from None
 
     def scores(self, batch: CompletionBatch) -> SparseTeacher:
-        tops = self._answered(
-            lambda: self.engine.completion_top_logprobs(batch.prompts(), batch.completions(), self.top_k)
+        tops = self._answered(  # no progress bar: this runs inside every training step
+            lambda: self.engine.completion_top_logprobs(
+                batch.prompts(), batch.completions(), self.top_k, None
+            )
         )
         device = batch.completion_mask.device
         return SparseTeacher(
@@ -162,9 +165,10 @@ class ServedTeacher:
 
     def generate(self, prompts: list[list[int]], params: SamplingParams, desc: str | None) -> list[list[int]]:
         """The server's completions (vLLM returns text: re-encoded with this run's tokenizer, so a token
-        split the tokenizer would not choose comes back re-split). vLLM takes a seed below 2**63."""
+        split the tokenizer would not choose comes back re-split). vLLM takes a seed below 2**63. A progress
+        bar named `desc`; none for `desc=None` (a training step's samples)."""
         seeded = replace(params, seed=None if params.seed is None else params.seed % 2**63)
-        return self._answered(lambda: self.engine.generate(prompts, seeded, desc or "teacher answers"))
+        return self._answered(lambda: self.engine.generate(prompts, seeded, desc))
 
     def _answered(self, request, hint: str = ""):
         """`request()`; a server that does not answer after the client's retries raises one error naming it

@@ -3,6 +3,7 @@
 - forward / reverse KL per completion token, teacher-forced on the teacher's own greedy answers
   (what the student is being taught to say);
 - top-1 agreement: how often the student's most likely next token is the teacher's;
+- nll: the student's negative log-likelihood per token of the teacher's greedy answers;
 - answer agreement: the share of prompts where the student's greedy answer matches the teacher's
   (the final \\boxed{} answer by math-verify for math rows, the whole text otherwise);
 - for rows with a gold answer, greedy accuracy by \\boxed{} extraction and math-verify, and the share of
@@ -17,9 +18,10 @@ When the teacher sees privileged context (`Example.teacher_prompt`, see `distill
 scores under its own prompt, as in training: the student's distance is to that teacher.
 
 The teacher is any `distill.teachers.Teacher`. One with dense logits (a model in this process) gives exact
-distances; one with top-K log-probabilities only (a served teacher) gives the divergences on its top-K plus
-the actual token plus one tail bin (`training.sparse_losses`): lower bounds of the dense ones, tighter as K
-grows; top-1 agreement is exact (up to ties at the top).
+distances; one with top-K log-probabilities only (a served or cached teacher) gives the divergences on its
+top-K plus the actual token plus one tail bin (`training.sparse_losses`), named `forward_kl_sparse`,
+`reverse_kl_sparse` and `jsd_sparse`: lower bounds of the dense ones, tighter as K grows, never reported
+under the dense names. Top-1 agreement (up to ties at the top) and nll are exact from either.
 """
 
 from __future__ import annotations
@@ -63,7 +65,18 @@ def _completion_inputs(
     return {k: v.to(device) for k, v in inputs.items()}, completion_mask.to(device)
 
 
-DISTANCE_NAMES = ("forward_kl", "reverse_kl", "jsd", "top1_agreement")
+DISTANCE_NAMES = ("forward_kl", "reverse_kl", "jsd", "top1_agreement", "nll")
+# a teacher's top-K only: the divergences on its support plus a tail bin, named apart as the lower bounds
+# of `DISTANCE_NAMES`' first three they are (coarse-graining never raises a KL or JS divergence)
+SPARSE_DIVERGENCES = ("forward_kl_sparse", "reverse_kl_sparse", "jsd_sparse")
+
+
+def held_out_prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, prompt: list[dict[str, str]], max_length: int
+) -> list[int]:
+    """A held-out prompt's ids as the evaluation gives them to a model: its last `max_length` tokens (a
+    teacher cache stores its teacher's answers to these very ids)."""
+    return tokenize_prompt(tokenizer, prompt)[-max_length:]
 
 
 @torch.no_grad()
@@ -78,48 +91,55 @@ def teacher_distance(
     teacher_prompts: list[list[int]] | None = None,
 ) -> dict[str, list[float]]:
     """Per prompt: the sums over its completion's tokens of forward KL, reverse KL, Jensen-Shannon
-    divergence (beta 0.5, at most ln 2) and top-1 agreement, and its token count (`tokens`); the teacher
+    divergence (beta 0.5, at most ln 2), top-1 agreement and the student's negative log-likelihood of the
+    completion (`token_distances`), and its token count (`tokens`); the teacher
     reads the completions after `teacher_prompts` (default: the student's `prompts`). Sums, not means, so
     that a resample of prompts gives the per-token mean over its tokens (`per_token`, `distance_changes`)."""
     device = next(student.parameters()).device
     teacher_prompts = teacher_prompts or prompts
-    sums: dict[str, list[float]] = {name: [] for name in (*DISTANCE_NAMES, "tokens")}
+    sums: dict[str, list[float]] = {}
     for start in range(0, len(prompts), batch_size):
         batch = slice(start, start + batch_size)
         inputs, mask = _completion_inputs(prompts[batch], completions[batch], pad_id, device)
         teacher_inputs, _ = _completion_inputs(teacher_prompts[batch], completions[batch], pad_id, device)
         s = completion_logits(student, inputs, mask, vocab_size).float()
         row = mask.bool().nonzero()[:, 0]  # the prompt of each completion token, in the logits' order
-        token_values = token_distances(s, teacher.scores(CompletionBatch(teacher_inputs, mask))) | {
+        tokens = inputs["input_ids"][:, -mask.shape[1] :][mask.bool()]
+        token_values = token_distances(s, teacher.scores(CompletionBatch(teacher_inputs, mask)), tokens) | {
             "tokens": torch.ones_like(row, dtype=torch.float32)
         }
         for name, values in token_values.items():
-            sums[name] += torch.zeros(mask.shape[0], device=device).index_add_(0, row, values).tolist()
+            per_prompt = torch.zeros(mask.shape[0], device=device).index_add_(0, row, values).tolist()
+            sums.setdefault(name, []).extend(per_prompt)
     return sums
 
 
 def token_distances(
-    student_logits: torch.Tensor, teacher: torch.Tensor | SparseTeacher
+    student_logits: torch.Tensor, teacher: torch.Tensor | SparseTeacher, tokens: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """Each distance at each position: exact from the teacher's logits, on its top-K (+ the actual token and
-    a tail bin) from a `SparseTeacher`."""
+    """Each distance at each position, where the teacher wrote `tokens`: exact from the teacher's logits;
+    from a `SparseTeacher`, the divergences on its top-K (+ the actual token and a tail bin), named as
+    `SPARSE_DIVERGENCES`. Top-1 agreement and the student's NLL of the token are exact from either."""
     if isinstance(teacher, SparseTeacher):
         divergence, top1 = partial(sparse_generalized_jsd, student_logits, teacher), teacher.top_ids[:, 0]
+        names = SPARSE_DIVERGENCES
     else:
         logits = teacher.float()
         divergence, top1 = partial(generalized_jsd, student_logits, logits), logits.argmax(-1)
-    return {
-        "forward_kl": divergence(0.0),
-        "reverse_kl": divergence(1.0),
-        "jsd": divergence(0.5),
+        names = DISTANCE_NAMES[:3]
+    log_probs = student_logits.log_softmax(-1)
+    return dict(zip(names, (divergence(0.0), divergence(1.0), divergence(0.5)), strict=True)) | {
         "top1_agreement": (student_logits.argmax(-1) == top1).float(),
+        "nll": -log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1),
     }
 
 
 def per_token(sums: dict[str, list[float]]) -> dict[str, float]:
     """The means per completion token over all prompts, and the token count."""
     tokens = sum(sums["tokens"])
-    return {name: sum(sums[name]) / max(tokens, 1) for name in DISTANCE_NAMES} | {"tokens": int(tokens)}
+    return {name: sum(values) / max(tokens, 1) for name, values in sums.items() if name != "tokens"} | {
+        "tokens": int(tokens)
+    }
 
 
 def per_token_mean(sums: dict[str, list[float]], name: str) -> Callable[[list[int]], float | None]:
@@ -136,7 +156,8 @@ def distance_changes(
     n = len(after["tokens"])
     return [
         paired_comparison(model, against, name, per_token_mean(after, name), per_token_mean(before, name), n)
-        for name in DISTANCE_NAMES
+        for name in after
+        if name != "tokens"
     ]
 
 
@@ -232,7 +253,7 @@ class HeldOutEvaluation:
         self.degenerate: dict[str, list[float]] = {}  # per student: 1.0 for each degenerate answer
 
     def _ids(self, prompt: list[dict[str, str]]) -> list[int]:
-        return tokenize_prompt(self.tokenizer, prompt)[-self.settings.max_prompt_length :]
+        return held_out_prompt_ids(self.tokenizer, prompt, self.settings.max_prompt_length)
 
     def path(self, name: str) -> Path:
         return self.folder / f"{name}.parquet"
@@ -312,7 +333,11 @@ def drift_warning(before: dict, after: dict) -> str | None:
     """The sentence a distillation ends with (and its card carries) when training moved the student away
     from its teacher on every distance: a run that made things worse says so instead of reporting numbers
     a reader must compare by eye."""
-    moved = [(name, before.get(name), after.get(name), smaller) for name, smaller in DISTANCES]
+
+    def value(metrics: dict, name: str) -> float | None:  # a sparse teacher's bound stands for a divergence
+        return metrics.get(name, metrics.get(f"{name}_sparse"))
+
+    moved = [(name, value(before, name), value(after, name), smaller) for name, smaller in DISTANCES]
     if any(start is None or end is None for _, start, end, _ in moved):
         return None
     if not all((end > start) if smaller else (end < start) for _, start, end, smaller in moved):

@@ -67,9 +67,12 @@ class OpenAIEngine:
                 "is the server running and --base_url right?"
             ) from err
 
-    def _map(self, fn, items: list, desc: str) -> list:
+    def _map(self, fn, items: list, desc: str | None) -> list:
+        """`fn` over `items`, `max_concurrency` requests in flight; a progress bar named `desc`, none for
+        `desc=None` (as `hf.generate_all`: a training step's requests, where a bar each step is noise)."""
         with ThreadPoolExecutor(self.settings.max_concurrency) as pool:
-            return list(tqdm(pool.map(fn, items), total=len(items), desc=desc, leave=False))
+            bar = tqdm(pool.map(fn, items), total=len(items), desc=desc, leave=False, disable=desc is None)
+            return list(bar)
 
     def _complete_one(self, prompt: list[int], params: SamplingParams) -> list[int]:
         response = self._call(
@@ -94,7 +97,7 @@ class OpenAIEngine:
         return ids
 
     def generate(
-        self, prompts: list[list[int]], params: SamplingParams, desc: str = "generating"
+        self, prompts: list[list[int]], params: SamplingParams, desc: str | None = "generating"
     ) -> list[list[int]]:
         return self._map(lambda p: self._complete_one(p, params), prompts, desc)
 
@@ -107,7 +110,7 @@ class OpenAIEngine:
         return top_logprobs_of(response.choices[0])
 
     def next_token_probs(
-        self, prompts: list[list[int]], candidate_ids: list[int], desc: str = "scoring"
+        self, prompts: list[list[int]], candidate_ids: list[int], desc: str | None = "scoring"
     ) -> torch.Tensor:
         """Read from the top log-probs of one generated token; candidates are matched by their text."""
         texts = [self.tokenizer.decode([i]) for i in candidate_ids]
@@ -130,7 +133,7 @@ class OpenAIEngine:
         return echoed_logprobs(response.choices[0], len(prompt), len(completion), self.settings.base_url)
 
     def completion_logprobs(
-        self, prompts: list[list[int]], completions: list[list[int]], desc: str = "scoring"
+        self, prompts: list[list[int]], completions: list[list[int]], desc: str | None = "scoring"
     ) -> list[list[float]]:
         """The completions API with `echo`: prompt and completion sent as one token list, and the log-probs
         the server reports for its own prompt tokens read at the completion's positions."""
@@ -172,7 +175,7 @@ class OpenAIEngine:
         return err
 
     def completion_top_logprobs(
-        self, prompts: list[list[int]], completions: list[list[int]], k: int, desc: str = "scoring"
+        self, prompts: list[list[int]], completions: list[list[int]], k: int, desc: str | None = "scoring"
     ) -> list[TopLogprobs]:
         """vLLM's `prompt_logprobs` = K over [prompt | completion], `prompts_per_request` completions per
         request; the server's tokenizer is checked against ours on every token scored."""
