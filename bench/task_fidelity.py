@@ -3,7 +3,7 @@
 The GKD paper's claim is about task quality: from a student fine-tuned on the task, on-policy distillation
 lifts its task score more than supervised KD or SFT does, for the same data and steps. That needs a teacher
 that can do the task, which the embedded SmolLM2-135M-Instruct cannot (it adds no multi-digit numbers).
-So this bench uses the shipped addition task (`selftaught/data/builtin/addition`, sums of 2- to 4-digit
+So this bench uses the shipped addition task (`selftaught/data/builtin/addition`, sums of two 3-digit
 numbers worked column by column, scored by the math verifier) and the task's own models
 (`selftaught.distill.task_models`): the embedded model fine-tuned on the task (the teacher) and a layer cut
 of it briefly fine-tuned on the task (the student, clearly worse but not hopeless).
@@ -97,7 +97,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4, help="problems per optimizer step")
     parser.add_argument("--learning-rate", type=float, default=5e-5, help="constant, for every method")
     parser.add_argument("--temperature", type=float, default=0.9, help="of the on-policy and seq_kd samples")
-    parser.add_argument("--max-new-tokens", type=int, default=112, help="longest sampled completion")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=96,
+        help="longest sampled completion (answers: at most 82 tokens)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--lock", type=Path, help="hold an exclusive lock on this file while training")
     parser.add_argument(
