@@ -238,6 +238,16 @@ def print_table(baseline: dict, table: dict) -> None:
         )
 
 
+def answers_to_read(baseline: dict, table: dict, runs: dict) -> dict:
+    """The first held-out answers of the teacher, the student before training, and the most and least
+    accurate methods' first seed after it: what the numbers mean, in the models' own words."""
+    ranked = sorted(table, key=lambda m: table[m]["accuracy"])
+    chosen = {"teacher": baseline["teacher"], "student_before": baseline["student"]}
+    for role, method in (("best_after", ranked[-1]), ("worst_after", ranked[0])):
+        chosen[role] = next(iter(runs[method].values())) | {"method": method}
+    return {role: {"method": r.get("method"), "answers": r.get("answers", [])} for role, r in chosen.items()}
+
+
 COMPETENT = 0.6  # held-out accuracy the task teacher must reach (issue 30)
 
 
@@ -294,9 +304,8 @@ def main() -> None:
                 m: summarise(list(r.values()), baseline["student"], baseline["teacher"])
                 for m, r in runs.items()
             }
-            write_result(
-                args.output, {"settings": settings, "baseline": baseline, "methods": table, "runs": runs}
-            )
+            result = {"settings": settings, "baseline": baseline, "methods": table, "runs": runs}
+            write_result(args.output, result | {"answers": answers_to_read(baseline, table, runs)})
     table = {
         m: summarise(list(r.values()), baseline["student"], baseline["teacher"]) for m, r in runs.items()
     }

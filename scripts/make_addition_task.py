@@ -12,7 +12,7 @@ always naming the carry it adds (0 too, so that every column reads alike), and e
 Both numbers have 3 digits, so a column's two digits sit at the same place in each, and a carry, once
 wrong, makes every later column wrong. Mixing 2- to 4-digit numbers was measured and dropped: 30 steps of
 8 examples taught the embedded model the format but only 8 of 64 held-out sums, most errors a digit read
-from the wrong place of the longer number (METHODS.md §1). Answers are kept short (at most about 70
+from the wrong place of the longer number (BENCHMARKS.md, task_fidelity). Answers are kept short (at most about 70
 tokens): on-policy distillation samples them on 2 CPU cores. A fixed seed makes
 the files reproducible; a sum and its swapped twin count as one problem, never in both splits.
 
