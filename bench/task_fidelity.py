@@ -35,7 +35,7 @@ already there (saying so). `--lock FILE` holds an exclusive lock on FILE while r
 releases it between two runs once it has held it `--lock-minutes`, so a shared machine's other jobs get turns
 (do not also wrap the command in `flock` on the same file: it would wait for itself).
 
-Usage (the teacher and student are built into the cache on first use, about 15 minutes on 2 cores):
+Usage (the teacher and student are built into the cache on first use, about 10 minutes on 2 cores):
     HF_HUB_OFFLINE=1 .venv/bin/python bench/task_fidelity.py
     ... --methods sft,supervised_kd --seeds 0                     # a subset; the rest can follow later
     HF_HUB_OFFLINE=1 .venv/bin/python bench/task_fidelity.py --quick --output runs/task_fidelity_quick.json
