@@ -82,7 +82,8 @@ class TaskStudent:
     # (loss 0.086), the loss falling fast.
     layers: tuple[int, ...] = tuple(range(13)) + tuple(range(19, 30))
     # Brief supervised fine-tuning of the cut on the teacher's training data (as the teacher's, shorter):
-    # 10 steps, so that it writes the task's format but gets clearly fewer sums right than the teacher.
+    # 10 steps (228 s on contended cores, mean loss 0.376): 13 of 64 held out (0.203, [0.109, 0.313]), boxed
+    # every time: the format, with clearly fewer sums right than the teacher's 58.
     steps: int = 10
     batch_size: int = 8
     learning_rate: float = 1e-4
