@@ -3,7 +3,7 @@
 The GKD paper's claim is about task quality: from a student fine-tuned on the task, on-policy distillation
 lifts its task score more than supervised KD or SFT does, for the same data and steps. That needs a teacher
 that can do the task, which the embedded SmolLM2-135M-Instruct cannot (it adds no multi-digit numbers).
-So this bench uses the shipped addition task (`selftaught/data/builtin/addition`, sums of 2- to 4-digit
+So this bench uses the shipped addition task (`selftaught/data/builtin/addition`, sums of two 3-digit
 numbers worked column by column, scored by the math verifier) and the task's own models
 (`selftaught.distill.task_models`): the embedded model fine-tuned on the task (the teacher) and a layer cut
 of it briefly fine-tuned on the task (the student, clearly worse but not hopeless).
@@ -35,7 +35,7 @@ already there (saying so). `--lock FILE` holds an exclusive lock on FILE while r
 releases it between two runs once it has held it `--lock-minutes`, so a shared machine's other jobs get turns
 (do not also wrap the command in `flock` on the same file: it would wait for itself).
 
-Usage (the teacher and student are built into the cache on first use, about 15 minutes on 2 cores):
+Usage (the teacher and student are built into the cache on first use, about 10 minutes on 2 cores):
     HF_HUB_OFFLINE=1 .venv/bin/python bench/task_fidelity.py
     ... --methods sft,supervised_kd --seeds 0                     # a subset; the rest can follow later
     HF_HUB_OFFLINE=1 .venv/bin/python bench/task_fidelity.py --quick --output runs/task_fidelity_quick.json
@@ -97,7 +97,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4, help="problems per optimizer step")
     parser.add_argument("--learning-rate", type=float, default=5e-5, help="constant, for every method")
     parser.add_argument("--temperature", type=float, default=0.9, help="of the on-policy and seq_kd samples")
-    parser.add_argument("--max-new-tokens", type=int, default=112, help="longest sampled completion")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=96,
+        help="longest sampled completion (answers: at most 82 tokens)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--lock", type=Path, help="hold an exclusive lock on this file while training")
     parser.add_argument(
@@ -233,6 +238,16 @@ def print_table(baseline: dict, table: dict) -> None:
         )
 
 
+def answers_to_read(baseline: dict, table: dict, runs: dict) -> dict:
+    """The first held-out answers of the teacher, the student before training, and the most and least
+    accurate methods' first seed after it: what the numbers mean, in the models' own words."""
+    ranked = sorted(table, key=lambda m: table[m]["accuracy"])
+    chosen = {"teacher": baseline["teacher"], "student_before": baseline["student"]}
+    for role, method in (("best_after", ranked[-1]), ("worst_after", ranked[0])):
+        chosen[role] = next(iter(runs[method].values())) | {"method": method}
+    return {role: {"method": r.get("method"), "answers": r.get("answers", [])} for role, r in chosen.items()}
+
+
 COMPETENT = 0.6  # held-out accuracy the task teacher must reach (issue 30)
 
 
@@ -289,9 +304,8 @@ def main() -> None:
                 m: summarise(list(r.values()), baseline["student"], baseline["teacher"])
                 for m, r in runs.items()
             }
-            write_result(
-                args.output, {"settings": settings, "baseline": baseline, "methods": table, "runs": runs}
-            )
+            result = {"settings": settings, "baseline": baseline, "methods": table, "runs": runs}
+            write_result(args.output, result | {"answers": answers_to_read(baseline, table, runs)})
     table = {
         m: summarise(list(r.values()), baseline["student"], baseline["teacher"]) for m, r in runs.items()
     }

@@ -1,4 +1,4 @@
-"""Write the shipped addition task (MATH-500 rows): sums of two 2- to 4-digit numbers, worked by column.
+"""Write the shipped addition task (MATH-500 rows): sums of two 3-digit numbers, worked column by column.
 
 A task on which the embedded SmolLM2-135M-Instruct can be made competent, so that distillation from it
 teaches a skill (`bench/task_fidelity.py`). Untrained, it answers none of these; fine-tuned on the answer
@@ -9,9 +9,11 @@ always naming the carry it adds (0 too, so that every column reads alike), and e
     ones: 4+6+0=10, write 0 carry 1. tens: 9+0+1=10, write 0 carry 1. hundreds: 3+6+1=10, write 0
     carry 1. thousands: write 1. So $394+606=\\boxed{1000}$.
 
-A digit the shorter number lacks is written as 0. The two numbers have 2, 3 or 4 digits each, drawn
-independently, so columns and lengths vary and an error in one column carries into the rest. Answers are
-kept short (at most about 100 tokens): on-policy distillation samples them on 2 CPU cores. A fixed seed makes
+Both numbers have 3 digits, so a column's two digits sit at the same place in each, and a carry, once
+wrong, makes every later column wrong. Mixing 2- to 4-digit numbers was measured and dropped: 30 steps of
+8 examples taught the embedded model the format but only 8 of 64 held-out sums, most errors a digit read
+from the wrong place of the longer number (BENCHMARKS.md, task_fidelity). Answers are kept short (at most about 70
+tokens): on-policy distillation samples them on 2 CPU cores. A fixed seed makes
 the files reproducible; a sum and its swapped twin count as one problem, never in both splits.
 
     python scripts/make_addition_task.py            # writes selftaught/data/builtin/addition/
@@ -26,7 +28,7 @@ from pathlib import Path
 
 SEED = 20261207
 N_TRAIN, N_TEST = 1000, 200
-DIGITS = (2, 3, 4)
+DIGITS = 3
 OUT = Path(__file__).resolve().parents[1] / "selftaught" / "data" / "builtin" / "addition"
 COLUMNS = ("ones", "tens", "hundreds", "thousands", "ten thousands")
 PHRASINGS = ("What is ${a} + {b}$?", "Compute ${a} + {b}$.", "Find the sum of {a} and {b}.")
@@ -48,8 +50,7 @@ def worked_sum(a: int, b: int) -> str:
 
 
 def number(r: random.Random) -> int:
-    digits = r.choice(DIGITS)
-    return r.randint(10 ** (digits - 1), 10**digits - 1)
+    return r.randint(10 ** (DIGITS - 1), 10**DIGITS - 1)
 
 
 def generate(seed: int = SEED, n_train: int = N_TRAIN, n_test: int = N_TEST) -> tuple[list[dict], list[dict]]:

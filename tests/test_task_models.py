@@ -42,6 +42,16 @@ def test_the_task_teacher_is_built_once_with_its_accuracy_and_rebuilt_when_its_r
     assert record["settings"] == json_settings(TINY) and record["steps"] == 1
     accuracy = record["held_out"]["teacher"]
     assert accuracy["problems"] == 2 and len(accuracy["outcomes"]) == 2 and 0 <= accuracy["accuracy"] <= 1
+    test = [
+        json.loads(line) for line in (task_models.task_data(TINY) / "test.jsonl").read_text().splitlines()
+    ]
+    answers = accuracy["answers"]  # what it writes, to be read beside the numbers
+    assert [a["problem"] for a in answers] == [row["problem"] for row in test[:2]]
+    assert [a["correct"] for a in answers] == [bool(o) for o in accuracy["outcomes"]]
+    assert (
+        f"{test[0]['problem']} ({'right' if answers[0]['correct'] else 'wrong'}) `"
+        in (folder / "README.md").read_text()
+    )
     front = yaml.safe_load((folder / "README.md").read_text().split("---")[1])
     assert front["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert front["selftaught"]["task_teacher"]["steps"] == 1
