@@ -72,7 +72,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     held_out = {"eval_size": args.eval_size, "eval_max_new_tokens": args.eval_max_new_tokens}
     config = resolve_defaults(DistillConfig(**demo | held_out | {"output_dir": str(args.work / "evaluate")}))
     train_examples, prompts = load_examples(config)
-    tokenizer, start, teacher = load_models(config, train_examples[0])
+    tokenizer, start, teacher = load_models(config, train_examples[0], prompts)
     settings = HeldOutSettings(
         config.eval_max_new_tokens,
         config.per_device_eval_batch_size,

@@ -168,7 +168,7 @@ def distill_run(args, knobs: dict, student: Path, teacher: Path, steps: int, see
         report_to="none",
         **knobs,
     )
-    return run_distillation(config)["train"]["train_runtime"]
+    return run_distillation(config).train["train_runtime"]
 
 
 class TakingTurns:
