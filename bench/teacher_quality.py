@@ -115,7 +115,7 @@ def evaluate(args, teacher_path: str, student_path: str, work: Path) -> dict:
     evaluation = HeldOutEvaluation(teacher_model, tokenizer, examples, work / "evaluation", settings)
     teacher = InProcessTeacher(teacher_model, tokenizer, vocab)
     sums = {}
-    for name, path in {"start": student_path} | {s: str(work / s) for s in SOURCES}.items():
+    for name, path in ({"start": student_path} | {s: str(work / s) for s in SOURCES}).items():
         model = load_model(path, "float32")
         sums[name] = teacher_distance(
             model,
