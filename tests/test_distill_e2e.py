@@ -217,7 +217,7 @@ def test_eval_results(finished_run):
     assert "held-out evaluation" in stdout and str(out) in stdout
     # how the student moved, each distance with its paired interval, in the JSON, on the console and card
     changes = {c["metric"]: c for c in results["comparisons"]}
-    assert set(changes) == {"forward_kl", "reverse_kl", "jsd", "top1_agreement", "degenerate_share"}
+    assert set(changes) == {"forward_kl", "reverse_kl", "jsd", "top1_agreement", "nll", "degenerate_share"}
     loops = changes["degenerate_share"]
     assert loops["value"] == results["student_after"]["degenerate_share"]
     assert loops["against_value"] == results["student_before"]["degenerate_share"]
