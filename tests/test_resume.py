@@ -280,7 +280,16 @@ def test_a_distillation_killed_with_sigkill_resumes_exactly_through_the_cli(mode
 
 def interrupt_after_first_checkpoint(command: list[str], checkpoint_dir: Path) -> subprocess.CompletedProcess:
     """Run `command`, send SIGINT (Ctrl-C) once its first checkpoint is complete; its exit code and output."""
-    run = subprocess.Popen(command, env=CLI_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        command,
+        env=CLI_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # a suite started in the background (`nohup make test &`) runs with SIGINT ignored, which children
+        # inherit, and Python then never raises KeyboardInterrupt: give the run Ctrl-C as a terminal would
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     wait_for(checkpoint_dir / "checkpoint-1" / COMPLETE_MARKER, run)
     run.send_signal(signal.SIGINT)
     stdout, stderr = run.communicate(timeout=120)
