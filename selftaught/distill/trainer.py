@@ -42,7 +42,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl.models.utils import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generation
 
 from selftaught.distill.async_sampling import AsyncStudentSampler, SampledStep
@@ -395,8 +394,11 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """`Trainer.train`; however it ends (done, an error on either side, Ctrl-C), the sampler thread of
         max_staleness > 0 ends with it. A resumed run starts from its checkpoint's run totals."""
-        if isinstance(resume_from_checkpoint, str) and (Path(resume_from_checkpoint) / RUN_TOTALS).is_file():
-            totals = json.loads((Path(resume_from_checkpoint) / RUN_TOTALS).read_text())
+        totals_file = (
+            Path(resume_from_checkpoint) / RUN_TOTALS if isinstance(resume_from_checkpoint, str) else None
+        )
+        if totals_file and totals_file.is_file():
+            totals = json.loads(totals_file.read_text())
             self.path_tokens, self.completion_counts = totals["path_tokens"], totals["completion_counts"]
         try:
             return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
@@ -409,9 +411,7 @@ class GKDistillTrainer(CompleteCheckpoints, Trainer):
         """The checkpoint, with the run totals the summary reports (loss paths, completions), so that a
         resumed run's eval_results.json and card count the whole run, not the part since the resume."""
         if self.args.should_save:
-            folder = (
-                Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            )
+            folder = self.checkpoint_folder(trial)
             folder.mkdir(parents=True, exist_ok=True)
             totals = {"path_tokens": self.path_tokens, "completion_counts": self.completion_counts}
             (folder / RUN_TOTALS).write_text(json.dumps(totals) + "\n")

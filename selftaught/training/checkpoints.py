@@ -78,9 +78,13 @@ class CompleteCheckpoints:
     no complete checkpoint at all.
     """
 
+    def checkpoint_folder(self, trial) -> Path:
+        """The folder transformers saves this step's checkpoint into."""
+        return Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+
     def _save_checkpoint(self, model, trial) -> None:
         run_dir = self._get_output_dir(trial=trial)
-        checkpoint = Path(run_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        checkpoint = self.checkpoint_folder(trial)
         if self.args.should_save:  # a folder rewritten (a resume from an older checkpoint) is not whole yet
             (checkpoint / COMPLETE_MARKER).unlink(missing_ok=True)
         limit = self.args.save_total_limit
