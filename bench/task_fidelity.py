@@ -31,7 +31,10 @@ problem's outcome averaged over the seeds), the share of the teacher-student gap
 interval), the seeds' spread, and the training wall time per run (the trainer's `train_runtime`).
 
 The bench is resumable: every finished run is written to the output JSON at once, and a rerun skips the runs
-already there (saying so). `--lock FILE` holds an exclusive lock on FILE while runs train and evaluate, and
+already there (saying so). Seeds can run side by side (e.g. `--seeds 1 --output a.json` and `--seeds 2
+--output b.json`, each `--threads 1`); `--merge a.json b.json` then folds their runs into the output, every
+invocation's provenance kept in `earlier_runs`.
+`--lock FILE` holds an exclusive lock on FILE while runs train and evaluate, and
 releases it between two runs once it has held it `--lock-minutes`, so a shared machine's other jobs get turns
 (do not also wrap the command in `flock` on the same file: it would wait for itself).
 
@@ -67,7 +70,7 @@ from selftaught.distill.task_models import (
     task_student,
     task_teacher,
 )
-from selftaught.evaluate.intervals import bootstrap_interval, mean_interval
+from selftaught.evaluate.intervals import bootstrap_interval, mean_interval, paired_comparison
 from selftaught.training.sft import COMPLETE_MARKER, SFTSettings, sft_example, train_sft
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,6 +113,13 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="1 seed, 2 steps of 2: a smoke run")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="result files of other invocations with the same settings: their runs join the output's",
+    )
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.steps, args.batch_size = "0", 2, 2
@@ -199,10 +209,15 @@ def gap_closed(outcomes: list[float], student: list[int], teacher: list[int], id
     return sum(outcomes[i] - student[i] for i in idx) / gap if gap else None
 
 
+def seed_mean_outcomes(runs: list[dict]) -> list[float]:
+    """Each problem's outcome averaged over the seeds' runs."""
+    return [statistics.fmean(r["outcomes"][i] for r in runs) for i in range(len(runs[0]["outcomes"]))]
+
+
 def summarise(runs: list[dict], student: dict, teacher: dict) -> dict:
     """One method's row: mean accuracy over seeds, intervals over problems, gap closed, time."""
     accuracies = [r["accuracy"] for r in runs]
-    outcomes = [statistics.fmean(r["outcomes"][i] for r in runs) for i in range(len(runs[0]["outcomes"]))]
+    outcomes = seed_mean_outcomes(runs)
     s, t = student["outcomes"], teacher["outcomes"]
     gap = gap_closed(outcomes, s, t, list(range(len(outcomes))))
     return {
@@ -238,6 +253,15 @@ def print_table(baseline: dict, table: dict) -> None:
         )
 
 
+def print_comparisons(rows: list[dict]) -> None:
+    print("| model | against | seeds | accuracy difference | paired 95% interval |")
+    print("|---|---|---:|---:|---|")
+    for r in rows:
+        low, high = r["ci95"]
+        difference = f"{r['difference']:+.3f} | [{low:+.3f}, {high:+.3f}]"
+        print(f"| {r['model']} | {r['against']} | {r['seeds']} | {difference} |")
+
+
 def answers_to_read(baseline: dict, table: dict, runs: dict) -> dict:
     """The first held-out answers of the teacher, the student before training, and the most and least
     accurate methods' first seed after it: what the numbers mean, in the models' own words."""
@@ -251,8 +275,8 @@ def answers_to_read(baseline: dict, table: dict, runs: dict) -> dict:
 COMPETENT = 0.6  # held-out accuracy the task teacher must reach (issue 30)
 
 
-def read_earlier(path: Path, settings: dict) -> dict:
-    """The runs of an earlier, unfinished invocation with the same settings (none when there is none)."""
+def read_result(path: Path, settings: dict) -> dict:
+    """A result file of the same settings: its runs and provenance (nothing when there is no file)."""
     if not path.is_file():
         return {}
     earlier = json.loads(path.read_text())
@@ -261,14 +285,89 @@ def read_earlier(path: Path, settings: dict) -> dict:
             f"{portable(path)} holds runs of other settings ({earlier.get('settings')}); give another "
             "--output, or delete the file to start over"
         )
-    return earlier.get("runs", {})
+    return {k: earlier[k] for k in ("provenance", "earlier_runs", "runs") if k in earlier}
+
+
+def merge_results(into: dict, path: Path, settings: dict) -> None:
+    """Fold another invocation's runs (and its provenance) into `into`. A run both files hold must agree."""
+    if not path.is_file():
+        sys.exit(f"--merge {portable(path)}: no such file")
+    other = read_result(path, settings)
+    runs = into.setdefault("runs", {})
+    for method, seeds in other.get("runs", {}).items():
+        for seed, row in seeds.items():
+            mine = runs.get(method, {}).get(seed)
+            if mine is not None and mine["outcomes"] != row["outcomes"]:
+                sys.exit(
+                    f"--merge {portable(path)}: {method} seed {seed} differs from the run already in the "
+                    "output; keep one of the two files"
+                )
+            runs.setdefault(method, {})[seed] = row
+    known = into.setdefault("earlier_runs", [])
+    theirs = [*other.get("earlier_runs", []), *([other["provenance"]] if "provenance" in other else [])]
+    for invocation in theirs:
+        if invocation not in known and invocation != into.get("provenance"):  # merged twice: named once
+            known.append(invocation)
+
+
+# The questions the issue asks, as paired differences over the same problems (seed-averaged outcomes):
+# does on-policy distillation beat SFT and supervised KD at equal steps, and at equal training time?
+COMPARISONS = [
+    ("on_policy_beta0.9", "sft"),
+    ("on_policy_beta0.9", "supervised_kd"),
+    ("on_policy_beta1", "sft"),
+    ("on_policy_beta1", "supervised_kd"),
+    ("supervised_kd", "sft"),
+    ("on_policy_beta0.9", "sft_3x_steps"),
+    ("on_policy_beta0.9", "supervised_kd_2x_steps"),
+]
+
+
+def comparisons(runs: dict, student: dict) -> list[dict]:
+    """Accuracy differences with paired 95% intervals over the problems: the pairs above whose methods have
+    both run (over the seeds both have), and every method against the student before training."""
+    rows = []
+    for model, against in COMPARISONS + [(method, "student") for method in runs]:
+        if model not in runs or (against != "student" and against not in runs):
+            continue
+        seeds = sorted(set(runs[model]) & set(runs.get(against, runs[model])))
+        mine = seed_mean_outcomes([runs[model][s] for s in seeds])
+        if against == "student":
+            theirs = student["outcomes"]
+        else:
+            theirs = seed_mean_outcomes([runs[against][s] for s in seeds])
+
+        def accuracy(outcomes: list[float]):
+            return lambda idx: sum(outcomes[i] for i in idx) / len(idx)
+
+        row = paired_comparison(model, against, "accuracy", accuracy(mine), accuracy(theirs), len(mine))
+        rows.append(row | {"seeds": len(seeds)})
+    return rows
+
+
+def method_table(runs: dict, baseline: dict) -> dict:
+    return {m: summarise(list(r.values()), baseline["student"], baseline["teacher"]) for m, r in runs.items()}
+
+
+def save(path: Path, earlier: dict, settings: dict, baseline: dict, runs: dict) -> None:
+    """Write the result, the earlier invocations' provenance kept."""
+    table = method_table(runs, baseline)
+    history = {k: earlier[k] for k in ("provenance", "earlier_runs") if k in earlier}
+    write_result(path, history | {
+        "settings": settings, "baseline": baseline, "methods": table,
+        "comparisons": comparisons(runs, baseline["student"]), "runs": runs,
+        "answers": answers_to_read(baseline, table, runs),
+    })  # fmt: skip
 
 
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     settings = run_settings(args)
-    runs = read_earlier(args.output, settings)
+    earlier = read_result(args.output, settings)
+    for path in args.merge:
+        merge_results(earlier, path, settings)
+    runs = earlier.setdefault("runs", {})
     turns = TakingTurns(args.lock, args.lock_minutes)
     with turns:  # the cached models, built on first use
         teacher, student = task_teacher(TASK_STUDENT.teacher), task_student()
@@ -284,6 +383,8 @@ def main() -> None:
             f"needs a teacher >= {COMPETENT} and a student <= half of it. Rebuild them with other settings "
             "(python -m selftaught.distill.task_models --help), or pass --quick for a smoke run"
         )
+    if args.merge:
+        save(args.output, earlier, settings, baseline, runs)
     for method in args.methods.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:
             if str(seed) in runs.get(method, {}):
@@ -300,16 +401,9 @@ def main() -> None:
                 row = task_accuracy(out, TASK_STUDENT.teacher, Path(scratch) / "evaluation")
             runs.setdefault(method, {})[str(seed)] = row | {"steps": steps, "train_seconds": seconds}
             print(f"{method} seed {seed}: {steps} steps in {seconds:.0f} s, accuracy {row['accuracy']:.3f}")
-            table = {
-                m: summarise(list(r.values()), baseline["student"], baseline["teacher"])
-                for m, r in runs.items()
-            }
-            result = {"settings": settings, "baseline": baseline, "methods": table, "runs": runs}
-            write_result(args.output, result | {"answers": answers_to_read(baseline, table, runs)})
-    table = {
-        m: summarise(list(r.values()), baseline["student"], baseline["teacher"]) for m, r in runs.items()
-    }
-    print_table(baseline, table)
+            save(args.output, earlier, settings, baseline, runs)
+    print_table(baseline, method_table(runs, baseline))
+    print_comparisons(comparisons(runs, baseline["student"]))
     print(f"results: {portable(args.output)}")
 
 
