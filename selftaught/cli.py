@@ -202,6 +202,8 @@ def print_summary(output_dir: str, results: DistillResults) -> None:
             table.add_row(c["metric"], f"{c['difference']:+.3g}", signed_interval(c["ci95"]), moved)
         Console().print(table)
     print(f"model, card, metrics: {output_dir}")
+    if note := results.task_note():
+        Console().print(note, style="yellow", markup=False)
     if results.warning:  # the last thing said: the answers degenerated, or the student drifted away
         Console().print(results.warning, style="bold red", markup=False)
 

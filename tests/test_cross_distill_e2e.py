@@ -84,7 +84,7 @@ def test_a_teacher_with_another_tokenizer_trains_evaluates_per_byte_and_reports_
         assert results[model]["nll_per_byte"] > 0
         assert "degenerate_share" in results[model]
     changes = {c["metric"]: c for c in results["comparisons"]}
-    assert changes.keys() == {"nll_per_byte", "degenerate_share"}
+    assert changes.keys() == {"nll_per_byte", "degenerate_share", "math_accuracy"}  # gold answers: accuracy
     low, high = changes["nll_per_byte"]["ci95"]
     assert low <= changes["nll_per_byte"]["difference"] <= high
     summary = results["cross_tokenizer"]

@@ -217,7 +217,14 @@ def test_eval_results(finished_run):
     assert "held-out evaluation" in stdout and str(out) in stdout
     # how the student moved, each distance with its paired interval, in the JSON, on the console and card
     changes = {c["metric"]: c for c in results["comparisons"]}
-    assert set(changes) == {"forward_kl", "reverse_kl", "jsd", "top1_agreement", "nll", "degenerate_share"}
+    assert set(changes) == {
+        "forward_kl", "reverse_kl", "jsd", "top1_agreement", "nll", "degenerate_share", "math_accuracy",
+    }  # fmt: skip
+    # the task itself, beside closeness: the held-out rows have gold answers
+    task = changes["math_accuracy"]
+    assert task["difference"] == pytest.approx(
+        results["student_after"]["math_accuracy"] - results["student_before"]["math_accuracy"]
+    )
     loops = changes["degenerate_share"]
     assert loops["value"] == results["student_after"]["degenerate_share"]
     assert loops["against_value"] == results["student_before"]["degenerate_share"]
@@ -226,7 +233,11 @@ def test_eval_results(finished_run):
     assert moved["difference"] == pytest.approx(after - before)
     assert moved["ci95"][0] <= moved["difference"] <= moved["ci95"][1]
     assert "student after - before" in stdout
-    assert "## Closer to the teacher?" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "## Closer to the teacher?" in card
+    # a random tiny teacher answers no sum right: closeness to it is said not to be task skill
+    assert results["teacher"]["math_accuracy"] == 0
+    assert "## Closeness is not task skill here" in card and "The teacher answers 0%" in stdout
 
 
 # --- resume -----------------------------------------------------------------------------------------

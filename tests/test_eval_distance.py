@@ -11,6 +11,7 @@ from selftaught.cli import main
 from selftaught.data.formats import Example
 from selftaught.data.shards import write_parquet
 from selftaught.evaluate.distance import HeldOutEvaluation, HeldOutSettings, drift_warning
+from selftaught.evaluate.math import score_math
 from selftaught.models import load_model, load_tokenizer
 
 
@@ -159,3 +160,29 @@ def test_a_change_in_the_degenerate_share_carries_a_paired_interval(
     assert everything["difference"] == 1 and everything["ci95"] == [1, 1]
     one = {c["metric"]: c for c in evaluation.changes("one_loop", "fluent")}["degenerate_share"]
     assert one["difference"] == pytest.approx(1 / len(examples)) and one["ci95"][0] == 0
+    # no gold answers: no accuracy to compare
+    assert "math_accuracy" not in {c["metric"] for c in evaluation.changes("looping", "fluent")}
+
+
+def test_a_change_in_task_accuracy_carries_a_paired_interval(tmp_path, tiny_student, tiny_teacher, math_data):
+    """With gold answers, the students' own verdicts are compared prompt by prompt: right on every prompt
+    against wrong on every one is a change of 1 with the interval [1, 1]; right on half is +0.5."""
+    tokenizer, student, examples, evaluation = held_out(tmp_path, tiny_student, tiny_teacher, math_data)
+    gold = [json.loads(line)["answer"] for line in (math_data / "test.jsonl").read_text().splitlines()]
+    answers = {
+        "right": [f"The sum is $\\boxed{{{g}}}$." for g in gold],
+        "wrong": ["The sum is $\\boxed{0}$."] * len(gold),
+    }
+    answers["half"] = [answers["right" if i % 2 else "wrong"][i] for i in range(len(gold))]
+    for name, texts in answers.items():
+        saved = [
+            {"prompt": e.prompt[-1]["content"], "completion": t, "completion_ids": tokenizer(t).input_ids,
+             "gold_answer": g} | score_math([t], [g])[0]
+            for e, t, g in zip(examples, texts, gold, strict=True)
+        ]  # fmt: skip
+        write_parquet(evaluation.path(name), saved)
+        evaluation.metrics(student, name)
+    task = {c["metric"]: c for c in evaluation.changes("right", "wrong")}["math_accuracy"]
+    assert (task["value"], task["against_value"], task["difference"], task["ci95"]) == (1, 0, 1, [1, 1])
+    half = {c["metric"]: c for c in evaluation.changes("half", "wrong")}["math_accuracy"]
+    assert half["difference"] == pytest.approx(0.5) and half["items"] == len(gold)

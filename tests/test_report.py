@@ -84,7 +84,7 @@ def write_jsonl_lines(path: Path, rows: list[dict], torn_tail: str = "") -> None
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + torn_tail)
 
 
-def distill_run(folder: Path) -> Path:
+def distill_run(folder: Path, results: dict = DISTILL_RESULTS) -> Path:
     """A finished distillation folder as the recipe leaves it, its card written by the real card code."""
     config = DistillConfig(output_dir=str(folder), student="s", teacher="t", data="d", report_to="none")
     steps = [
@@ -98,17 +98,29 @@ def distill_run(folder: Path) -> Path:
         for s in range(1, 9)
     ]
     write_jsonl_lines(folder / "metrics.jsonl", [*steps, {"step": 8, "train_loss": 0.4}])
-    (folder / "eval_results.json").write_text(json.dumps(DISTILL_RESULTS))
+    (folder / "eval_results.json").write_text(json.dumps(results))
     for name, answers in DISTILL_ANSWERS.items():
         rows = [
             {"prompt": prompt, "completion": answer, "completion_ids": [1, 2], "gold_answer": None}
             for prompt, answer in zip(["What is 2 + 3?", "What is 2 + 2?"], answers, strict=True)
         ]
         write_parquet(folder / "evaluation" / f"{name}.parquet", rows)
-    write_model_card(
-        folder, distillation_card(config, DistillResults.from_json(DISTILL_RESULTS), (16, 16), 4)
-    )
+    write_model_card(folder, distillation_card(config, DistillResults.from_json(results), (16, 16), 4))
     return folder
+
+
+def test_a_teacher_that_cannot_do_the_task_is_said_to_teach_closeness_not_skill(tmp_path):
+    """The demo's teacher gets no MATH problem right: its card and report say that the distances then
+    measure closeness to it, not skill, and point at the task-level bench; a teacher at half right does not
+    get the note."""
+    unskilled = DISTILL_RESULTS | {"teacher": DISTILL_RESULTS["teacher"] | {"math_accuracy": 0.0}}
+    for name, results, said in (("unskilled", unskilled, True), ("skilled", DISTILL_RESULTS, False)):
+        run = distill_run(tmp_path / name, results)
+        page = write_report(run).read_text()
+        card = (run / "README.md").read_text()
+        assert ("## Closeness is not task skill here" in card) is said
+        assert ("The teacher answers 0% of the held-out problems right" in page) is said
+        assert ("bench/task_fidelity.py" in card) is said
 
 
 def backtranslate_run(folder: Path, results: dict | None = BACKTRANSLATE_RESULTS) -> Path:

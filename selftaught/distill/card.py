@@ -182,6 +182,7 @@ def distillation_card(
         + (["self-distillation", "opsd"] if self_taught else []),
         datasets=[config.data] if not Path(config.data).expanduser().exists() else [],
         extra_sections=({"Warning": warning} if warning else {})
+        | ({"Closeness is not task skill here": note} if (note := results.task_note()) else {})
         | ({"Teacher with another tokenizer": alignment_section(cross)} if cross else {})
         | ({"Closer to the teacher?": closer} if (closer := closeness(results)) else {}),
     )
@@ -192,7 +193,8 @@ CLOSENESS_NOTE = (
     "prompts: lower is closer for forward_kl, reverse_kl, jsd and nll (the student's negative log-likelihood "
     "of those answers); higher for top1_agreement. A `_sparse` divergence is measured on a served or cached "
     "teacher's top-K log-probabilities plus a tail bin: a lower bound of the full-vocabulary one. "
-    "degenerate_share is the share of the student's own answers that loop or are empty: lower is better."
+    "degenerate_share is the share of the student's own answers that loop or are empty: lower is better; "
+    "math_accuracy (prompts with a verifiable gold answer) the share answered right: the task itself."
 )
 
 
@@ -200,7 +202,8 @@ CROSS_CLOSENESS_NOTE = (
     "The student after training minus before, on the teacher's greedy answers to the held-out prompts: "
     "nll_per_byte is the student's negative log-likelihood of those answers per UTF-8 byte (lower is closer; "
     "per byte, not per token, because the two tokenizers cut text differently). degenerate_share is the "
-    "share of the student's own answers that loop or are empty: lower is better."
+    "share of the student's own answers that loop or are empty: lower is better; math_accuracy (prompts "
+    "with a verifiable gold answer) the share answered right: the task itself."
 )
 
 

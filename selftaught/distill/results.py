@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MODELS = ("teacher", "student_before", "student_after")  # the held-out evaluation's rows, in order
+# Below this held-out accuracy a teacher is not one to learn the task from (the demo's scores 0 on MATH).
+SKILLED_TEACHER = 0.5
 
 
 @dataclass
@@ -35,6 +37,20 @@ class DistillResults:
         parts = self.evaluated() | {"comparisons": self.comparisons, "warning": self.warning}
         written = {k: v for k, v in parts.items() if v is not None} | {"train": self.train}
         return written | ({"cross_tokenizer": self.cross_tokenizer} if self.cross_tokenizer else {})
+
+    def task_note(self) -> str | None:
+        """Said wherever the results are shown when the held-out rows have gold answers and the teacher gets
+        fewer than half right: then the distances measure closeness to a teacher that cannot do the task,
+        not skill at it, and the student's accuracy is the number to read."""
+        accuracy = (self.teacher or {}).get("math_accuracy")
+        if accuracy is None or accuracy >= SKILLED_TEACHER:
+            return None
+        return (
+            f"The teacher answers {accuracy:.0%} of the held-out problems right, so getting closer to it is "
+            "not skill at this task: read the student's math_accuracy (before, after and its change), not "
+            "its distances. Distillation from a teacher that can do its task, with every method compared "
+            "on accuracy: BENCHMARKS.md, bench/task_fidelity.py."
+        )
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), indent=2))

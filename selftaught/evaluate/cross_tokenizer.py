@@ -20,12 +20,11 @@ from selftaught.data.formats import Example, tokenize_prompt
 from selftaught.evaluate.common import answer_degeneration
 from selftaught.evaluate.distance import (
     HeldOutSettings,
+    answer_changes,
     answer_metrics,
     answers_agree,
     greedy_answer_rows,
-    share_of,
 )
-from selftaught.evaluate.intervals import paired_comparison
 from selftaught.evaluate.per_byte import answer_nll, per_byte_nll, per_byte_nll_change
 from selftaught.generation.base import SamplingParams
 from selftaught.generation.engines import HFEngine
@@ -58,6 +57,7 @@ class CrossTokenizerEvaluation:
         self.ended = [bool(ids) and ids[-1] in teacher_ends for ids in self.teacher_ids]
         self.nll: dict[str, list[float]] = {}  # per model: the NLL of each teacher answer, in nats
         self.degenerate: dict[str, list[float]] = {}  # per student: 1.0 for each degenerate answer
+        self.correct: dict[str, list[bool | None]] = {}  # per student: each answer's verdict (None: no gold)
 
     def path(self, name: str) -> Path:
         return self.folder / f"{name}.parquet"
@@ -88,6 +88,7 @@ class CrossTokenizerEvaluation:
         results = self._metrics(model, name, self.cross.student, ids, rows)
         texts = [r["completion"] for r in rows]
         self.degenerate[name] = [float(is_degenerate(text)) for text in texts]
+        self.correct[name] = [r.get("correct") for r in rows]
         agreeing = sum(answers_agree(t, s) for t, s in zip(self.teacher_answers, texts, strict=True))
         return results | {"answer_agreement": agreeing / len(rows)}
 
@@ -103,10 +104,9 @@ class CrossTokenizerEvaluation:
         return results | {"nll_per_byte": per_byte_nll(self.nll[name], self.teacher_answers)["nll_per_byte"]}
 
     def changes(self, name: str, against: str) -> list[dict]:
-        """How student `name` moved from student `against`: per-byte NLL of the teacher's answers and the
-        degenerate share, with 95% paired intervals over the held-out prompts."""
-        mine, theirs = self.degenerate[name], self.degenerate[against]
+        """How student `name` moved from student `against`: per-byte NLL of the teacher's answers, the
+        degenerate share and the task's accuracy, with 95% paired intervals over the held-out prompts."""
         return [
             per_byte_nll_change(name, against, self.nll[name], self.nll[against], self.teacher_answers),
-            paired_comparison(name, against, "degenerate_share", share_of(mine), share_of(theirs), len(mine)),
+            *answer_changes(name, against, self.degenerate, self.correct),
         ]

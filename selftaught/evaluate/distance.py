@@ -251,6 +251,7 @@ class HeldOutEvaluation:
         )
         self.distance_sums: dict[str, dict[str, list[float]]] = {}  # per student: `teacher_distance`
         self.degenerate: dict[str, list[float]] = {}  # per student: 1.0 for each degenerate answer
+        self.correct: dict[str, list[bool | None]] = {}  # per student: each answer's verdict (None: no gold)
 
     def _ids(self, prompt: list[dict[str, str]]) -> list[int]:
         return held_out_prompt_ids(self.tokenizer, prompt, self.settings.max_prompt_length)
@@ -290,6 +291,7 @@ class HeldOutEvaluation:
         texts = [r["completion"] for r in rows]
         results = answer_metrics(rows) | answer_degeneration(texts, ids, eos_ids_of(model, self.tokenizer))
         self.degenerate[name] = [float(is_degenerate(text)) for text in texts]
+        self.correct[name] = [r.get("correct") for r in rows]
         agreeing = sum(
             answers_agree(t["completion"], s["completion"])
             for t, s in zip(self.teacher_rows, rows, strict=True)
@@ -308,21 +310,38 @@ class HeldOutEvaluation:
         return results | distance | {"answer_agreement": agreeing / len(rows)}
 
     def changes(self, name: str, against: str) -> list[dict]:
-        """How student `name` moved from student `against` (both measured by `metrics`) on every distance
-        and on the degenerate share, with 95% paired intervals over the held-out prompts."""
-        mine, theirs = self.degenerate[name], self.degenerate[against]
-        loops = paired_comparison(
-            name, against, "degenerate_share", share_of(mine), share_of(theirs), len(mine)
-        )
+        """How student `name` moved from student `against` (both measured by `metrics`) on every distance,
+        the degenerate share and the task's accuracy, with 95% paired intervals over the held-out prompts."""
         return [
             *distance_changes(self.distance_sums[name], self.distance_sums[against], name, against),
-            loops,
+            *answer_changes(name, against, self.degenerate, self.correct),
         ]
 
 
 def share_of(flags: list[float]) -> Callable[[list[int]], float]:
     """The mean of 0/1 `flags` over a list of prompt indices."""
     return lambda idx: sum(flags[i] for i in idx) / len(idx)
+
+
+def answer_changes(
+    name: str, against: str, degenerate: dict[str, list[float]], correct: dict[str, list[bool | None]]
+) -> list[dict]:
+    """`name` minus `against` on what their own greedy answers show: the degenerate share, and, where the
+    held-out rows have verifiable gold answers, the accuracy on those (the task itself, which closeness
+    to a teacher is not), each with its 95% paired interval over the prompts."""
+    mine, theirs = degenerate[name], degenerate[against]
+    loops = paired_comparison(name, against, "degenerate_share", share_of(mine), share_of(theirs), len(mine))
+    changes = [loops]
+    verdicts = zip(correct[name], correct[against], strict=True)
+    scored = [i for i, (a, b) in enumerate(verdicts) if a is not None and b is not None]
+    if scored:
+        right = {model: [float(bool(correct[model][i])) for i in scored] for model in (name, against)}
+        changes.append(
+            paired_comparison(
+                name, against, "math_accuracy", share_of(right[name]), share_of(right[against]), len(scored)
+            )
+        )
+    return changes
 
 
 # (name, True when smaller is closer to the teacher) of the distances a distillation is meant to shrink

@@ -110,8 +110,9 @@ def evaluation_section_of(results: DistillResults | None) -> Section:
         "The answers themselves are in evaluation/*.parquet.",
         missing,
     )
-    if results and results.warning:
-        section.notes.insert(0, results.warning)
+    for note in (results.task_note(), results.warning) if results else ():
+        if note:
+            section.notes.insert(0, note)
     return section
 
 
@@ -133,7 +134,8 @@ def distill_sections(run: Path) -> list[Section]:
             "Did the student get closer to its teacher?",
             "The student after training minus before, per token on the teacher's held-out answers. KL and "
             "JSD: lower is closer; top-1 agreement: higher is closer. And the share of the student's own "
-            "answers that loop or are empty (degenerate share): lower is better.",
+            "answers that loop or are empty (degenerate share): lower is better; where the prompts have gold "
+            "answers, the share it answers right (math_accuracy): the task itself.",
             "No comparison: the run has no held-out evaluation after training.",
         ),
         *([answers] if answers else []),
