@@ -18,6 +18,11 @@ From that student, on the task's training problems, for the same optimizer steps
     on_policy_beta0.5   on-policy GKD (lmbda 1), JSD(0.5)
     on_policy_beta0.9   on-policy GKD (lmbda 1), JSD(0.9): `selftaught distill`'s demo setting
     on_policy_beta1     on-policy GKD (lmbda 1), reverse KL
+    on_policy_beta0     on-policy with forward KL (lmbda 1, beta 0): the student's samples, scored as
+                        supervised KD scores the worked answers. Reverse KL and JSD(beta) weight each
+                        token's correction by the student's own probability of it, so they barely pull a
+                        student toward a digit it thinks unlikely; forward KL pulls as cross-entropy does.
+                        This separates "on-policy samples" from "mode-seeking divergence".
     mixed               lmbda 0.5, JSD(0.5): about half the steps on the student's samples
     sft_3x_steps, supervised_kd_2x_steps
                         the two cheapest methods run for 3 and 2 times the steps, so that their training
@@ -82,6 +87,7 @@ METHODS: dict[str, tuple[dict | None, int]] = {
     "on_policy_beta0.5": ({"lmbda": 1.0, "beta": 0.5}, 1),
     "on_policy_beta1": ({"lmbda": 1.0, "beta": 1.0}, 1),
     "on_policy_beta0.9": ({"lmbda": 1.0, "beta": 0.9}, 1),
+    "on_policy_beta0": ({"lmbda": 1.0, "beta": 0.0}, 1),
     "seq_kd": ({"lmbda": 0.0, "beta": 0.0, "seq_kd": True}, 1),
     "mixed": ({"lmbda": 0.5, "beta": 0.5}, 1),
     # Equal time: an on-policy step also samples its batch, so it takes about 3 SFT steps and 2 supervised KD
@@ -318,6 +324,8 @@ COMPARISONS = [
     ("on_policy_beta1", "sft"),
     ("on_policy_beta1", "supervised_kd"),
     ("supervised_kd", "sft"),
+    ("on_policy_beta0", "supervised_kd"),
+    ("on_policy_beta0", "on_policy_beta0.9"),
     ("on_policy_beta0.9", "sft_3x_steps"),
     ("on_policy_beta0.9", "supervised_kd_2x_steps"),
 ]
