@@ -75,6 +75,7 @@ from selftaught.distill.task_models import (
     task_student,
     task_teacher,
 )
+from selftaught.evaluate.distance import share_of
 from selftaught.evaluate.intervals import bootstrap_interval, mean_interval, paired_comparison
 from selftaught.training.sft import COMPLETE_MARKER, SFTSettings, sft_example, train_sft
 
@@ -338,17 +339,15 @@ def comparisons(runs: dict, student: dict) -> list[dict]:
     for model, against in COMPARISONS + [(method, "student") for method in runs]:
         if model not in runs or (against != "student" and against not in runs):
             continue
-        seeds = sorted(set(runs[model]) & set(runs.get(against, runs[model])))
-        mine = seed_mean_outcomes([runs[model][s] for s in seeds])
         if against == "student":
-            theirs = student["outcomes"]
+            seeds, theirs = sorted(runs[model]), student["outcomes"]
         else:
+            seeds = sorted(set(runs[model]) & set(runs[against]))
+            if not seeds:  # merged runs of other seeds: nothing to pair
+                continue
             theirs = seed_mean_outcomes([runs[against][s] for s in seeds])
-
-        def accuracy(outcomes: list[float]):
-            return lambda idx: sum(outcomes[i] for i in idx) / len(idx)
-
-        row = paired_comparison(model, against, "accuracy", accuracy(mine), accuracy(theirs), len(mine))
+        mine = seed_mean_outcomes([runs[model][s] for s in seeds])
+        row = paired_comparison(model, against, "accuracy", share_of(mine), share_of(theirs), len(mine))
         rows.append(row | {"seeds": len(seeds)})
     return rows
 
